@@ -1,0 +1,174 @@
+"""8-2: training the CNN with the book's recipe, in Keras.
+
+    python -m keras_ref.train [--epochs 20] [--batch-size 32] [--patience 2] [--seed 42] [--out DIR]
+
+Writes DIR/best-cnn-model.keras (ModelCheckpoint, save_best_only), the book's legacy
+DIR/best-cnn-model.h5, DIR/history.json and the book's loss plot DIR/history.png; prints the
+validation and test accuracy and the prediction for the first validation image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from keras_ref.data import CLASS_NAMES, CLASS_NAMES_KO, load_book_data  # noqa: E402
+from keras_ref.model import build_model  # noqa: E402
+from torch_impl.errors import UserError, cli_entry  # noqa: E402
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Wall-clock seconds of each epoch (training and validation), for history.json."""
+
+    def on_train_begin(self, logs=None):
+        self.seconds = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+def plot_history(history: dict, path: Path) -> None:
+    """The book's loss plot: train and validation loss per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    epochs = range(1, len(history["loss"]) + 1)
+    ax.plot(epochs, history["loss"], label="train")
+    ax.plot(epochs, history["val_loss"], label="val")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.set_title("Keras reference: loss per epoch")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def train(args: argparse.Namespace) -> dict:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    # Seeded as the book seeds it.
+    keras.utils.set_random_seed(args.seed)
+    tf.config.experimental.enable_op_determinism()
+
+    # Data: the book's load_data, reshape, /255.0 and train_test_split.
+    train_scaled, val_scaled, train_target, val_target, test_scaled, test_target = (
+        load_book_data(args.data_dir)
+    )
+    if args.limit:
+        train_scaled, train_target = train_scaled[: args.limit], train_target[: args.limit]
+
+    # The model and the book's recipe.
+    model = build_model()
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    checkpoint_cb = keras.callbacks.ModelCheckpoint(
+        str(out / "best-cnn-model.keras"), save_best_only=True
+    )
+    legacy_checkpoint_cb = keras.callbacks.ModelCheckpoint(
+        str(out / "best-cnn-model.h5"), save_best_only=True
+    )
+    early_stopping_cb = keras.callbacks.EarlyStopping(
+        patience=args.patience, restore_best_weights=True
+    )
+    timer = EpochTimer()
+    history = model.fit(
+        train_scaled,
+        train_target,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        validation_data=(val_scaled, val_target),
+        callbacks=[checkpoint_cb, legacy_checkpoint_cb, early_stopping_cb, timer],
+        verbose=args.verbose,
+    )
+
+    # The book's loss plot.
+    hist = {k: [float(v) for v in vs] for k, vs in history.history.items()}
+    hist["seconds"] = timer.seconds
+    plot_history(hist, out / "history.png")
+
+    # Evaluate the restored best weights on validation and test data.
+    val_loss, val_acc = model.evaluate(val_scaled, val_target, verbose=0)
+    test_loss, test_acc = model.evaluate(test_scaled, test_target, verbose=0)
+
+    # The first validation image (the book: a bag, 가방).
+    preds = model.predict(val_scaled[0:1], verbose=0)
+    names = CLASS_NAMES_KO if args.lang == "ko" else CLASS_NAMES
+    first = int(np.argmax(preds))
+
+    best_epoch = int(np.argmin(hist["val_loss"])) + 1
+    summary = {
+        "framework": f"keras {keras.__version__} / tensorflow {tf.__version__}",
+        "epochs_run": len(hist["loss"]),
+        "best_epoch": best_epoch,
+        "val_loss": float(val_loss),
+        "val_accuracy": float(val_acc),
+        "test_loss": float(test_loss),
+        "test_accuracy": float(test_acc),
+        "first_val_prediction": {"class": first, "name": names[first],
+                                 "probability": float(preds[0, first])},
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "limit": args.limit,
+        "history": hist,
+    }  # fmt: skip
+    (out / "history.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
+
+    print(f"epochs run: {summary['epochs_run']}, best epoch: {best_epoch}")
+    print(f"validation accuracy: {val_acc:.4f}  loss: {val_loss:.4f}")
+    print(f"test accuracy: {test_acc:.4f}  loss: {test_loss:.4f}")
+    print(f"first validation image: {names[first]} (p={preds[0, first]:.4f})")
+    return summary
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m keras_ref.train",
+        description="Train the book's CNN in Keras with the book's recipe (8-2).",
+    )
+    p.add_argument("--epochs", type=int, default=20, help="maximum epochs (default: 20)")
+    p.add_argument("--batch-size", type=int, default=32, help="batch size (default: 32)")
+    p.add_argument("--patience", type=int, default=2, help="early-stopping patience (default: 2)")
+    p.add_argument("--seed", type=int, default=42, help="keras.utils.set_random_seed (default: 42)")
+    p.add_argument("--out", default="runs/keras", help="output directory (default: runs/keras)")
+    p.add_argument("--data-dir", help="Fashion-MNIST directory (default: search, see README)")
+    p.add_argument("--limit", type=int, default=0,
+                   help="train on the first N training examples only, for smoke runs "
+                        "(default: 0 = all 48,000)")  # fmt: skip
+    p.add_argument("--lang", choices=("en", "ko"), default="en",
+                   help="class names in English or the book's Korean (default: en)")  # fmt: skip
+    p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2),
+                   help="Keras fit verbosity (default: 1)")  # fmt: skip
+    return p
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for name in ("epochs", "batch_size", "patience"):
+        if getattr(args, name) < (0 if name == "patience" else 1):
+            raise UserError(f"--{name.replace('_', '-')} must be positive, not {getattr(args, name)}")
+    if args.limit < 0:
+        raise UserError(f"--limit must be >= 0, not {args.limit}")
+    train(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

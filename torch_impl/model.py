@@ -1,0 +1,87 @@
+"""The book's Fashion-MNIST CNN (혼자 공부하는 머신러닝+딥러닝, 8-2) as a PyTorch module.
+
+Layer for layer the Keras Sequential of `keras_ref/model.py`:
+Conv2D(32, 3, relu, same) → MaxPooling2D(2) → Conv2D(64, 3, relu, same) → MaxPooling2D(2) →
+Flatten → Dense(100, relu) → Dropout(0.4) → Dense(10, softmax).
+
+Differences that are layout, not maths (see parity/mapping.py for the weight transforms):
+- images are NCHW (N, 1, 28, 28) here, NHWC (N, 28, 28, 1) in Keras;
+- `forward` returns logits; the softmax lives in the loss (cross-entropy on logits equals Keras's
+  sparse categorical cross-entropy on softmax outputs) and in `predict_proba`;
+- Keras 'same' padding for a 3×3 kernel at stride 1 is exactly symmetric padding 1.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+INPUT_SHAPE = (1, 28, 28)
+NUM_CLASSES = 10
+# Two 2×2 poolings: 28 → 14 → 7; conv2 has 64 channels.
+FLATTEN_SHAPE = (64, INPUT_SHAPE[1] // 4, INPUT_SHAPE[2] // 4)
+FLATTEN_WIDTH = FLATTEN_SHAPE[0] * FLATTEN_SHAPE[1] * FLATTEN_SHAPE[2]  # 3,136
+
+
+class BookCNN(nn.Module):
+    """The 8-2 CNN. `init='keras'` gives Keras's Glorot-uniform kernels and zero biases;
+    `init='torch'` keeps PyTorch's defaults (kaiming_uniform(a=√5) kernels, uniform biases)."""
+
+    def __init__(self, init: str = "torch") -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, kernel_size=3, padding=1)
+        self.relu1 = nn.ReLU()
+        self.pool1 = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(32, 64, kernel_size=3, padding=1)
+        self.relu2 = nn.ReLU()
+        self.pool2 = nn.MaxPool2d(2)
+        self.flatten = nn.Flatten()
+        self.dense1 = nn.Linear(FLATTEN_WIDTH, 100)
+        self.relu3 = nn.ReLU()
+        self.dropout = nn.Dropout(0.4)
+        self.dense2 = nn.Linear(100, NUM_CLASSES)
+        if init == "keras":
+            keras_init_(self)
+        elif init != "torch":
+            raise ValueError(f"init must be 'keras' or 'torch', not {init!r}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool1(self.relu1(self.conv1(x)))  # (N, 32, 14, 14)
+        x = self.pool2(self.relu2(self.conv2(x)))  # (N, 64, 7, 7)
+        x = self.flatten(x)  # (N, 3136), in C,H,W order
+        x = self.dropout(self.relu3(self.dense1(x)))  # (N, 100)
+        return self.dense2(x)  # (N, 10) logits
+
+    @torch.no_grad()
+    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (N, 10), as Keras's softmax output layer gives them."""
+        return torch.softmax(self(x), dim=1)
+
+
+def keras_init_(model: nn.Module) -> nn.Module:
+    """Keras's default initialisation in place: Glorot-uniform kernels, zero biases.
+
+    Glorot uniform draws from U(-l, l), l = √(6 / (fan_in + fan_out)), with fans that include the
+    receptive field — the same fans `nn.init.xavier_uniform_` computes for conv and linear weights.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d | nn.Linear):
+            nn.init.xavier_uniform_(module.weight)
+            nn.init.zeros_(module.bias)
+    return model
+
+
+def summary(model: nn.Module | None = None, batch_size: int = 1) -> str:
+    """A Keras-like summary table of the model (torchinfo), with per-layer parameter counts."""
+    from torchinfo import summary as torchinfo_summary
+
+    model = model or BookCNN()
+    stats = torchinfo_summary(
+        model,
+        input_size=(batch_size, *INPUT_SHAPE),
+        col_names=("output_size", "num_params"),
+        depth=1,
+        verbose=0,
+        device="cpu",
+    )
+    return str(stats)
