@@ -1,0 +1,43 @@
+"""Shared fixtures: the real Fashion-MNIST (loaded and verified once per session)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from torch_impl.fashion_mnist import DEBIAN_DIR, FILES, locate  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def data_dir():
+    """The directory of the four verified official IDX files."""
+    return locate()
+
+
+@pytest.fixture(scope="session")
+def raw_data(data_dir):
+    """((train_input, train_target), (test_input, test_target)) uint8, as Keras's load_data()."""
+    from torch_impl.fashion_mnist import load_data
+
+    return load_data(data_dir)
+
+
+@pytest.fixture(scope="session")
+def book_data(data_dir):
+    """The book's split as PyTorch tensors (torch_impl.data.BookData)."""
+    from torch_impl.data import load_book_data
+
+    return load_book_data(data_dir)
+
+
+@pytest.fixture
+def rng():
+    """A seeded generator: tests seed before they sample."""
+    return np.random.default_rng(1234)
+
+
+__all__ = ["DEBIAN_DIR", "FILES"]
