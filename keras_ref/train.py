@@ -18,6 +18,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import absl.logging  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -87,6 +88,8 @@ def train(args: argparse.Namespace) -> dict:
     early_stopping_cb = keras.callbacks.EarlyStopping(
         patience=args.patience, restore_best_weights=True
     )
+    # Keras calls the book's .h5 "legacy" at every save; we write it on purpose.
+    absl.logging.set_verbosity(absl.logging.ERROR)
     timer = EpochTimer()
     history = model.fit(
         train_scaled,
