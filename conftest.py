@@ -1,4 +1,4 @@
-"""Shared fixtures: the real Fashion-MNIST (loaded and verified once per session)."""
+"""Shared fixtures for tests/ and parity/: the real Fashion-MNIST, verified once per session."""
 
 from __future__ import annotations
 
