@@ -1,0 +1,242 @@
+"""8-2: what the book's CNN predicts for an image — the book's `model.predict(val_scaled[0:1])`.
+
+    python -m torch_impl.predict CKPT [IMAGE.png …] [--index N …] [--split val|test] [--lang en|ko]
+                                      [--top 3] [--json]
+
+With neither an index nor an image it predicts the first validation image, the book's example
+(a Bag, 가방, with probability ≈ 1.0 for a trained model). Class names are English by default and
+the book's Korean with `--lang ko`.
+
+Image files are read with Pillow, converted to 8-bit grayscale and, when not 28×28, resized to
+28×28 (the aspect ratio is not kept), then scaled to [0, 1] exactly as the data set is.
+Fashion-MNIST shows a light garment on a dark (black) background; images are used as they are,
+never inverted, so a dark garment photographed on white will be misclassified.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from torch_impl.checkpoint import load_model
+from torch_impl.data import load_book_data
+from torch_impl.device import DEVICE_CHOICES, resolve_device
+from torch_impl.errors import UserError, cli_entry
+from torch_impl.fashion_mnist import CLASS_NAMES, CLASS_NAMES_KO
+from torch_impl.model import INPUT_SHAPE, NUM_CLASSES
+
+NAMES = {"en": CLASS_NAMES, "ko": CLASS_NAMES_KO}
+IMAGE_SIZE = INPUT_SHAPE[1:]  # (28, 28)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    source: str  # "val[0]" or the image file
+    label: int | None  # the data set's label for an indexed image; None for a file
+    predicted: int
+    probabilities: list[float]  # (10,) softmax output, class order 0..9
+
+
+def load_image(path: str | Path) -> torch.Tensor:
+    """An image file → (1, 28, 28) float32 in [0, 1], as the data set scales its uint8 pixels.
+
+    Converted to 8-bit grayscale; other sizes are resized to 28×28 (Lanczos). Not inverted:
+    the model expects a light garment on a dark background, like Fashion-MNIST.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such image file")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            gray = image.convert("L")
+    except (
+        UnidentifiedImageError,
+        Image.DecompressionBombError,
+        OSError,
+        ValueError,
+        SyntaxError,
+    ) as err:
+        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"{path}: not a readable image ({msg})") from None
+    if gray.size != IMAGE_SIZE[::-1]:
+        gray = gray.resize(IMAGE_SIZE[::-1], Image.Resampling.LANCZOS)
+    # uint8 / 255.0 in float64, then float32: the same values as the data set's `x / 255.0`.
+    pixels = np.asarray(gray, dtype=np.float64) / 255.0  # (28, 28)
+    return torch.from_numpy(pixels.astype(np.float32)).unsqueeze(0)
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Softmax probabilities (N, 10) on the CPU for images x (N, 1, 28, 28), in eval mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        return torch.softmax(model(x.to(device)), dim=1).cpu()
+    finally:
+        model.train(was_training)
+
+
+def predict(
+    model: nn.Module, images: torch.Tensor, sources: list[str], labels: list[int | None]
+) -> list[Prediction]:
+    """One Prediction per image in `images` (N, 1, 28, 28)."""
+    probs = predict_proba(model, images)  # (N, 10)
+    return [
+        Prediction(source, label, int(p.argmax()), [float(v) for v in p])
+        for source, label, p in zip(sources, labels, probs, strict=True)
+    ]
+
+
+def format_prediction(pred: Prediction, names: tuple[str, ...], top: int) -> str:
+    """`val[0]: Bag (8), probability 0.9998 · label Bag (8), correct`, then the `top` most likely
+    classes with their probabilities, one per line."""
+    best = pred.predicted
+    head = f"{pred.source}: {names[best]} ({best}), probability {pred.probabilities[best]:.4f}"
+    if pred.label is not None:
+        mark = "correct" if pred.label == pred.predicted else "wrong"
+        head += f" · label {names[pred.label]} ({pred.label}), {mark}"
+    order = np.argsort(pred.probabilities, kind="stable")[::-1][:top]
+    lines = [head] + [f"  {pred.probabilities[c]:.4f}  {names[c]} ({c})" for c in order]
+    return "\n".join(lines)
+
+
+def prediction_record(pred: Prediction, names: tuple[str, ...], top: int) -> dict:
+    order = np.argsort(pred.probabilities, kind="stable")[::-1][:top]
+    record = asdict(pred)
+    record["name"] = names[pred.predicted]
+    record["probability"] = pred.probabilities[pred.predicted]
+    record["label_name"] = None if pred.label is None else names[pred.label]
+    record["top"] = [
+        {"class": int(c), "name": names[c], "probability": pred.probabilities[c]} for c in order
+    ]
+    return record
+
+
+def top_k(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= NUM_CLASSES:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {NUM_CLASSES}, not {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m torch_impl.predict",
+        description="Class and probabilities that a checkpoint of the book's CNN gives for data "
+        "set images (by index) or image files. Without --index or IMAGE: the first validation "
+        "image, the book's example.",
+        epilog="Image files: any format Pillow reads (PNG recommended); converted to grayscale "
+        "and resized to 28x28 when needed. Like Fashion-MNIST they should show a light garment "
+        "on a dark background; they are never inverted.",
+    )
+    parser.add_argument(
+        "checkpoint",
+        metavar="CKPT",
+        help="a .pt/.pth state_dict or a .safetensors file of the book's CNN",
+    )
+    parser.add_argument(
+        "images",
+        metavar="IMAGE",
+        nargs="*",
+        help="image files to classify (give them before --index)",
+    )
+    parser.add_argument(
+        "--index",
+        type=int,
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="N",
+        help="indices into --split to classify (default: 0 when no IMAGE is given)",
+    )
+    parser.add_argument(
+        "--split",
+        choices=("val", "test"),
+        default="val",
+        help="the data set images --index refers to: the book's 12,000 validation "
+        "or the 10,000 test images (default: val)",
+    )
+    parser.add_argument(
+        "--lang",
+        choices=tuple(NAMES),
+        default="en",
+        help="class names in English or the book's Korean (default: en)",
+    )
+    parser.add_argument(
+        "--top",
+        type=top_k,
+        default=3,
+        help="how many of the most likely classes to list (default: 3)",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object, with a record per image holding all 10 "
+        "probabilities (default: text)",
+    )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        metavar=DEVICE_CHOICES,
+        help="where to run; auto picks cuda, then mps, then cpu; a device that is "
+        "not present is an error (default: auto)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder of the four Fashion-MNIST IDX files (default: "
+        "$FASHION_MNIST_DIR, Debian's dataset-fashion-mnist, then the user cache)",
+    )
+    return parser
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    indices = args.index or ([] if args.images else [0])
+    device = resolve_device(args.device)
+    model = load_model(args.checkpoint, device)
+
+    # Read every input before predicting anything: a bad one fails the whole command cleanly.
+    images, sources, labels = [], [], []
+    for path in args.images:
+        images.append(load_image(path))
+        sources.append(str(path))
+        labels.append(None)
+    if indices:
+        x, y = load_book_data(args.data_dir).split(args.split)
+        for i in indices:
+            if not 0 <= i < len(x):
+                raise UserError(f"--index {i} is out of range for {args.split} (0 to {len(x) - 1})")
+            images.append(x[i])
+            sources.append(f"{args.split}[{i}]")
+            labels.append(int(y[i]))
+
+    names = NAMES[args.lang]
+    preds = predict(model, torch.stack(images), sources, labels)
+    if args.json:
+        record = {
+            "checkpoint": str(args.checkpoint),
+            "device": str(device),
+            "predictions": [prediction_record(p, names, args.top) for p in preds],
+        }
+        print(json.dumps(record, ensure_ascii=False))
+    else:
+        for pred in preds:
+            print(format_prediction(pred, names, args.top))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
