@@ -1,0 +1,167 @@
+"""Layer-by-layer parity report of a Keras checkpoint against a PyTorch one, on real test images.
+
+    python -m parity.check KERAS_FILE TORCH_FILE [--device cpu|cuda] [--samples N] [--json PATH]
+
+Compares conv1, pool1, conv2, pool2, flatten, dense1, the pre-softmax logits and the probabilities
+on the first N test images (every map in Keras's layout: NHWC, H,W,C flatten order), then the
+predictions and accuracy of each side over the whole 10,000-image test set. Exit 0 when every
+layer is within tolerance and the predictions agree; 1 otherwise, naming the first layer that
+differs. The Keras side runs on the CPU; `--device cuda` runs the PyTorch side on a GPU (TF32 off).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from parity.compare import ATOL, compare, format_table, real_disagreements
+from parity.keras_files import keras_kind
+from parity.port import read_weights
+from parity.runners import (
+    KerasSide,
+    load_test_images,
+    torch_device,
+    torch_model,
+    torch_outputs,
+    torch_probabilities,
+)
+from torch_impl.checkpoint import atomic_write, checkpoint_kind
+from torch_impl.errors import UserError, cli_entry
+
+DEFAULT_SAMPLES = 1000
+
+
+def run_check(
+    keras_file: Path,
+    torch_file: Path,
+    *,
+    device: str = "cpu",
+    samples: int = DEFAULT_SAMPLES,
+    data_dir: str | None = None,
+) -> dict:
+    """The whole report as a dict (`passed`, `first_failure`, `layers`, `test_set`)."""
+    if keras_kind(keras_file) is None:
+        raise UserError(f"{keras_file}: not a Keras checkpoint (.keras, .h5 or .weights.h5)")
+    checkpoint_kind(torch_file)  # .pt, .pth or .safetensors, else refused
+    dev = torch_device(device)
+    keras_weights = read_weights(keras_file).keras
+    torch_weights = read_weights(torch_file).torch
+    images, labels = load_test_images(data_dir)
+
+    keras_side = KerasSide(keras_weights)
+    model = torch_model(torch_weights, dev)
+    ko = keras_side.outputs(images[:samples])
+    to = torch_outputs(model, images[:samples])
+    layers = [compare(name, ko[name], to[name]) for name in ko]
+
+    pk = keras_side.probabilities(images)
+    pt = torch_probabilities(model, images)
+    ka, ta = pk.argmax(1), pt.argmax(1)
+    real = real_disagreements(pk, pt)
+    test_set = {
+        "images": len(images),
+        "predictions_agreeing": int((ka == ta).sum()),
+        "real_disagreements": int(real.size),
+        "keras_accuracy": float((ka == labels).mean()),
+        "torch_accuracy": float((ta == labels).mean()),
+        "probabilities": compare("probabilities (all)", pk, pt).as_dict(),
+    }
+    first = next((d.name for d in layers if not d.passed), None)
+    if first is None and real.size:
+        first = "predictions"
+    return {
+        "keras_file": str(keras_file),
+        "torch_file": str(torch_file),
+        "keras_side": keras_side.description,
+        "torch_side": f"torch {torch.__version__} on {dev}",
+        "samples": int(min(samples, len(images))),
+        "layers": [d.as_dict() for d in layers],
+        "test_set": test_set,
+        "passed": first is None,
+        "first_failure": first,
+    }
+
+
+def format_report(report: dict) -> str:
+    from parity.compare import LayerDiff
+
+    diffs = [LayerDiff(**{**d, "shape": tuple(d["shape"])}) for d in report["layers"]]
+    t = report["test_set"]
+    lines = [
+        f"Keras:   {report['keras_file']}  [{report['keras_side']}]",
+        f"PyTorch: {report['torch_file']}  [{report['torch_side']}]",
+        f"layer outputs on the first {report['samples']} test images:",
+        format_table(diffs),
+        f"test set ({t['images']} images): predictions agreeing {t['predictions_agreeing']}"
+        f"/{t['images']}; accuracy Keras {t['keras_accuracy']:.4f}, PyTorch "
+        f"{t['torch_accuracy']:.4f}; max |diff| of probabilities "
+        f"{t['probabilities']['max_abs']:.3e}",
+    ]
+    if report["passed"]:
+        lines.append("PASS: every layer within tolerance, predictions agree")
+    elif report["first_failure"] == "predictions":
+        lines.append(
+            f"FAIL: {t['real_disagreements']} predictions differ beyond a tie within {ATOL:g}"
+        )
+    else:
+        d = next(d for d in diffs if d.name == report["first_failure"])
+        lines.append(
+            f"FAIL: first differing layer {d.name}: max |diff| {d.max_abs:.3e} "
+            f"(atol {d.atol:g}, rtol {d.rtol:g})"
+        )
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m parity.check",
+        description="Compare a Keras and a PyTorch checkpoint of the book's CNN layer by layer.",
+    )
+    p.add_argument("keras_file", type=Path, help=".keras, .h5 or .weights.h5")
+    p.add_argument("torch_file", type=Path, help=".pt, .pth or .safetensors")
+    p.add_argument(
+        "--device", default="cpu", help="PyTorch device: cpu, cuda or cuda:N (default: cpu)"
+    )
+    p.add_argument(
+        "--samples",
+        type=int,
+        default=DEFAULT_SAMPLES,
+        help=f"test images for the layer-by-layer report (default: {DEFAULT_SAMPLES})",
+    )
+    p.add_argument("--json", type=Path, help="also write the report as JSON to this path")
+    p.add_argument("--data-dir", help="Fashion-MNIST directory (default: search, see README)")
+    return p
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not 1 <= args.samples <= 10_000:
+        raise UserError(f"--samples must be between 1 and 10000, not {args.samples}")
+    report = run_check(
+        args.keras_file,
+        args.torch_file,
+        device=args.device,
+        samples=args.samples,
+        data_dir=args.data_dir,
+    )
+    print(format_report(report))
+    if args.json:
+        text = json.dumps(report, indent=2)
+        atomic_write(args.json, lambda tmp: tmp.write_text(text), force=True)
+    if not report["passed"]:
+        print(
+            f"error: {args.keras_file} and {args.torch_file} differ, first at "
+            f"{report['first_failure']}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""Port a checkpoint of the book's CNN between Keras and PyTorch, exactly.
+
+    python -m parity.port SRC DST [--force] [--allow-nonfinite] [--samples N]
+
+Formats come from the extensions: `.keras`, `.h5`, `.weights.h5` (Keras) ⇄ `.pt`, `.pth`,
+`.safetensors` (PyTorch); same-framework conversions work too. The flow is one way: file → arrays
+in the source layout → the mapping table (`parity.mapping`) → arrays in the target layout → both
+models run on real test images and must agree within tolerance → file, written atomically
+(a temporary file beside DST, then a rename). Nothing from SRC is ever executed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from parity.compare import ATOL, compare, real_disagreements
+from parity.keras_files import keras_kind, read_keras, write_keras_file
+from parity.mapping import TABLE, keras_to_torch, torch_to_keras
+from parity.runners import KerasSide, load_test_images, torch_model, torch_probabilities
+from torch_impl.checkpoint import load_state_dict, save_state_dict, validate_state_dict
+from torch_impl.errors import UserError, cli_entry
+from torch_impl.model import BookCNN
+
+TORCH_EXTENSIONS = (".pt", ".pth", ".safetensors")
+EXTENSIONS = ".keras, .h5, .weights.h5, .pt, .pth, .safetensors"
+DEFAULT_SAMPLES = 1000
+
+
+def framework_of(path: Path) -> str:
+    """'keras' or 'torch' from the file name; anything else is refused."""
+    if keras_kind(path) is not None:
+        return "keras"
+    if path.suffix.lower() in TORCH_EXTENSIONS:
+        return "torch"
+    raise UserError(f"{path}: unknown extension {path.suffix or '(none)'!r}; expected {EXTENSIONS}")
+
+
+@dataclass
+class Weights:
+    """One checkpoint in both layouts (float32 numpy arrays)."""
+
+    keras: dict[str, np.ndarray]  # structural Keras name → Keras layout
+    torch: dict[str, np.ndarray]  # state_dict key → PyTorch layout
+    source: str  # what was read, for the summary
+
+
+def read_weights(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> Weights:
+    """Read and validate any supported checkpoint; return its weights in both layouts."""
+    path = Path(path)
+    if framework_of(path) == "keras":
+        ckpt = read_keras(path, allow_nonfinite=allow_nonfinite)
+        skipped = f", {len(ckpt.skipped)} optimizer tensors left aside" if ckpt.skipped else ""
+        return Weights(
+            ckpt.weights, keras_to_torch(ckpt.weights, str(path)), f"{ckpt.layout}{skipped}"
+        )
+    state = load_state_dict(path, allow_nonfinite=allow_nonfinite)
+    arrays = {k: v.numpy() for k, v in state.items()}
+    return Weights(torch_to_keras(arrays, str(path)), arrays, "PyTorch state_dict")
+
+
+def load_into(model: BookCNN, path: str | os.PathLike, *, allow_nonfinite: bool = False) -> BookCNN:
+    """Load any supported checkpoint into an existing BookCNN. Everything is read and validated
+    first; the model is assigned only then, so a failed load leaves it untouched."""
+    weights = read_weights(path, allow_nonfinite=allow_nonfinite)
+    state = validate_state_dict(
+        {k: torch.from_numpy(v.copy()) for k, v in weights.torch.items()},
+        path,
+        allow_nonfinite=allow_nonfinite,
+    )
+    model.load_state_dict(state)
+    return model
+
+
+@dataclass
+class Agreement:
+    samples: int
+    max_abs: float
+    agreeing: int
+    passed: bool
+    keras_side: str
+    source: str = ""  # what SRC held (layout, optimizer tensors left aside)
+
+
+def verify(weights: Weights, images: np.ndarray) -> Agreement:
+    """Both models on the same real images: probabilities within tolerance, same predictions."""
+    keras_side = KerasSide(weights.keras)
+    pk = keras_side.probabilities(images)
+    pt = torch_probabilities(torch_model(weights.torch), images)
+    diff = compare("probabilities", pk, pt)
+    agreeing = int((pk.argmax(1) == pt.argmax(1)).sum())
+    passed = diff.passed and real_disagreements(pk, pt).size == 0
+    return Agreement(
+        len(images), diff.max_abs, agreeing, passed, keras_side.description, weights.source
+    )
+
+
+def port(
+    src: Path,
+    dst: Path,
+    *,
+    force: bool = False,
+    allow_nonfinite: bool = False,
+    samples: int = DEFAULT_SAMPLES,
+    data_dir: str | None = None,
+) -> Agreement:
+    """Read SRC, check both models agree on real test images, write DST. Raises UserError."""
+    framework_of(src)
+    dst_framework = framework_of(dst)
+    if src.resolve() == dst.resolve() or (dst.exists() and src.exists() and src.samefile(dst)):
+        raise UserError(f"{dst}: the destination is the source file; choose another name")
+    if dst.exists() and not force:
+        raise UserError(f"{dst}: already exists (use --force to overwrite)")
+    if not dst.parent.is_dir():
+        raise UserError(f"{dst}: folder {dst.parent} does not exist")
+    weights = read_weights(src, allow_nonfinite=allow_nonfinite)
+    images, _ = load_test_images(data_dir)
+    result = verify(weights, images[:samples])
+    if not result.passed:
+        raise UserError(
+            f"{src}: refused to write {dst}: the two models disagree on {result.samples} test "
+            f"images (max |diff| of probabilities {result.max_abs:.3e} > {ATOL:g}, "
+            f"{result.samples - result.agreeing} predictions differ)"
+        )
+    if dst_framework == "keras":
+        write_keras_file(weights.keras, dst, force=force)
+    else:
+        save_state_dict(
+            {k: torch.from_numpy(v) for k, v in weights.torch.items()}, dst, force=force
+        )
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m parity.port",
+        description="Port a checkpoint of the book's CNN between Keras and PyTorch "
+        f"(formats by extension: {EXTENSIONS}).",
+    )
+    p.add_argument("src", type=Path, help="source checkpoint")
+    p.add_argument("dst", type=Path, help="destination checkpoint (written atomically)")
+    p.add_argument("--force", action="store_true", help="overwrite DST if it exists")
+    p.add_argument(
+        "--allow-nonfinite",
+        action="store_true",
+        help="port weights holding NaN/Inf instead of refusing them",
+    )
+    p.add_argument(
+        "--samples",
+        type=int,
+        default=DEFAULT_SAMPLES,
+        help="real test images both models must agree on before writing "
+        f"(default: {DEFAULT_SAMPLES})",
+    )
+    p.add_argument("--data-dir", help="Fashion-MNIST directory (default: search, see README)")
+    return p
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not 1 <= args.samples <= 10_000:
+        raise UserError(f"--samples must be between 1 and 10000, not {args.samples}")
+    result = port(
+        args.src,
+        args.dst,
+        force=args.force,
+        allow_nonfinite=args.allow_nonfinite,
+        samples=args.samples,
+        data_dir=args.data_dir,
+    )
+    n_params = sum(int(np.prod(row.torch_shape)) for row in TABLE)
+    print(f"{args.src} → {args.dst}")
+    print(f"read: {result.source}")
+    print(f"tensors mapped: {len(TABLE)} ({n_params:,} parameters)")
+    print(f"checked against: {result.keras_side} vs torch {torch.__version__} (CPU)")
+    print(
+        f"max |diff| of probabilities on {result.samples} test images: {result.max_abs:.3e} "
+        f"(tolerance {ATOL:g})"
+    )
+    print(f"predictions agreeing: {result.agreeing}/{result.samples}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
