@@ -52,3 +52,21 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+# The README's 8-3 pictures: docs/keras/*.png (the book's cells in Keras) and docs/torch/*.png
+# (the same from the PyTorch port, Keras's feature maps beside PyTorch's), with the printed
+# numbers in output.txt. From a Keras run trained here: `make train-keras` (runs/keras), or
+# DOCS_RUN=DIR holding best-cnn-model.keras and history.json.
+DOCS_RUN ?= runs/keras
+docs: $(DATA_STAMP)
+	@test -f $(DOCS_RUN)/best-cnn-model.keras || { echo "no $(DOCS_RUN)/best-cnn-model.keras:" \
+	  "run make train-keras first, or make docs DOCS_RUN=DIR"; exit 1; }
+	mkdir -p runs/docs docs/keras docs/torch
+	$(BIN)/python -m parity.port $(DOCS_RUN)/best-cnn-model.keras runs/docs/best-cnn-model.pt --force
+	$(BIN)/python -m keras_ref.visualize $(DOCS_RUN)/best-cnn-model.keras --out docs/keras \
+	  > docs/keras/output.txt
+	$(BIN)/python -m torch_impl.visualize runs/docs/best-cnn-model.pt --out docs/torch \
+	  --keras $(DOCS_RUN)/best-cnn-model.keras --history $(DOCS_RUN)/history.json --lang ko \
+	  > docs/torch/output.txt
+	cat docs/keras/output.txt docs/torch/output.txt
+	du -ch docs/keras/*.png docs/torch/*.png | tail -1

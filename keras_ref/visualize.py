@@ -1,0 +1,226 @@
+"""8-3: looking inside the trained CNN, in Keras, as the book does.
+
+    python -m keras_ref.visualize KERAS_FILE [--out DIR] [--index 0] [--seed 42] [--data-dir DIR]
+    python -m keras_ref.visualize KERAS_FILE --dump-maps PATH [--index 0] [--data-dir DIR]
+
+The book's cells, in order: load the best checkpoint; the first Conv2D's weights (3, 3, 1, 32) and
+bias (32,), their mean, standard deviation and histogram, and the 32 kernels in a 2×16 grid
+(vmin -0.5, vmax 0.5); the same for an untrained Conv2D (Glorot-uniform init); then the
+functional API — `keras.Model(model.inputs, model.layers[0].output)` — for the feature maps of
+`train_input[0]` (an ankle boot): conv1 (1, 28, 28, 32) in a 4×8 grid, conv2 (1, 14, 14, 64) in
+an 8×8 grid.
+
+`--dump-maps` writes only the two feature-map arrays to an .npz (keys conv1, conv2, in Keras's
+NHWC layout); `python -m torch_impl.visualize --keras` calls it to put Keras's maps beside
+PyTorch's without importing Keras itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import matplotlib  # noqa: E402
+import numpy as np  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from keras_ref.data import load_data  # noqa: E402
+from torch_impl.errors import UserError, cli_entry  # noqa: E402
+
+DPI = 80  # small PNGs for the README
+
+
+def load_book_model(path: str | os.PathLike) -> keras.Model:
+    """`keras.models.load_model` (safe mode), with a one-line error for a file that is not the
+    book's CNN: conv1 must be Conv2D (3, 3, 1, 32) and conv2 Conv2D (3, 3, 32, 64)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    try:
+        model = keras.models.load_model(path, compile=False)  # only predicting
+    except Exception as err:  # Keras raises many types for a bad file; all mean the same here
+        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"{path}: not a readable Keras model ({msg[:200]})") from None
+    layers = getattr(model, "layers", [])
+    ok = (
+        len(layers) >= 3
+        and isinstance(layers[0], keras.layers.Conv2D)
+        and isinstance(layers[2], keras.layers.Conv2D)
+        and tuple(layers[0].weights[0].shape) == (3, 3, 1, 32)
+        and tuple(layers[2].weights[0].shape) == (3, 3, 32, 64)
+    )
+    if not ok:
+        raise UserError(f"{path}: not the book's CNN (expected Conv2D 32 and Conv2D 64 first)")
+    return model
+
+
+def book_input(train_input: np.ndarray, index: int) -> np.ndarray:
+    """The book's `train_input[0:1].reshape(-1, 28, 28, 1) / 255.0`, for any training index."""
+    if not 0 <= index < len(train_input):
+        raise UserError(
+            f"--index {index} is out of range: the training set has {len(train_input):,} "
+            f"images (0-{len(train_input) - 1})"
+        )
+    return train_input[index : index + 1].reshape(-1, 28, 28, 1) / 255.0
+
+
+def untrained_model() -> keras.Sequential:
+    """The book's `no_training_model`: one Conv2D with Keras's default Glorot-uniform kernels."""
+    no_training_model = keras.Sequential()
+    no_training_model.add(keras.layers.Input(shape=(28, 28, 1)))
+    no_training_model.add(keras.layers.Conv2D(32, kernel_size=3, activation="relu", padding="same"))
+    return no_training_model
+
+
+def feature_maps(model: keras.Model, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The book's functional-API sub-models: conv1 (1, 28, 28, 32) and conv2 (1, 14, 14, 64)
+    outputs (after ReLU, which Keras's Conv2D applies itself)."""
+    conv_acti = keras.Model(model.inputs, model.layers[0].output)
+    conv2_acti = keras.Model(model.inputs, model.layers[2].output)
+    return conv_acti.predict(inputs, verbose=0), conv2_acti.predict(inputs, verbose=0)
+
+
+def print_conv_weights(label: str, conv: keras.layers.Layer) -> np.ndarray:
+    """Print the book's numbers for a Conv2D: weight and bias shapes, weight mean and std."""
+    conv_weights = conv.weights[0].numpy()
+    print(f"{label} conv1 weights {conv_weights.shape}, bias {tuple(conv.weights[1].shape)}")
+    print(f"{label} conv1 weight mean {conv_weights.mean():.6f} std {conv_weights.std():.6f}")
+    return conv_weights
+
+
+# --- the book's figures -----------------------------------------------------------------------
+
+
+def plot_histogram(conv_weights: np.ndarray, title: str, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.hist(conv_weights.reshape(-1, 1))
+    ax.set_xlabel("weight")
+    ax.set_ylabel("count")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
+def plot_kernels(conv_weights: np.ndarray, title: str, path: Path) -> None:
+    """The 32 kernels (3, 3, 1, 32) in a 2×16 grid, vmin -0.5, vmax 0.5."""
+    fig, axs = plt.subplots(2, 16, figsize=(12, 2), layout="compressed")
+    for i in range(2):
+        for j in range(16):
+            axs[i, j].imshow(conv_weights[:, :, 0, i * 16 + j], vmin=-0.5, vmax=0.5,
+                             interpolation="nearest")  # fmt: skip
+            axs[i, j].axis("off")
+    fig.suptitle(title)
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
+def plot_input(image: np.ndarray, title: str, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(3, 3))
+    ax.imshow(image, cmap="gray_r", interpolation="nearest")
+    ax.axis("off")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
+def plot_maps(maps: np.ndarray, rows: int, cols: int, title: str, path: Path) -> None:
+    """maps (1, H, W, C) in a rows×cols grid, channel i*cols + j at row i, column j."""
+    fig, axs = plt.subplots(rows, cols, figsize=(cols * 1.1, rows * 1.1 + 0.4),
+                            layout="compressed")  # fmt: skip
+    for i in range(rows):
+        for j in range(cols):
+            axs[i, j].imshow(maps[0, :, :, i * cols + j], interpolation="nearest")
+            axs[i, j].axis("off")
+    fig.suptitle(title)
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
+def visualize(args: argparse.Namespace) -> None:
+    # Load the best checkpoint of 8-2 and the image (checked before anything is written).
+    model = load_book_model(args.keras_file)
+    (train_input, _), _ = load_data(args.data_dir)
+    inputs = book_input(train_input, args.index)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    # The first convolution layer's weights.
+    conv = model.layers[0]
+    conv_weights = print_conv_weights("trained", conv)
+    plot_histogram(conv_weights, "Keras: trained conv1 weights", out / "conv1-hist.png")
+    plot_kernels(conv_weights, "Keras: trained conv1 kernels (vmin -0.5, vmax 0.5)",
+                 out / "conv1-kernels.png")  # fmt: skip
+
+    # An untrained Conv2D: Glorot-uniform kernels, spread narrower than the trained ones.
+    keras.utils.set_random_seed(args.seed)
+    no_training_conv = untrained_model().layers[0]
+    no_training_weights = print_conv_weights("untrained (Glorot uniform)", no_training_conv)
+    plot_histogram(no_training_weights, "Keras: untrained conv1 weights (Glorot uniform)",
+                   out / "untrained-conv1-hist.png")  # fmt: skip
+    plot_kernels(no_training_weights, "Keras: untrained conv1 kernels (vmin -0.5, vmax 0.5)",
+                 out / "untrained-conv1-kernels.png")  # fmt: skip
+    print(f"trained std {conv_weights.std():.6f} vs untrained std {no_training_weights.std():.6f}")
+
+    # Feature maps of the first training image (the book: an ankle boot).
+    plot_input(train_input[args.index], f"train_input[{args.index}]", out / "input.png")
+    conv1_maps, conv2_maps = feature_maps(model, inputs)
+    print(f"conv1 feature maps {conv1_maps.shape}, conv2 feature maps {conv2_maps.shape}")
+    plot_maps(conv1_maps, 4, 8, f"Keras: conv1 feature maps of train_input[{args.index}]",
+              out / "conv1-maps.png")  # fmt: skip
+    plot_maps(conv2_maps, 8, 8, f"Keras: conv2 feature maps of train_input[{args.index}]",
+              out / "conv2-maps.png")  # fmt: skip
+    print(f"wrote 7 images to {out}")
+
+
+def dump_maps(args: argparse.Namespace) -> None:
+    """Only the feature maps, to an .npz: conv1 (1, 28, 28, 32), conv2 (1, 14, 14, 64)."""
+    model = load_book_model(args.keras_file)
+    (train_input, _), _ = load_data(args.data_dir)
+    conv1_maps, conv2_maps = feature_maps(model, book_input(train_input, args.index))
+    path = Path(args.dump_maps)
+    if not path.parent.is_dir():
+        raise UserError(f"{path}: folder {path.parent} does not exist")
+    with open(path, "wb") as f:
+        np.savez(f, conv1=conv1_maps, conv2=conv2_maps, index=args.index)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m keras_ref.visualize",
+        description="The book's 8-3 in Keras: conv1 weights, kernels and feature maps.",
+    )
+    p.add_argument("keras_file", help="the trained model (.keras or the book's .h5)")
+    p.add_argument("--out", default="runs/visualize-keras",
+                   help="folder for the PNGs (default: runs/visualize-keras)")  # fmt: skip
+    p.add_argument("--index", type=int, default=0,
+                   help="train_input index for the feature maps (default: 0)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=42,
+                   help="seed of the untrained model's initialisation (default: 42)")  # fmt: skip
+    p.add_argument("--data-dir", help="Fashion-MNIST directory (default: search, see README)")
+    p.add_argument("--dump-maps", metavar="PATH",
+                   help="write only the feature maps to PATH (.npz) and draw nothing "
+                        "(default: off)")  # fmt: skip
+    return p
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.dump_maps:
+        dump_maps(args)
+    else:
+        visualize(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,497 @@
+"""8-3 in PyTorch: the trained CNN's weights, kernels and feature maps (and Keras's beside them).
+
+    python -m torch_impl.visualize CKPT [--out DIR] [--index 0] [--val-index 0] [--seed 42]
+        [--keras KERAS_FILE] [--history history.json] [--lang en|ko] [--data-dir DIR]
+
+The book's 8-3 (see keras_ref/visualize.py for the Keras cells) from a PyTorch checkpoint:
+- conv1's weight (32, 1, 3, 3) — the book's Keras layout is (3, 3, 1, 32) — and bias (32,), the
+  weights' mean, standard deviation and histogram, the 32 kernels in a 2×16 grid (vmin -0.5,
+  vmax 0.5); the same for untrained models with Keras's Glorot-uniform init and PyTorch's default;
+- the feature maps of `train_input[0]` (an ankle boot): conv1 (32, 28, 28) in a 4×8 grid, conv2
+  (64, 14, 14) in an 8×8 grid. The book cuts a functional-API sub-model at each Conv2D; here
+  torchvision's `create_feature_extractor` returns the outputs of relu1 and relu2 (Keras's Conv2D
+  applies its ReLU inside the layer) from the one model;
+- the predicted probabilities for a validation image (8-2's bar chart), with class names;
+- `--keras`: Keras's feature maps of the same image beside PyTorch's, with each map's max |diff|.
+  This package never imports Keras, so they come from `python -m keras_ref.visualize --dump-maps`
+  run as a separate process;
+- `--history`: the loss curves of a training run (history.json of either trainer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import torch
+from torch import nn
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from torchvision.models.feature_extraction import create_feature_extractor  # noqa: E402
+
+from torch_impl.checkpoint import load_model  # noqa: E402
+from torch_impl.errors import UserError, cli_entry  # noqa: E402
+from torch_impl.fashion_mnist import CLASS_NAMES, CLASS_NAMES_KO, book_split, load_data  # noqa: E402
+from torch_impl.model import BookCNN  # noqa: E402
+
+# Float32 parity tolerance for a feature map, Keras vs PyTorch: torch.testing.assert_close's
+# default atol and the one Hugging Face uses for TF↔PT ports. Same weights and image give ~1e-7.
+MAPS_TOLERANCE = 1e-5
+# Node → name: Keras's Conv2D output is after its built-in ReLU, so PyTorch's relu1/relu2.
+FEATURE_NODES = {"relu1": "conv1", "relu2": "conv2"}
+GRIDS = {"conv1": (4, 8), "conv2": (8, 8)}  # the book's grids
+# Fonts with Hangul, most likely first (Debian's fonts-nanum, Noto CJK, Windows, macOS).
+KOREAN_FONTS = ("NanumGothic", "NanumBarunGothic", "Noto Sans CJK KR", "Noto Sans KR",
+                "Malgun Gothic", "AppleGothic", "UnDotum")  # fmt: skip
+DPI = 80  # small PNGs for the README
+KERNEL_LIMIT = 0.5  # the book's vmin/vmax for the kernel grid
+
+
+# --- what is computed -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConvStats:
+    """conv1's weight (32, 1, 3, 3) and bias (32,) as numpy arrays, with the book's numbers."""
+
+    label: str
+    weight: np.ndarray
+    bias: np.ndarray
+
+    @property
+    def keras_shape(self) -> tuple[int, ...]:
+        """The weight's shape in the book's Keras layout, HWIO."""
+        o, i, h, w = self.weight.shape
+        return (h, w, i, o)
+
+    @property
+    def mean(self) -> float:
+        return float(self.weight.mean())
+
+    @property
+    def std(self) -> float:
+        return float(self.weight.std())
+
+
+def conv1_stats(model: BookCNN, label: str = "trained") -> ConvStats:
+    """conv1's weights and bias of `model` (the book's `model.layers[0].weights`)."""
+    return ConvStats(
+        label,
+        model.conv1.weight.detach().cpu().numpy().copy(),
+        model.conv1.bias.detach().cpu().numpy().copy(),
+    )
+
+
+def untrained_models(seed: int) -> dict[str, BookCNN]:
+    """Untrained models, each initialised from `seed` without touching the global RNG:
+    Keras's Glorot-uniform kernels (std of conv1 ≈ 0.08) and PyTorch's default
+    kaiming_uniform(a=√5), U(-1/3, 1/3) for conv1's fan-in of 9 (std ≈ 0.19)."""
+    models = {}
+    for label, init in (("untrained, Keras Glorot uniform", "keras"),
+                        ("untrained, PyTorch default", "torch")):  # fmt: skip
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            models[label] = BookCNN(init=init).eval()
+    return models
+
+
+def book_image(train_input: np.ndarray, index: int) -> torch.Tensor:
+    """The book's `train_input[0:1].reshape(-1, 28, 28, 1) / 255.0` as NCHW (1, 1, 28, 28)
+    float32, for any training index."""
+    if not 0 <= index < len(train_input):
+        raise UserError(
+            f"--index {index} is out of range: the training set has {len(train_input):,} "
+            f"images (0-{len(train_input) - 1})"
+        )
+    scaled = train_input[index : index + 1].reshape(-1, 1, 28, 28) / 255.0  # float64, as the book
+    return torch.from_numpy(scaled.astype(np.float32))
+
+
+@torch.no_grad()
+def feature_maps(model: nn.Module, image: torch.Tensor) -> dict[str, np.ndarray]:
+    """conv1 (32, 28, 28) and conv2 (64, 14, 14) feature maps (after ReLU) of one image
+    (1, 1, 28, 28), read from the model's own relu1/relu2 nodes."""
+    extractor = create_feature_extractor(model, return_nodes=FEATURE_NODES).eval()
+    outputs = extractor(image)
+    return {name: out[0].cpu().numpy() for name, out in outputs.items()}
+
+
+@torch.no_grad()
+def predict(model: BookCNN, image: torch.Tensor) -> np.ndarray:
+    """Class probabilities (10,) of one image (1, 1, 28, 28)."""
+    return model.predict_proba(image)[0].cpu().numpy()
+
+
+def keras_feature_maps(
+    keras_file: str | os.PathLike, index: int, data_dir: str | os.PathLike | None = None
+) -> dict[str, np.ndarray]:
+    """Keras's conv1 (32, 28, 28) and conv2 (64, 14, 14) maps of training image `index`, made by
+    `python -m keras_ref.visualize --dump-maps` in a separate process (this package never imports
+    Keras) and moved from NHWC to this side's CHW."""
+    with tempfile.TemporaryDirectory() as tmp:
+        dump = Path(tmp) / "keras-maps.npz"
+        cmd = [sys.executable, "-m", "keras_ref.visualize", str(keras_file),
+               "--dump-maps", str(dump), "--index", str(index)]  # fmt: skip
+        if data_dir:
+            cmd += ["--data-dir", str(data_dir)]
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            lines = proc.stderr.strip().splitlines()
+            errors = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
+            reason = errors[-1] if errors else (lines[-1] if lines else f"exit {proc.returncode}")
+            raise UserError(f"--keras: {reason}")
+        with np.load(dump) as npz:
+            # (1, H, W, C) → (C, H, W)
+            return {name: npz[name][0].transpose(2, 0, 1) for name in GRIDS}
+
+
+def max_abs_diff_per_map(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(C, H, W) and (C, H, W) → (C,): the max |a - b| of each map."""
+    if a.shape != b.shape:
+        raise UserError(f"feature maps of shapes {a.shape} and {b.shape} cannot be compared")
+    return np.abs(a.astype(np.float64) - b.astype(np.float64)).reshape(len(a), -1).max(axis=1)
+
+
+@dataclass(frozen=True)
+class History:
+    """Loss per epoch of a training run, and what trained it (the file's "framework", if any)."""
+
+    loss: list[float]
+    val_loss: list[float]
+    framework: str
+
+
+def read_history(path: str | os.PathLike) -> History:
+    """loss and val_loss per epoch from either trainer's history.json (under "history", or at
+    the top level)."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{path}: not a readable history.json ({err})") from None
+    hist = doc.get("history", doc) if isinstance(doc, dict) else None
+    if not isinstance(hist, dict) or not all(
+        isinstance(hist.get(k), list) and hist[k] for k in ("loss", "val_loss")
+    ):
+        raise UserError(f"{path}: no loss and val_loss lists (expected a trainer's history.json)")
+    try:
+        loss, val_loss = ([float(v) for v in hist[k]] for k in ("loss", "val_loss"))
+    except (TypeError, ValueError):
+        raise UserError(f"{path}: loss and val_loss must be lists of numbers") from None
+    framework = doc.get("framework") if isinstance(doc.get("framework"), str) else path.name
+    return History(loss, val_loss, framework)
+
+
+def korean_font() -> str | None:
+    """The name of an installed font with Hangul, or None."""
+    from matplotlib import font_manager
+
+    installed = {f.name for f in font_manager.fontManager.ttflist}
+    return next((name for name in KOREAN_FONTS if name in installed), None)
+
+
+# --- pictures ---------------------------------------------------------------------------------
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def plot_histograms(stats: list[ConvStats], path: Path) -> Path:
+    """One histogram per model, on shared bins, each titled with its mean and std."""
+    edges = np.linspace(min(s.weight.min() for s in stats), max(s.weight.max() for s in stats), 31)
+    fig, axs = plt.subplots(1, len(stats), figsize=(4 * len(stats), 3.2), sharex=True,
+                            layout="constrained")  # fmt: skip
+    for ax, s in zip(axs, stats, strict=True):
+        ax.hist(s.weight.reshape(-1), bins=edges)
+        ax.set_title(f"{s.label}\nmean {s.mean:.4f}, std {s.std:.4f}", fontsize=10)
+        ax.set_xlabel("weight")
+        ax.set_ylabel("count")
+    fig.suptitle("PyTorch: conv1 weights (288 values)")
+    return _save(fig, path)
+
+
+def plot_kernels(stats: list[ConvStats], path: Path) -> Path:
+    """The 32 kernels of each model in a 2×16 grid (vmin -0.5, vmax 0.5), one row block each."""
+    fig = plt.figure(figsize=(12, 2.1 * len(stats)), layout="constrained")
+    for sub, s in zip(fig.subfigures(len(stats), 1), stats, strict=True):
+        axs = sub.subplots(2, 16)
+        for i in range(2):
+            for j in range(16):
+                axs[i, j].imshow(s.weight[i * 16 + j, 0], vmin=-KERNEL_LIMIT, vmax=KERNEL_LIMIT,
+                                 interpolation="nearest")  # fmt: skip
+                axs[i, j].axis("off")
+        sub.suptitle(f"{s.label} (std {s.std:.3f})", fontsize=10)
+    fig.suptitle(f"PyTorch: conv1 kernels, vmin -{KERNEL_LIMIT}, vmax {KERNEL_LIMIT}")
+    return _save(fig, path)
+
+
+def _font_rc(font: str | None) -> dict:
+    """rcParams that draw text in `font` (Hangul), falling back to matplotlib's default font."""
+    return {"font.family": [font, "DejaVu Sans"], "axes.unicode_minus": False} if font else {}
+
+
+def plot_input(image: np.ndarray, title: str, font: str | None, path: Path) -> Path:
+    with plt.rc_context(_font_rc(font)):
+        fig, ax = plt.subplots(figsize=(3, 3.2), layout="constrained")
+        ax.imshow(image, cmap="gray_r", interpolation="nearest")
+        ax.axis("off")
+        ax.set_title(title, fontsize=10)
+        return _save(fig, path)
+
+
+def _grid(fig_or_sub, maps: np.ndarray, rows: int, cols: int) -> None:
+    """maps (C, H, W) in a rows×cols grid: channel i*cols + j at row i, column j."""
+    axs = fig_or_sub.subplots(rows, cols)
+    for i in range(rows):
+        for j in range(cols):
+            axs[i, j].imshow(maps[i * cols + j], interpolation="nearest")
+            axs[i, j].axis("off")
+
+
+def plot_feature_maps(maps: np.ndarray, title: str, path: Path) -> Path:
+    rows, cols = GRIDS["conv1" if len(maps) == 32 else "conv2"]
+    fig = plt.figure(figsize=(cols * 1.1, rows * 1.1 + 0.4), layout="compressed")
+    _grid(fig, maps, rows, cols)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_side_by_side(
+    keras_maps: np.ndarray, torch_maps: np.ndarray, diffs: np.ndarray, title: str, path: Path
+) -> Path:
+    """Keras's maps | PyTorch's maps | a table of each map's max |diff|, same grid positions."""
+    rows, cols = GRIDS["conv1" if len(keras_maps) == 32 else "conv2"]
+    cell = 0.75
+    fig = plt.figure(figsize=(3 * cols * cell + 1, rows * cell + 0.9), layout="constrained")
+    left, middle, right = fig.subfigures(1, 3, width_ratios=(1, 1, 0.8))
+    for sub, maps, name in ((left, keras_maps, "Keras"), (middle, torch_maps, "PyTorch")):
+        _grid(sub, maps, rows, cols)
+        sub.suptitle(name, fontsize=10)
+    ax = right.subplots()
+    table = diffs.reshape(rows, cols)
+    im = ax.imshow(table, cmap="Reds", vmin=0, vmax=MAPS_TOLERANCE)
+    for i in range(rows):
+        for j in range(cols):
+            ax.text(j, i, f"{table[i, j]:.0e}", ha="center", va="center", fontsize=7)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    right.colorbar(im, ax=ax, shrink=0.8, label=f"max |diff| (tolerance {MAPS_TOLERANCE:g})")
+    right.suptitle("max |diff| of each map", fontsize=10)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_prediction(image: np.ndarray, probs: np.ndarray, names: tuple[str, ...], title: str,
+                    font: str | None, path: Path) -> Path:  # fmt: skip
+    """8-2's bar chart of the 10 class probabilities, with the image beside it."""
+    with plt.rc_context(_font_rc(font)):
+        fig, (ax_img, ax) = plt.subplots(1, 2, figsize=(8, 3.4), width_ratios=(1, 2.6),
+                                         layout="constrained")  # fmt: skip
+        ax_img.imshow(image, cmap="gray_r", interpolation="nearest")
+        ax_img.axis("off")
+        ax.bar(range(len(probs)), probs)
+        ax.set_xticks(range(len(probs)), names, rotation=45, ha="right")
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("class")
+        ax.set_ylabel("prob")
+        fig.suptitle(title)
+        return _save(fig, path)
+
+
+def plot_history(history: History, title: str, path: Path) -> Path:
+    """The book's loss plot (train and val loss per epoch), the best epoch marked."""
+    fig, ax = plt.subplots(figsize=(5, 3.5), layout="constrained")
+    ax.plot(range(1, len(history.loss) + 1), history.loss, label="train")
+    ax.plot(range(1, len(history.val_loss) + 1), history.val_loss, label="val")
+    best = int(np.argmin(history.val_loss)) + 1
+    ax.axvline(best, color="gray", linestyle=":", label=f"best epoch {best}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.set_title(title, fontsize=10)
+    ax.legend()
+    return _save(fig, path)
+
+
+# --- the command ------------------------------------------------------------------------------
+
+
+def class_names(lang: str) -> tuple[tuple[str, ...], str | None]:
+    """(names, font): Korean names and a Hangul font where one is installed, else English."""
+    if lang != "ko":
+        return CLASS_NAMES, None
+    font = korean_font()
+    if font is None:
+        print("note: no Korean font found (install fonts-nanum); class names in English",
+              file=sys.stderr)  # fmt: skip
+        return CLASS_NAMES, None
+    return CLASS_NAMES_KO, font
+
+
+@dataclass
+class Results:
+    """Everything the command computes, before anything is printed or drawn."""
+
+    stats: list[ConvStats]  # trained, untrained Glorot, untrained PyTorch default
+    image: np.ndarray  # (28, 28) uint8, train_input[index]
+    label: int
+    maps: dict[str, np.ndarray]  # conv1 (32, 28, 28), conv2 (64, 14, 14)
+    val_image: np.ndarray  # (28, 28) float, val_scaled[val_index]
+    val_label: int
+    probs: np.ndarray  # (10,)
+    keras_maps: dict[str, np.ndarray] | None = None  # same shapes as maps
+    keras_diffs: dict[str, np.ndarray] | None = None  # name → (C,) max |diff| per map
+    history: History | None = None
+
+
+def compute(args: argparse.Namespace) -> Results:
+    """Read and check every input (checkpoint, image indices, history, the Keras file) and
+    compute the numbers; nothing is written."""
+    model = load_model(args.checkpoint)
+    (train_input, train_target), _ = load_data(args.data_dir)
+    image = book_image(train_input, args.index)
+    _, val_scaled, _, val_target = book_split(train_input, train_target)
+    if not 0 <= args.val_index < len(val_scaled):
+        raise UserError(
+            f"--val-index {args.val_index} is out of range: the validation set has "
+            f"{len(val_scaled):,} images (0-{len(val_scaled) - 1})"
+        )
+    history = read_history(args.history) if args.history else None
+    keras_maps = keras_feature_maps(args.keras, args.index, args.data_dir) if args.keras else None
+
+    untrained = untrained_models(args.seed)
+    maps = feature_maps(model, image)
+    diffs = None
+    if keras_maps is not None:
+        diffs = {name: max_abs_diff_per_map(keras_maps[name], maps[name]) for name in GRIDS}
+    val_image = val_scaled[args.val_index, :, :, 0]
+    return Results(
+        stats=[conv1_stats(model)] + [conv1_stats(m, label) for label, m in untrained.items()],
+        image=train_input[args.index],
+        label=int(train_target[args.index]),
+        maps=maps,
+        val_image=val_image,
+        val_label=int(val_target[args.val_index]),
+        probs=predict(model, torch.from_numpy(val_image[None, None].astype(np.float32))),
+        keras_maps=keras_maps,
+        keras_diffs=diffs,
+        history=history,
+    )
+
+
+def report(r: Results, args: argparse.Namespace, names: tuple[str, ...]) -> None:
+    """Print the book's numbers."""
+    t = r.stats[0]
+    print(f"conv1 weight {t.weight.shape} (Keras layout {t.keras_shape}), bias {t.bias.shape}")
+    for s in r.stats:
+        print(f"{s.label} conv1 weight mean {s.mean:.6f} std {s.std:.6f}")
+    spreads = ", ".join(f"{s.std:.4f} ({s.label})" for s in r.stats[1:])
+    wider = "wider" if all(t.std > s.std for s in r.stats[1:]) else "not wider than every init"
+    print(f"trained weights spread {wider}: std {t.std:.4f} vs {spreads}")
+    for name, m in r.maps.items():
+        print(f"{name} feature maps {m.shape} of train_input[{args.index}] ({names[r.label]})")
+    pred = int(np.argmax(r.probs))
+    print(f"val_scaled[{args.val_index}]: predicted {names[pred]} (p={r.probs[pred]:.4f}), "
+          f"true {names[r.val_label]}")  # fmt: skip
+    for name, d in (r.keras_diffs or {}).items():
+        print(f"Keras vs PyTorch {name} feature maps: max |diff| {d.max():.2e} "
+              f"over {len(d)} maps (tolerance {MAPS_TOLERANCE:g})")  # fmt: skip
+
+
+def draw(r: Results, args: argparse.Namespace, names: tuple[str, ...], font: str | None,
+         out: Path) -> list[Path]:  # fmt: skip
+    """Write the PNGs into `out`; return their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    where = f"train_input[{args.index}]"
+    pred = int(np.argmax(r.probs))
+    written = [
+        plot_histograms(r.stats, out / "conv1-hist.png"),
+        plot_kernels(r.stats, out / "conv1-kernels.png"),
+        plot_input(r.image, f"{where}: {names[r.label]}", font, out / "input.png"),
+    ]
+    for name, m in r.maps.items():
+        written.append(plot_feature_maps(m, f"PyTorch: {name} feature maps {m.shape} of {where}",
+                                         out / f"{name}-maps.png"))  # fmt: skip
+    written.append(plot_prediction(
+        r.val_image, r.probs, names,
+        f"PyTorch: val_scaled[{args.val_index}] is {names[pred]} (p={r.probs[pred]:.3f})", font,
+        out / "prediction.png"))  # fmt: skip
+    for name, d in (r.keras_diffs or {}).items():
+        written.append(plot_side_by_side(
+            r.keras_maps[name], r.maps[name], d,
+            f"{name} feature maps of {where}: Keras | PyTorch | max |diff| {d.max():.1e}",
+            out / f"keras-vs-torch-{name}.png"))  # fmt: skip
+    if r.history is not None:
+        written.append(plot_history(r.history, f"loss per epoch ({r.history.framework})",
+                                    out / "history.png"))  # fmt: skip
+    return written
+
+
+def visualize(args: argparse.Namespace) -> Results:
+    """Compute (checking every input first), print the numbers, draw the pictures. Keras maps
+    that differ beyond MAPS_TOLERANCE are drawn, then reported as an error."""
+    results = compute(args)
+    names, font = class_names(args.lang)
+    report(results, args, names)
+    written = draw(results, args, names, font, Path(args.out))
+    print(f"wrote {len(written)} images to {args.out}")
+    worst = {n: float(d.max()) for n, d in (results.keras_diffs or {}).items()}
+    name = max(worst, key=worst.get, default=None)
+    if name is not None and worst[name] > MAPS_TOLERANCE:
+        raise UserError(
+            f"{args.keras}: Keras's {name} feature maps differ from {args.checkpoint}'s by "
+            f"{worst[name]:.2e} > {MAPS_TOLERANCE:g} — are they the same weights? "
+            f"(make one from the other with python -m parity.port)"
+        )
+    return results
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m torch_impl.visualize",
+        description="The book's 8-3 in PyTorch: conv1 weights and kernels, feature maps, "
+        "a prediction, and Keras's feature maps beside PyTorch's.",
+    )
+    p.add_argument("checkpoint", help="PyTorch checkpoint (.pt, .pth or .safetensors)")
+    p.add_argument("--out", default="runs/visualize",
+                   help="folder for the PNGs (default: runs/visualize)")  # fmt: skip
+    p.add_argument("--index", type=int, default=0,
+                   help="train_input index for the feature maps (default: 0)")  # fmt: skip
+    p.add_argument("--val-index", type=int, default=0,
+                   help="validation image to predict (default: 0, a bag)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=42,
+                   help="seed of the untrained models' initialisation (default: 42)")  # fmt: skip
+    p.add_argument("--keras", metavar="KERAS_FILE",
+                   help="the same weights as a Keras model: draw its feature maps beside "
+                        "PyTorch's, with their differences (default: off)")  # fmt: skip
+    p.add_argument("--history", metavar="HISTORY_JSON",
+                   help="a trainer's history.json: plot its losses (default: off)")  # fmt: skip
+    p.add_argument("--lang", choices=("en", "ko"), default="en",
+                   help="class names in English or the book's Korean, where a Korean font is "
+                        "installed (default: en)")  # fmt: skip
+    p.add_argument("--data-dir", help="Fashion-MNIST directory (default: search, see README)")
+    return p
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    visualize(build_parser().parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
