@@ -9,10 +9,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # torch's lazily imported compiler stack (torch._dynamo, which loads triton; the first
 # torch.optim optimizer imports it) segfaults when it is loaded after TensorFlow in the same
 # process. Load it first, before any test module imports keras.
-import torch._dynamo  # noqa: E402, F401
-
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import torch._dynamo  # noqa: E402, F401
 
 from torch_impl.fashion_mnist import DEBIAN_DIR, FILES, locate  # noqa: E402
 

@@ -101,8 +101,10 @@ def test_matches_keras_adam(rng):
     for g in grads:
         opt.apply_gradients([(keras.ops.convert_to_tensor(g), var)])
     p, _ = torch_steps(w0, grads)
-    np.testing.assert_allclose(p.detach().numpy(), np.asarray(var.numpy()), atol=KERAS_ATOL,
-                               rtol=0, err_msg="KerasAdam differs from keras.optimizers.Adam")  # fmt: skip
+    np.testing.assert_allclose(
+        p.detach().numpy(), np.asarray(var.numpy()), atol=KERAS_ATOL, rtol=0,
+        err_msg="KerasAdam differs from keras.optimizers.Adam",
+    )
 
 
 def test_rejects_bad_hyperparameters():

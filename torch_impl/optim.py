@@ -56,6 +56,7 @@ class KerasAdam(torch.optim.Optimizer):
         if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
             raise ValueError(f"invalid betas: {betas}")
         super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps})
+        self._scratch: dict[int, list[torch.Tensor]] = {}
 
     @staticmethod
     def step_size(lr: float, beta1: float, beta2: float, t: int) -> float:
@@ -67,13 +68,28 @@ class KerasAdam(torch.optim.Optimizer):
         b2_power = np.power(f32(beta2), t32)
         return float(f32(lr) * np.sqrt(one - b2_power) / (one - b1_power))
 
+    def _scratch_for(self, group_index: int, params: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Work buffers shaped like `params`, kept between steps (not part of the state).
+
+        Fresh temporaries of this size cost more than the arithmetic on them: every step would
+        fault in new pages. Reusing one set keeps the update in cache.
+        """
+        scratch = self._scratch.get(group_index)
+        if scratch is None or len(scratch) != len(params) or any(
+            s.shape != p.shape or s.device != p.device or s.dtype != p.dtype
+            for s, p in zip(scratch, params, strict=True)
+        ):
+            scratch = [torch.empty_like(p, memory_format=torch.preserve_format) for p in params]
+            self._scratch[group_index] = scratch
+        return scratch
+
     @torch.no_grad()
     def step(self, closure=None):
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
+        for group_index, group in enumerate(self.param_groups):
             params, grads, exp_avgs, exp_avg_sqs = [], [], [], []
             for p in group["params"]:
                 if p.grad is None:
@@ -99,19 +115,17 @@ class KerasAdam(torch.optim.Optimizer):
             t = int(self.state[params[0]]["step"].item())
             alpha = self.step_size(group["lr"], beta1, beta2, t)
 
-            # m ← m + (g − m)·(1 − β1)
-            delta = torch._foreach_sub(grads, exp_avgs)
-            torch._foreach_mul_(delta, 1.0 - beta1)
-            torch._foreach_add_(exp_avgs, delta)
+            scratch = self._scratch_for(group_index, params)
+
+            # m ← m + (g − m)·(1 − β1): lerp evaluates exactly this for weights below 0.5.
+            torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
             # v ← v + (g² − v)·(1 − β2)
-            delta = torch._foreach_mul(grads, grads)
-            torch._foreach_sub_(delta, exp_avg_sqs)
-            torch._foreach_mul_(delta, 1.0 - beta2)
-            torch._foreach_add_(exp_avg_sqs, delta)
-            # w ← w − (m·α) / (√v + ε)
-            denom = torch._foreach_sqrt(exp_avg_sqs)
-            torch._foreach_add_(denom, group["eps"])
-            update = torch._foreach_mul(exp_avgs, alpha)
-            torch._foreach_div_(update, denom)
-            torch._foreach_sub_(params, update)
+            torch._foreach_copy_(scratch, grads)
+            torch._foreach_mul_(scratch, grads)
+            torch._foreach_lerp_(exp_avg_sqs, scratch, 1.0 - beta2)
+            # w ← w − α·m / (√v + ε)
+            torch._foreach_copy_(scratch, exp_avg_sqs)
+            torch._foreach_sqrt_(scratch)
+            torch._foreach_add_(scratch, group["eps"])
+            torch._foreach_addcdiv_(params, exp_avgs, scratch, value=-alpha)
         return loss
