@@ -1,6 +1,7 @@
 """Layer-by-layer parity report of a Keras checkpoint against a PyTorch one, on real test images.
 
     python -m parity.check KERAS_FILE TORCH_FILE [--device cpu|cuda] [--samples N] [--json PATH]
+                                                [--test-images N]
 
 Compares conv1, pool1, conv2, pool2, flatten, dense1, the pre-softmax logits and the probabilities
 on the first N test images (every map in Keras's layout: NHWC, H,W,C flatten order), then the
@@ -33,6 +34,7 @@ from torch_impl.checkpoint import atomic_write, checkpoint_kind
 from torch_impl.errors import UserError, cli_entry
 
 DEFAULT_SAMPLES = 1000
+TEST_IMAGES = 10_000  # the whole test set, for prediction agreement and accuracy
 
 
 def run_check(
@@ -41,6 +43,7 @@ def run_check(
     *,
     device: str = "cpu",
     samples: int = DEFAULT_SAMPLES,
+    test_images: int = TEST_IMAGES,
     data_dir: str | None = None,
 ) -> dict:
     """The whole report as a dict (`passed`, `first_failure`, `layers`, `test_set`)."""
@@ -51,6 +54,7 @@ def run_check(
     keras_weights = read_weights(keras_file).keras
     torch_weights = read_weights(torch_file).torch
     images, labels = load_test_images(data_dir)
+    images, labels = images[:test_images], labels[:test_images]
 
     keras_side = KerasSide(keras_weights)
     model = torch_model(torch_weights, dev)
@@ -132,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_SAMPLES,
         help=f"test images for the layer-by-layer report (default: {DEFAULT_SAMPLES})",
     )
+    p.add_argument(
+        "--test-images",
+        type=int,
+        default=TEST_IMAGES,
+        help=f"test images for prediction agreement and accuracy (default: all {TEST_IMAGES:,})",
+    )
     p.add_argument("--json", type=Path, help="also write the report as JSON to this path")
     p.add_argument("--data-dir", help="Fashion-MNIST directory (default: search, see README)")
     return p
@@ -142,11 +152,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not 1 <= args.samples <= 10_000:
         raise UserError(f"--samples must be between 1 and 10000, not {args.samples}")
+    if not 1 <= args.test_images <= TEST_IMAGES:
+        raise UserError(f"--test-images must be between 1 and 10000, not {args.test_images}")
     report = run_check(
         args.keras_file,
         args.torch_file,
         device=args.device,
         samples=args.samples,
+        test_images=args.test_images,
         data_dir=args.data_dir,
     )
     print(format_report(report))

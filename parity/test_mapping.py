@@ -1,0 +1,67 @@
+"""The mapping table on real weights: round trips are bit-identical, and the flatten permutation
+of dense1 is what makes the PyTorch model right."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from parity.compare import compare
+from parity.mapping import FLAT_DENSE, KERAS_NAMES, TABLE, keras_to_torch, torch_to_keras
+from parity.runners import KerasSide, torch_model, torch_probabilities
+from torch_impl.model import BookCNN
+
+
+def _assert_identical(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert a[name].dtype == b[name].dtype == np.float32, f"{name}: dtype changed"
+        assert np.array_equal(a[name], b[name]), f"{name}: not bit-identical after the round trip"
+
+
+def test_keras_to_torch_to_keras_is_bit_identical(ckpt):
+    torch_side = keras_to_torch(ckpt.weights)
+    assert {k: v.shape for k, v in torch_side.items()} == {r.torch: r.torch_shape for r in TABLE}
+    _assert_identical(torch_to_keras(torch_side), ckpt.weights)
+
+
+@pytest.mark.parametrize("init", ["torch", "keras"])
+def test_torch_to_keras_to_torch_is_bit_identical(init):
+    torch.manual_seed(0)
+    state = {k: v.numpy() for k, v in BookCNN(init=init).state_dict().items()}
+    keras_side = torch_to_keras(state)
+    assert tuple(keras_side) == KERAS_NAMES
+    _assert_identical(keras_to_torch(keras_side), state)
+
+
+def test_plain_transpose_of_dense1_gives_a_wrong_model(keras_ckpts, eval_images):
+    """Transposing dense/kernel without permuting its rows from H,W,C to C,H,W order gives a
+    model that runs — and disagrees with Keras; the table's permutation makes it agree."""
+    weights = keras_ckpts["trained"].weights
+    images = eval_images[0][:1000]
+    keras_proba = KerasSide(weights).probabilities(images)
+
+    right = keras_to_torch(weights)
+    wrong = dict(right, **{"dense1.weight": np.ascontiguousarray(weights["dense/kernel"].T)})
+    assert not np.array_equal(right["dense1.weight"], wrong["dense1.weight"])
+    kernel = weights["dense/kernel"]
+    assert not np.array_equal(FLAT_DENSE.to_torch(kernel), kernel.T)
+
+    right_proba = torch_probabilities(torch_model(right), images)
+    wrong_proba = torch_probabilities(torch_model(wrong), images)
+    assert compare("probabilities", keras_proba, right_proba).passed
+    wrong_diff = compare("probabilities", keras_proba, wrong_proba)
+    agreeing = (wrong_proba.argmax(1) == keras_proba.argmax(1)).mean()
+    assert not wrong_diff.passed and wrong_diff.max_abs > 0.1, wrong_diff
+    assert agreeing < 0.9, f"a plain transpose still agreed on {agreeing:.1%} of the predictions"
+
+
+def test_mapping_refuses_a_wrong_shape_before_mapping(keras_ckpts):
+    from torch_impl.errors import UserError
+
+    weights = dict(keras_ckpts["random"].weights)
+    weights["dense/kernel"] = weights["dense/kernel"][:, :50]
+    message = r"dense/kernel has shape \(3136, 50\), expected \(3136, 100\)"
+    with pytest.raises(UserError, match=message):
+        keras_to_torch(weights)
