@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from torch_impl import visualize as tv
-from torch_impl.checkpoint import load_model, save_state_dict
+from torch_impl.checkpoint import load_model
 
 TRAINED_STAT = re.compile(r"^trained conv1 weight mean (\S+) std (\S+)$", re.M)
 MAPS_DIFF = re.compile(r"^Keras vs PyTorch (conv\d) feature maps: max \|diff\| (\S+) over", re.M)
@@ -34,13 +34,13 @@ def _run(main, argv):
 
 
 @pytest.fixture(scope="module")
-def ckpts(tmp_path_factory, raw_data):
-    """A Keras model of the book fitted for one epoch on 512 real training images, saved as
-    .keras, with its history.json; the same weights as a PyTorch .pt (through the mapping table)."""
+def ckpts(tmp_path_factory, raw_data, data_dir):
+    """A Keras model of the book fitted for two epochs on 512 real training images, saved as
+    .keras, with its history.json; the same weights as a PyTorch .pt (parity.port)."""
     import keras
 
     from keras_ref.model import build_model
-    from parity.mapping import KERAS_NAMES, keras_to_torch
+    from parity.port import port
 
     root = tmp_path_factory.mktemp("ckpts")
     (train_input, train_target), _ = raw_data
@@ -51,9 +51,10 @@ def ckpts(tmp_path_factory, raw_data):
     fit = model.fit(x, train_target[:512], epochs=2, batch_size=32, verbose=0,
                     validation_data=(x[:128], train_target[:128]))  # fmt: skip
     model.save(root / "model.keras")
-    weights = dict(zip(KERAS_NAMES, [w.numpy() for w in model.weights], strict=True))
-    state = {k: torch.from_numpy(v) for k, v in keras_to_torch(weights).items()}
-    save_state_dict(state, root / "model.pt")
+    port(root / "model.keras", root / "model.pt", samples=64, data_dir=data_dir)
+    # The port holds conv1's kernel, HWIO (3, 3, 1, 32) → OIHW (32, 1, 3, 3).
+    conv1 = torch.load(root / "model.pt", weights_only=True)["conv1.weight"].numpy()
+    np.testing.assert_array_equal(conv1, model.layers[0].weights[0].numpy().transpose(3, 2, 0, 1))
     (root / "history.json").write_text(json.dumps({"framework": "keras (test)",
                                                    "history": fit.history}))  # fmt: skip
     return root

@@ -263,19 +263,19 @@ def _grid(fig_or_sub, maps: np.ndarray, rows: int, cols: int) -> None:
             axs[i, j].axis("off")
 
 
-def plot_feature_maps(maps: np.ndarray, title: str, path: Path) -> Path:
-    rows, cols = GRIDS["conv1" if len(maps) == 32 else "conv2"]
+def plot_feature_maps(name: str, maps: np.ndarray, title: str, path: Path) -> Path:
+    """One layer's maps (C, H, W) in the book's grid for it."""
+    rows, cols = GRIDS[name]
     fig = plt.figure(figsize=(cols * 1.1, rows * 1.1 + 0.4), layout="compressed")
     _grid(fig, maps, rows, cols)
     fig.suptitle(title)
     return _save(fig, path)
 
 
-def plot_side_by_side(
-    keras_maps: np.ndarray, torch_maps: np.ndarray, diffs: np.ndarray, title: str, path: Path
-) -> Path:
+def plot_side_by_side(name: str, keras_maps: np.ndarray, torch_maps: np.ndarray,
+                      diffs: np.ndarray, title: str, path: Path) -> Path:  # fmt: skip
     """Keras's maps | PyTorch's maps | a table of each map's max |diff|, same grid positions."""
-    rows, cols = GRIDS["conv1" if len(keras_maps) == 32 else "conv2"]
+    rows, cols = GRIDS[name]
     cell = 0.75
     fig = plt.figure(figsize=(3 * cols * cell + 1, rows * cell + 0.9), layout="constrained")
     left, middle, right = fig.subfigures(1, 3, width_ratios=(1, 1, 0.8))
@@ -362,6 +362,7 @@ def compute(args: argparse.Namespace) -> Results:
     """Read and check every input (checkpoint, image indices, history, the Keras file) and
     compute the numbers; nothing is written."""
     model = load_model(args.checkpoint)
+    history = read_history(args.history) if args.history else None
     (train_input, train_target), _ = load_data(args.data_dir)
     image = book_image(train_input, args.index)
     _, val_scaled, _, val_target = book_split(train_input, train_target)
@@ -370,7 +371,6 @@ def compute(args: argparse.Namespace) -> Results:
             f"--val-index {args.val_index} is out of range: the validation set has "
             f"{len(val_scaled):,} images (0-{len(val_scaled) - 1})"
         )
-    history = read_history(args.history) if args.history else None
     keras_maps = keras_feature_maps(args.keras, args.index, args.data_dir) if args.keras else None
 
     untrained = untrained_models(args.seed)
@@ -424,15 +424,15 @@ def draw(r: Results, args: argparse.Namespace, names: tuple[str, ...], font: str
         plot_input(r.image, f"{where}: {names[r.label]}", font, out / "input.png"),
     ]
     for name, m in r.maps.items():
-        written.append(plot_feature_maps(m, f"PyTorch: {name} feature maps {m.shape} of {where}",
-                                         out / f"{name}-maps.png"))  # fmt: skip
+        title = f"PyTorch: {name} feature maps {m.shape} of {where}"
+        written.append(plot_feature_maps(name, m, title, out / f"{name}-maps.png"))
     written.append(plot_prediction(
         r.val_image, r.probs, names,
         f"PyTorch: val_scaled[{args.val_index}] is {names[pred]} (p={r.probs[pred]:.3f})", font,
         out / "prediction.png"))  # fmt: skip
     for name, d in (r.keras_diffs or {}).items():
         written.append(plot_side_by_side(
-            r.keras_maps[name], r.maps[name], d,
+            name, r.keras_maps[name], r.maps[name], d,
             f"{name} feature maps of {where}: Keras | PyTorch | max |diff| {d.max():.1e}",
             out / f"keras-vs-torch-{name}.png"))  # fmt: skip
     if r.history is not None:
