@@ -26,10 +26,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 import matplotlib  # noqa: E402
-import numpy as np  # noqa: E402
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 
 from keras_ref.data import load_data  # noqa: E402
 from torch_impl.errors import UserError, cli_entry  # noqa: E402
@@ -215,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    matplotlib.use("Agg")  # files only, no window
     if args.dump_maps:
         dump_maps(args)
     else:

@@ -239,3 +239,17 @@ def test_bad_inputs_one_line_exit_1(ckpts, data_dir, tmp_path):
     _one_line_error(*_run(tv.main, [pt, "--keras", str(bad_keras), *data])[::2], "bad.keras")
     _one_line_error(*_run(tv.main, [pt, "--history", str(bad_hist), *data])[::2], "history.json")
     assert not out.exists(), "nothing may be written when an input is bad"
+
+
+def test_korean_font_has_hangul_or_english_with_a_note(monkeypatch, capsys):
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    font = tv.korean_font()
+    if font is not None:  # the font found really draws Hangul
+        face = FT2Font(font_manager.findfont(font, fallback_to_default=False))
+        assert all(face.get_char_index(ord(c)) for c in "".join(tv.CLASS_NAMES_KO).replace(" ", ""))
+        assert tv.class_names("ko") == (tv.CLASS_NAMES_KO, font)
+    monkeypatch.setattr(tv, "KOREAN_FONTS", ("No Such Font",))
+    assert tv.class_names("ko") == (tv.CLASS_NAMES, None)
+    assert "no Korean font found" in capsys.readouterr().err

@@ -32,16 +32,14 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 from torch import nn
+from torchvision.models.feature_extraction import create_feature_extractor
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from torchvision.models.feature_extraction import create_feature_extractor  # noqa: E402
-
-from torch_impl.checkpoint import load_model  # noqa: E402
-from torch_impl.errors import UserError, cli_entry  # noqa: E402
-from torch_impl.fashion_mnist import CLASS_NAMES, CLASS_NAMES_KO, book_split, load_data  # noqa: E402
-from torch_impl.model import BookCNN  # noqa: E402
+from torch_impl.checkpoint import load_model
+from torch_impl.errors import UserError, cli_entry
+from torch_impl.fashion_mnist import CLASS_NAMES, CLASS_NAMES_KO, book_split, load_data
+from torch_impl.model import BookCNN
 
 # Float32 parity tolerance for a feature map, Keras vs PyTorch: torch.testing.assert_close's
 # default atol and the one Hugging Face uses for TF↔PT ports. Same weights and image give ~1e-7.
@@ -203,19 +201,20 @@ def korean_font() -> str | None:
 
 
 # --- pictures ---------------------------------------------------------------------------------
+# Plain matplotlib Figures saved through the Agg canvas: no pyplot, so importing this module never
+# changes the caller's backend (a notebook keeps its own).
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def _save(fig: Figure, path: Path) -> Path:
     fig.savefig(path, dpi=DPI)
-    plt.close(fig)
     return path
 
 
 def plot_histograms(stats: list[ConvStats], path: Path) -> Path:
     """One histogram per model, on shared bins, each titled with its mean and std."""
     edges = np.linspace(min(s.weight.min() for s in stats), max(s.weight.max() for s in stats), 31)
-    fig, axs = plt.subplots(1, len(stats), figsize=(4 * len(stats), 3.2), sharex=True,
-                            layout="constrained")  # fmt: skip
+    fig = Figure(figsize=(4 * len(stats), 3.2), layout="constrained")
+    axs = fig.subplots(1, len(stats), sharex=True)
     for ax, s in zip(axs, stats, strict=True):
         ax.hist(s.weight.reshape(-1), bins=edges)
         ax.set_title(f"{s.label}\nmean {s.mean:.4f}, std {s.std:.4f}", fontsize=10)
@@ -227,7 +226,7 @@ def plot_histograms(stats: list[ConvStats], path: Path) -> Path:
 
 def plot_kernels(stats: list[ConvStats], path: Path) -> Path:
     """The 32 kernels of each model in a 2×16 grid (vmin -0.5, vmax 0.5), one row block each."""
-    fig = plt.figure(figsize=(12, 2.1 * len(stats)), layout="constrained")
+    fig = Figure(figsize=(12, 2.1 * len(stats)), layout="constrained")
     for sub, s in zip(fig.subfigures(len(stats), 1), stats, strict=True):
         axs = sub.subplots(2, 16)
         for i in range(2):
@@ -246,8 +245,9 @@ def _font_rc(font: str | None) -> dict:
 
 
 def plot_input(image: np.ndarray, title: str, font: str | None, path: Path) -> Path:
-    with plt.rc_context(_font_rc(font)):
-        fig, ax = plt.subplots(figsize=(3, 3.2), layout="constrained")
+    with matplotlib.rc_context(_font_rc(font)):
+        fig = Figure(figsize=(3, 3.2), layout="constrained")
+        ax = fig.subplots()
         ax.imshow(image, cmap="gray_r", interpolation="nearest")
         ax.axis("off")
         ax.set_title(title, fontsize=10)
@@ -266,7 +266,7 @@ def _grid(fig_or_sub, maps: np.ndarray, rows: int, cols: int) -> None:
 def plot_feature_maps(name: str, maps: np.ndarray, title: str, path: Path) -> Path:
     """One layer's maps (C, H, W) in the book's grid for it."""
     rows, cols = GRIDS[name]
-    fig = plt.figure(figsize=(cols * 1.1, rows * 1.1 + 0.4), layout="compressed")
+    fig = Figure(figsize=(cols * 1.1, rows * 1.1 + 0.4), layout="compressed")
     _grid(fig, maps, rows, cols)
     fig.suptitle(title)
     return _save(fig, path)
@@ -277,7 +277,7 @@ def plot_side_by_side(name: str, keras_maps: np.ndarray, torch_maps: np.ndarray,
     """Keras's maps | PyTorch's maps | a table of each map's max |diff|, same grid positions."""
     rows, cols = GRIDS[name]
     cell = 0.75
-    fig = plt.figure(figsize=(3 * cols * cell + 1, rows * cell + 0.9), layout="constrained")
+    fig = Figure(figsize=(3 * cols * cell + 1, rows * cell + 0.9), layout="constrained")
     left, middle, right = fig.subfigures(1, 3, width_ratios=(1, 1, 0.8))
     for sub, maps, name in ((left, keras_maps, "Keras"), (middle, torch_maps, "PyTorch")):
         _grid(sub, maps, rows, cols)
@@ -299,9 +299,9 @@ def plot_side_by_side(name: str, keras_maps: np.ndarray, torch_maps: np.ndarray,
 def plot_prediction(image: np.ndarray, probs: np.ndarray, names: tuple[str, ...], title: str,
                     font: str | None, path: Path) -> Path:  # fmt: skip
     """8-2's bar chart of the 10 class probabilities, with the image beside it."""
-    with plt.rc_context(_font_rc(font)):
-        fig, (ax_img, ax) = plt.subplots(1, 2, figsize=(8, 3.4), width_ratios=(1, 2.6),
-                                         layout="constrained")  # fmt: skip
+    with matplotlib.rc_context(_font_rc(font)):
+        fig = Figure(figsize=(8, 3.4), layout="constrained")
+        ax_img, ax = fig.subplots(1, 2, width_ratios=(1, 2.6))
         ax_img.imshow(image, cmap="gray_r", interpolation="nearest")
         ax_img.axis("off")
         ax.bar(range(len(probs)), probs)
@@ -315,7 +315,8 @@ def plot_prediction(image: np.ndarray, probs: np.ndarray, names: tuple[str, ...]
 
 def plot_history(history: History, title: str, path: Path) -> Path:
     """The book's loss plot (train and val loss per epoch), the best epoch marked."""
-    fig, ax = plt.subplots(figsize=(5, 3.5), layout="constrained")
+    fig = Figure(figsize=(5, 3.5), layout="constrained")
+    ax = fig.subplots()
     ax.plot(range(1, len(history.loss) + 1), history.loss, label="train")
     ax.plot(range(1, len(history.val_loss) + 1), history.val_loss, label="val")
     best = int(np.argmin(history.val_loss)) + 1
