@@ -86,18 +86,29 @@ class Agreement:
     passed: bool
     keras_side: str
     source: str = ""  # what SRC held (layout, optimizer tensors left aside)
+    nonfinite: int = 0  # images left out: NaN/Inf outputs (only with --allow-nonfinite)
 
 
-def verify(weights: Weights, images: np.ndarray) -> Agreement:
-    """Both models on the same real images: probabilities within tolerance, same predictions."""
+def verify(weights: Weights, images: np.ndarray, *, allow_nonfinite: bool = False) -> Agreement:
+    """Both models on the same real images: probabilities within tolerance, same predictions.
+
+    With `allow_nonfinite`, images whose probabilities hold NaN/Inf on either side are left out
+    of the comparison (the frameworks propagate NaN differently, e.g. through max pooling) and
+    counted in `nonfinite`.
+    """
     keras_side = KerasSide(weights.keras)
     pk = keras_side.probabilities(images)
     pt = torch_probabilities(torch_model(weights.torch), images)
+    nonfinite = 0
+    if allow_nonfinite:
+        rows = np.isfinite(pk).all(axis=1) & np.isfinite(pt).all(axis=1)
+        nonfinite = int((~rows).sum())
+        pk, pt = pk[rows], pt[rows]
     diff = compare("probabilities", pk, pt)
     agreeing = int((pk.argmax(1) == pt.argmax(1)).sum())
     passed = diff.passed and real_disagreements(pk, pt).size == 0
     return Agreement(
-        len(images), diff.max_abs, agreeing, passed, keras_side.description, weights.source
+        len(pk), diff.max_abs, agreeing, passed, keras_side.description, weights.source, nonfinite
     )
 
 
@@ -121,7 +132,7 @@ def port(
         raise UserError(f"{dst}: folder {dst.parent} does not exist")
     weights = read_weights(src, allow_nonfinite=allow_nonfinite)
     images, _ = load_test_images(data_dir)
-    result = verify(weights, images[:samples])
+    result = verify(weights, images[:samples], allow_nonfinite=allow_nonfinite)
     if not result.passed:
         raise UserError(
             f"{src}: refused to write {dst}: the two models disagree on {result.samples} test "
@@ -185,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
         f"(tolerance {ATOL:g})"
     )
     print(f"predictions agreeing: {result.agreeing}/{result.samples}")
+    if result.nonfinite:
+        print(
+            f"not compared: {result.nonfinite} test images with NaN/Inf outputs (--allow-nonfinite)"
+        )
     return 0
 
 

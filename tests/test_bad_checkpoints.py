@@ -1,0 +1,394 @@
+"""Bad checkpoints are refused cleanly: exit 1, one line on stderr naming the file and the defect,
+no traceback, nothing from the file run, the destination not created.
+
+Every bad file is a real checkpoint (saved by Keras or PyTorch) with one defect put in.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from parity.mapping import keras_to_torch
+from parity.port import load_into
+from parity.port import main as port_main
+from parity.testdata import session_checkpoints
+from torch_impl.checkpoint import load_state_dict, save_state_dict
+from torch_impl.errors import UserError
+from torch_impl.model import BookCNN
+
+
+@pytest.fixture(scope="session")
+def keras_ckpts(tmp_path_factory, data_dir):
+    pytest.importorskip("keras")
+    return session_checkpoints(tmp_path_factory, data_dir)
+
+
+@pytest.fixture
+def real_pt(keras_ckpts, tmp_path) -> Path:
+    """A real PyTorch checkpoint (the random Keras model's weights, mapped)."""
+    path = tmp_path / "real.pt"
+    state = keras_to_torch(keras_ckpts["random"].weights)
+    save_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, path)
+    return path
+
+
+def refused(capsys, src: Path, dst: Path, *fragments: str, extra: tuple = ()) -> str:
+    """Port src → dst; assert the clean refusal; return the error line."""
+    code = port_main([str(src), str(dst), "--samples", "50", *extra])
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 1, f"{src.name} was not refused"
+    assert "Traceback" not in err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert str(src) in lines[0] or str(dst) in lines[0], f"the file is not named: {lines[0]}"
+    for fragment in fragments:
+        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
+    assert not dst.exists(), "the destination was created"
+    assert not list(dst.parent.glob(f".{dst.name}.*")), "a temporary file was left behind"
+    return lines[0]
+
+
+def rewrite_keras(src: Path, dst: Path, *, config=None, weights=None, drop: str | None = None):
+    """Copy a real .keras, changing its config (a function of the dict), its weights file (a
+    function of the open h5py.File) or dropping one member."""
+    with zipfile.ZipFile(src) as zf:
+        members = {name: zf.read(name) for name in zf.namelist()}
+    if config is not None:
+        cfg = json.loads(members["config.json"])
+        config(cfg)
+        members["config.json"] = json.dumps(cfg).encode()
+    if weights is not None:
+        buffer = io.BytesIO(members["model.weights.h5"])
+        with h5py.File(buffer, "r+") as h5:
+            weights(h5)
+        members["model.weights.h5"] = buffer.getvalue()
+    if drop:
+        del members[drop]
+    with zipfile.ZipFile(dst, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return dst
+
+
+def _layer(cfg: dict, index: int) -> dict:
+    """The index-th layer after the InputLayer."""
+    return [x for x in cfg["config"]["layers"] if x["class_name"] != "InputLayer"][index]
+
+
+# --- .keras archives
+
+
+def test_truncated_keras(keras_ckpts, tmp_path, capsys):
+    src = tmp_path / "truncated.keras"
+    data = keras_ckpts["random"].files[".keras"].read_bytes()
+    src.write_bytes(data[: len(data) // 2])
+    refused(capsys, src, tmp_path / "out.pt", "not a valid .keras file")
+
+
+def test_non_zip_keras(keras_ckpts, tmp_path, capsys):
+    src = tmp_path / "not-a-zip.keras"
+    shutil.copy(keras_ckpts["random"].files[".h5"], src)
+    refused(capsys, src, tmp_path / "out.pt", "not a readable zip")
+
+
+@pytest.mark.parametrize("member", ["model.weights.h5", "config.json", "metadata.json"])
+def test_missing_zip_member(keras_ckpts, tmp_path, capsys, member):
+    src = rewrite_keras(keras_ckpts["random"].files[".keras"], tmp_path / "m.keras", drop=member)
+    refused(capsys, src, tmp_path / "out.pt", f"the .keras archive has no {member}")
+
+
+@pytest.mark.parametrize(
+    ("index", "key", "value", "message"),
+    [
+        (5, "units", 128, "layer 5 (dense, Dense) has units=128; the book's CNN has 100"),
+        (0, "kernel_size", [5, 5], "layer 0 (conv2d, Conv2D) has kernel_size=(5, 5)"),
+        (2, "padding", "valid", "layer 2 (conv2d_1, Conv2D) has padding='valid'"),
+        (2, "strides", [2, 2], "layer 2 (conv2d_1, Conv2D) has strides=(2, 2)"),
+        (7, "activation", "sigmoid", "layer 7 (dense_1, Dense) has activation='sigmoid'"),
+        (6, "rate", 0.5, "layer 6 (dropout, Dropout) has rate=0.5; the book's CNN has 0.4"),
+        (1, "pool_size", [3, 3], "layer 1 (max_pooling2d, MaxPooling2D) has pool_size=(3, 3)"),
+    ],
+)
+def test_config_not_this_architecture(keras_ckpts, tmp_path, capsys, index, key, value, message):
+    def edit(cfg):
+        _layer(cfg, index)["config"][key] = value
+
+    src = rewrite_keras(keras_ckpts["random"].files[".keras"], tmp_path / "arch.keras", config=edit)
+    refused(capsys, src, tmp_path / "out.pt", message)
+
+
+def test_config_with_another_input_shape(keras_ckpts, tmp_path, capsys):
+    def edit(cfg):
+        cfg["config"]["layers"][0]["config"]["batch_shape"] = [None, 32, 32, 3]
+
+    src = rewrite_keras(keras_ckpts["random"].files[".keras"], tmp_path / "in.keras", config=edit)
+    refused(capsys, src, tmp_path / "out.pt", "input shape", "(None, 32, 32, 3)")
+
+
+def test_config_with_a_missing_layer(keras_ckpts, tmp_path, capsys):
+    def edit(cfg):
+        cfg["config"]["layers"].pop(4)  # the second MaxPooling2D (0 is the InputLayer)
+
+    src = rewrite_keras(
+        keras_ckpts["random"].files[".keras"], tmp_path / "short.keras", config=edit
+    )
+    refused(capsys, src, tmp_path / "out.pt", "layer 3 (flatten) is a Flatten")
+
+
+def test_weights_contradicting_their_own_config(keras_ckpts, tmp_path, capsys):
+    def edit(h5):
+        kernel = h5["layers/dense/vars/0"][()]
+        del h5["layers/dense/vars/0"]
+        h5["layers/dense/vars/0"] = kernel[:, :50]
+
+    src = rewrite_keras(keras_ckpts["random"].files[".keras"], tmp_path / "w.keras", weights=edit)
+    refused(
+        capsys,
+        src,
+        tmp_path / "out.pt",
+        "layers/dense/vars/0 (dense/kernel) has shape "
+        "(3136, 50), but the model's config implies (3136, 100)",
+    )
+
+
+def test_missing_tensor(keras_ckpts, tmp_path, capsys):
+    def edit(h5):
+        del h5["layers/dense_1/vars/1"]
+
+    src = rewrite_keras(keras_ckpts["random"].files[".keras"], tmp_path / "w.keras", weights=edit)
+    refused(capsys, src, tmp_path / "out.pt", "missing tensor layers/dense_1/vars/1 (dense_1/bias)")
+
+
+def test_extra_tensor(keras_ckpts, tmp_path, capsys):
+    def edit(h5):
+        h5["layers/dense/vars/2"] = np.zeros(100, np.float32)
+
+    src = rewrite_keras(keras_ckpts["random"].files[".keras"], tmp_path / "w.keras", weights=edit)
+    refused(capsys, src, tmp_path / "out.pt", "unexpected tensor layers/dense/vars/2")
+
+
+def test_wrong_dtype(keras_ckpts, tmp_path, capsys):
+    def edit(h5):
+        bias = h5["layers/conv2d/vars/1"][()]
+        del h5["layers/conv2d/vars/1"]
+        h5["layers/conv2d/vars/1"] = bias.astype(np.float64)
+
+    src = rewrite_keras(keras_ckpts["random"].files[".keras"], tmp_path / "w.keras", weights=edit)
+    refused(capsys, src, tmp_path / "out.pt", "(conv2d/bias) has dtype float64, expected float32")
+
+
+def _nan_edit(h5):
+    h5["layers/conv2d_1/vars/0"][0, 0, 0, 0] = np.nan
+
+
+def test_nan_refused_unless_allowed(keras_ckpts, tmp_path, capsys):
+    src = rewrite_keras(
+        keras_ckpts["random"].files[".keras"], tmp_path / "nan.keras", weights=_nan_edit
+    )
+    dst = tmp_path / "out.pt"
+    refused(capsys, src, dst, "layers/conv2d_1/vars/0 (conv2d_1/kernel) holds 1 NaN/Inf values")
+
+    assert port_main([str(src), str(dst), "--samples", "50", "--allow-nonfinite"]) == 0
+    assert "with NaN/Inf outputs (--allow-nonfinite)" in capsys.readouterr().out
+    state = load_state_dict(dst, allow_nonfinite=True)
+    assert (
+        torch.isnan(state["conv2.weight"][0, 0, 0, 0])
+        and int(state["conv2.weight"].isnan().sum()) == 1
+    )
+    with pytest.raises(UserError, match="conv2.weight holds 1 NaN/Inf values"):
+        load_state_dict(dst)
+
+
+def test_nan_in_a_torch_checkpoint(real_pt, tmp_path, capsys):
+    state = load_state_dict(real_pt)
+    state["dense2.bias"][3] = float("inf")
+    src = tmp_path / "inf.safetensors"
+    save_state_dict(state, src)
+    refused(capsys, src, tmp_path / "out.keras", "dense2.bias holds 1 NaN/Inf values")
+
+
+# --- layers that are not the book's: refused, never run
+
+
+def test_lambda_layer_is_refused_and_never_run(tmp_path, capsys, keras_ckpts):
+    """A real .keras with a Lambda whose code creates a file: refused, and the file never
+    appears (Keras's deserialization, which can rebuild the bytecode, is never called)."""
+    import keras
+
+    marker = tmp_path / "lambda-ran"
+
+    def touch(x, path=str(marker)):
+        open(path, "w").close()  # the payload: would create a file if the layer ever ran
+        return x
+
+    from keras_ref.model import build_model
+
+    book_layers = build_model().layers
+    model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Lambda(touch), *book_layers])
+    src = tmp_path / "lambda.keras"
+    model.save(src)
+    marker.unlink()  # building the model ran it once, symbolically; now start clean
+    refused(
+        capsys,
+        src,
+        tmp_path / "out.pt",
+        "layer 1 (lambda",
+        "is a Lambda",
+        "refused without running it",
+    )
+    assert not marker.exists(), "the Lambda's code ran"
+
+
+def test_unknown_layer_class_is_refused(keras_ckpts, tmp_path, capsys):
+    def edit(cfg):
+        layer = _layer(cfg, 6)
+        layer.update(module="evil.layers", class_name="Dropout", registered_name="Custom>Dropout")
+
+    src = rewrite_keras(keras_ckpts["random"].files[".keras"], tmp_path / "u.keras", config=edit)
+    refused(
+        capsys,
+        src,
+        tmp_path / "out.pt",
+        "layer 7 (dropout) is a evil.layers.Dropout",
+        "refused without running it",
+    )
+
+    def edit2(cfg):
+        _layer(cfg, 4)["class_name"] = "MyFlatten"
+
+    src = rewrite_keras(keras_ckpts["random"].files[".keras"], tmp_path / "v.keras", config=edit2)
+    refused(capsys, src, tmp_path / "out.pt", "(flatten) is a MyFlatten")
+
+
+# --- legacy .h5
+
+
+def test_truncated_h5(keras_ckpts, tmp_path, capsys):
+    src = tmp_path / "truncated.h5"
+    data = keras_ckpts["trained"].files[".h5"].read_bytes()
+    src.write_bytes(data[: len(data) // 3])
+    refused(capsys, src, tmp_path / "out.pt", "not a readable HDF5 file")
+
+
+def test_legacy_h5_config_not_this_architecture(keras_ckpts, tmp_path, capsys):
+    src = tmp_path / "arch.h5"
+    shutil.copy(keras_ckpts["trained"].files[".h5"], src)
+    with h5py.File(src, "r+") as h5:
+        cfg = json.loads(h5.attrs["model_config"])
+        _layer(cfg, 0)["config"]["filters"] = 16
+        h5.attrs["model_config"] = json.dumps(cfg).encode()
+    name = keras_ckpts["trained"].layer_names[0]
+    refused(capsys, src, tmp_path / "out.pt", f"layer 0 ({name}, Conv2D) has filters=16")
+
+
+def test_legacy_h5_missing_tensor(keras_ckpts, tmp_path, capsys):
+    src = tmp_path / "missing.h5"
+    shutil.copy(keras_ckpts["trained"].files[".h5"], src)
+    name = keras_ckpts["trained"].layer_names[5]  # the first Dense
+    with h5py.File(src, "r+") as h5:
+        group = h5["model_weights"][name]
+        names = [
+            w.decode() if isinstance(w, bytes) else str(w) for w in group.attrs["weight_names"]
+        ]
+        del group[next(w for w in names if w.endswith("bias"))]
+    refused(capsys, src, tmp_path / "out.pt", "missing tensor", name)
+
+
+def test_weights_h5_with_a_wrong_shape(keras_ckpts, tmp_path, capsys):
+    src = tmp_path / "w.weights.h5"
+    shutil.copy(keras_ckpts["random"].files[".weights.h5"], src)
+    with h5py.File(src, "r+") as h5:
+        kernel = h5["layers/conv2d_1/vars/0"][()]
+        del h5["layers/conv2d_1/vars/0"]
+        h5["layers/conv2d_1/vars/0"] = kernel[:, :, :, :32]
+    refused(
+        capsys,
+        src,
+        tmp_path / "out.pt",
+        "layers/conv2d_1/vars/0 (conv2d_1/kernel) has shape (3, 3, 32, 32)",
+    )
+
+
+# --- PyTorch files
+
+
+class Payload:
+    """Unpickling this calls open(path, 'w'): a file appears if the pickle is ever run."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_pt_with_pickle_payload_is_refused_and_not_run(real_pt, tmp_path, capsys):
+    marker = tmp_path / "payload-ran"
+    state = torch.load(real_pt, weights_only=True)
+    state["conv1.extra"] = Payload(str(marker))
+    src = tmp_path / "payload.pt"
+    torch.save(state, src)
+    assert not marker.exists()
+    refused(capsys, src, tmp_path / "out.keras", "refused: the pickle holds more than tensors")
+    assert not marker.exists(), "the pickle's payload ran"
+
+
+def test_pt_with_an_extra_tensor(real_pt, tmp_path, capsys):
+    state = torch.load(real_pt, weights_only=True)
+    state["dense3.weight"] = torch.zeros(3)
+    src = tmp_path / "extra.pth"
+    torch.save(state, src)
+    refused(capsys, src, tmp_path / "out.keras", "unexpected dense3.weight")
+
+
+def test_truncated_pt(real_pt, tmp_path, capsys):
+    src = tmp_path / "truncated.pt"
+    src.write_bytes(real_pt.read_bytes()[:5000])
+    refused(capsys, src, tmp_path / "out.h5", "not a readable PyTorch checkpoint")
+
+
+def _safetensors_file(real_pt: Path, tmp_path: Path) -> bytes:
+    path = tmp_path / "real.safetensors"
+    save_state_dict(load_state_dict(real_pt), path)
+    return path.read_bytes()
+
+
+def test_oversized_safetensors_header(real_pt, tmp_path, capsys):
+    data = _safetensors_file(real_pt, tmp_path)
+    src = tmp_path / "oversized.safetensors"
+    src.write_bytes((1 << 40).to_bytes(8, "little") + data[8:])
+    refused(capsys, src, tmp_path / "out.keras", "not a valid .safetensors file")
+
+
+def test_malformed_safetensors_header(real_pt, tmp_path, capsys):
+    data = _safetensors_file(real_pt, tmp_path)
+    size = int.from_bytes(data[:8], "little")
+    src = tmp_path / "malformed.safetensors"
+    src.write_bytes(data[:8] + b"{" * size + data[8 + size :])
+    refused(capsys, src, tmp_path / "out.keras", "not a valid .safetensors file")
+
+
+# --- a failed load leaves an in-memory model untouched
+
+
+def test_failed_load_leaves_the_model_untouched(keras_ckpts, tmp_path):
+    src = rewrite_keras(
+        keras_ckpts["random"].files[".keras"], tmp_path / "nan.keras", weights=_nan_edit
+    )
+    torch.manual_seed(0)
+    model = BookCNN()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(UserError, match="NaN/Inf"):
+        load_into(model, src)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    load_into(model, keras_ckpts["random"].files[".keras"])  # and a good file does load
+    assert not torch.equal(before["conv1.weight"], model.state_dict()["conv1.weight"])

@@ -1,0 +1,159 @@
+"""The `python -m parity.port` command line: its summary, its refusals, and a real subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from parity.keras_files import read_keras
+from parity.port import main
+from parity.testdata import session_checkpoints
+from torch_impl.checkpoint import load_state_dict
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def keras_ckpts(tmp_path_factory, data_dir):
+    pytest.importorskip("keras")
+    return session_checkpoints(tmp_path_factory, data_dir)
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_subprocess_smoke(keras_ckpts, tmp_path, data_dir):
+    src = keras_ckpts["trained"].files[".h5"]
+    dst = tmp_path / "best-cnn-model.pt"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "parity.port",
+            str(src),
+            str(dst),
+            "--samples",
+            "200",
+            "--data-dir",
+            str(data_dir),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=180,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "read: legacy-h5, 18 optimizer tensors left aside" in out
+    assert "tensors mapped: 8 (333,526 parameters)" in out
+    assert "predictions agreeing: 200/200" in out
+    assert "max |diff| of probabilities on 200 test images" in out
+    assert set(load_state_dict(dst)) == {
+        "conv1.weight",
+        "conv1.bias",
+        "conv2.weight",
+        "conv2.bias",
+        "dense1.weight",
+        "dense1.bias",
+        "dense2.weight",
+        "dense2.bias",
+    }
+
+
+def test_usage_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([])
+    assert exc.value.code == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+def test_dst_equal_to_src_is_refused(keras_ckpts, tmp_path, capsys):
+    src = tmp_path / "model.keras"
+    src.write_bytes(keras_ckpts["random"].files[".keras"].read_bytes())
+    before = src.read_bytes()
+    # The same file, also through another spelling of its path.
+    for dst in (src, tmp_path / "." / "model.keras"):
+        assert main([str(src), str(dst), "--force"]) == 1
+        assert "the destination is the source file" in _one_error_line(capsys)
+    assert src.read_bytes() == before
+
+
+def test_existing_dst_needs_force(keras_ckpts, tmp_path, data_dir, capsys):
+    src = keras_ckpts["trained"].files[".keras"]
+    dst = tmp_path / "model.safetensors"
+    dst.write_bytes(b"someone's file")
+    assert main([str(src), str(dst), "--samples", "50"]) == 1
+    line = _one_error_line(capsys)
+    assert str(dst) in line and "already exists (use --force to overwrite)" in line
+    assert dst.read_bytes() == b"someone's file"
+
+    assert (
+        main([str(src), str(dst), "--samples", "50", "--force", "--data-dir", str(data_dir)]) == 0
+    )
+    assert np.array_equal(
+        load_state_dict(dst)["conv1.bias"].numpy(), keras_ckpts["trained"].weights["conv2d/bias"]
+    )
+    assert not list(tmp_path.glob(".model.safetensors.*")), "temporary file left behind"
+
+
+@pytest.mark.parametrize(
+    ("src_name", "dst_name", "bad"),
+    [
+        ("model.onnx", "out.pt", "model.onnx"),
+        ("SRC", "out.npz", "out.npz"),
+        ("SRC", "out", "out"),
+        ("SRC", "out.weights.json", "out.weights.json"),
+    ],
+)
+def test_unknown_extension_is_refused(keras_ckpts, tmp_path, capsys, src_name, dst_name, bad):
+    src = keras_ckpts["random"].files[".keras"] if src_name == "SRC" else tmp_path / src_name
+    if src_name != "SRC":
+        src.write_bytes(b"\0" * 16)
+    assert main([str(src), str(tmp_path / dst_name)]) == 1
+    line = _one_error_line(capsys)
+    assert f"{tmp_path / bad}: unknown extension" in line
+    assert "expected .keras, .h5, .weights.h5, .pt, .pth, .safetensors" in line
+    assert not (tmp_path / dst_name).exists()
+
+
+def test_missing_source(tmp_path, capsys):
+    assert main([str(tmp_path / "nowhere.keras"), str(tmp_path / "out.pt")]) == 1
+    assert _one_error_line(capsys) == f"error: {tmp_path / 'nowhere.keras'}: no such file"
+    assert not (tmp_path / "out.pt").exists()
+
+
+def test_missing_destination_folder(keras_ckpts, tmp_path, capsys):
+    dst = tmp_path / "no" / "such" / "out.pt"
+    assert main([str(keras_ckpts["random"].files[".keras"]), str(dst)]) == 1
+    assert "does not exist" in _one_error_line(capsys)
+
+
+def test_samples_out_of_range(keras_ckpts, tmp_path, capsys):
+    assert (
+        main([str(keras_ckpts["random"].files[".keras"]), str(tmp_path / "o.pt"), "--samples", "0"])
+        == 1
+    )
+    assert "--samples must be between 1 and 10000" in _one_error_line(capsys)
+
+
+def test_same_framework_conversion(keras_ckpts, tmp_path, data_dir, capsys):
+    """The book's legacy .h5 to Keras 3's .keras (no PyTorch file involved), exactly."""
+    ckpt = keras_ckpts["trained"]
+    dst = tmp_path / "best-cnn-model.keras"
+    assert (
+        main([str(ckpt.files[".h5"]), str(dst), "--samples", "50", "--data-dir", str(data_dir)])
+        == 0
+    )
+    assert "predictions agreeing: 50/50" in capsys.readouterr().out
+    read = read_keras(dst)
+    assert all(np.array_equal(read.weights[k], v) for k, v in ckpt.weights.items())
