@@ -202,7 +202,10 @@ def check_config(config: object, source: str) -> list[str]:
     layers = config["config"].get("layers")
     if not isinstance(layers, list) or not all(isinstance(x, Mapping) for x in layers):
         raise UserError(f"{source}: the model config has no list of layers")
-    for i, layer in enumerate(layers):
+    # Layers are numbered as Keras's `model.layers` numbers them: the InputLayer not counted.
+    body = [x for x in layers if x.get("class_name") != "InputLayer"]
+    index = {id(x): f"layer {i}" for i, x in enumerate(body)}
+    for layer in layers:
         cls = layer.get("class_name")
         cfg = layer.get("config") if isinstance(layer.get("config"), Mapping) else {}
         custom = layer.get("registered_name") not in (None, cls) or layer.get("module") not in (
@@ -212,8 +215,8 @@ def check_config(config: object, source: str) -> list[str]:
         if cls not in KNOWN_CLASSES or custom:
             what = f"{layer.get('module')}.{cls}" if custom else cls
             raise UserError(
-                f"{source}: layer {i} ({cfg.get('name', '?')}) is a {what}, not a layer of the "
-                f"book's CNN; refused without running it"
+                f"{source}: {index.get(id(layer), 'the input layer')} ({cfg.get('name', '?')}) "
+                f"is a {what}, not a layer of the book's CNN; refused without running it"
             )
     if config.get("class_name") != "Sequential":
         raise UserError(
@@ -224,7 +227,6 @@ def check_config(config: object, source: str) -> list[str]:
             raise UserError(
                 f"{source}: input shape {where} is {shape}, the book's CNN takes {INPUT_SHAPE}"
             )
-    body = [x for x in layers if x.get("class_name") != "InputLayer"]
     names = []
     for i, spec in enumerate(BOOK_LAYERS):
         if i >= len(body):

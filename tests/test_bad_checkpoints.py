@@ -109,13 +109,13 @@ def test_missing_zip_member(keras_ckpts, tmp_path, capsys, member):
 @pytest.mark.parametrize(
     ("index", "key", "value", "message"),
     [
-        (5, "units", 128, "layer 5 (dense, Dense) has units=128; the book's CNN has 100"),
-        (0, "kernel_size", [5, 5], "layer 0 (conv2d, Conv2D) has kernel_size=(5, 5)"),
-        (2, "padding", "valid", "layer 2 (conv2d_1, Conv2D) has padding='valid'"),
-        (2, "strides", [2, 2], "layer 2 (conv2d_1, Conv2D) has strides=(2, 2)"),
-        (7, "activation", "sigmoid", "layer 7 (dense_1, Dense) has activation='sigmoid'"),
-        (6, "rate", 0.5, "layer 6 (dropout, Dropout) has rate=0.5; the book's CNN has 0.4"),
-        (1, "pool_size", [3, 3], "layer 1 (max_pooling2d, MaxPooling2D) has pool_size=(3, 3)"),
+        (5, "units", 128, "layer 5 ({name}, Dense) has units=128; the book's CNN has 100"),
+        (0, "kernel_size", [5, 5], "layer 0 ({name}, Conv2D) has kernel_size=(5, 5)"),
+        (2, "padding", "valid", "layer 2 ({name}, Conv2D) has padding='valid'"),
+        (2, "strides", [2, 2], "layer 2 ({name}, Conv2D) has strides=(2, 2)"),
+        (7, "activation", "sigmoid", "layer 7 ({name}, Dense) has activation='sigmoid'"),
+        (6, "rate", 0.5, "layer 6 ({name}, Dropout) has rate=0.5; the book's CNN has 0.4"),
+        (1, "pool_size", [3, 3], "layer 1 ({name}, MaxPooling2D) has pool_size=(3, 3)"),
     ],
 )
 def test_config_not_this_architecture(keras_ckpts, tmp_path, capsys, index, key, value, message):
@@ -123,7 +123,8 @@ def test_config_not_this_architecture(keras_ckpts, tmp_path, capsys, index, key,
         _layer(cfg, index)["config"][key] = value
 
     src = rewrite_keras(keras_ckpts["random"].files[".keras"], tmp_path / "arch.keras", config=edit)
-    refused(capsys, src, tmp_path / "out.pt", message)
+    name = keras_ckpts["random"].layer_names[index]  # conv2d, … (suffixed if built later)
+    refused(capsys, src, tmp_path / "out.pt", message.format(name=name))
 
 
 def test_config_with_another_input_shape(keras_ckpts, tmp_path, capsys):
@@ -141,7 +142,8 @@ def test_config_with_a_missing_layer(keras_ckpts, tmp_path, capsys):
     src = rewrite_keras(
         keras_ckpts["random"].files[".keras"], tmp_path / "short.keras", config=edit
     )
-    refused(capsys, src, tmp_path / "out.pt", "layer 3 (flatten) is a Flatten")
+    flatten = keras_ckpts["random"].layer_names[4]
+    refused(capsys, src, tmp_path / "out.pt", f"layer 3 ({flatten}) is a Flatten")
 
 
 def test_weights_contradicting_their_own_config(keras_ckpts, tmp_path, capsys):
@@ -241,7 +243,7 @@ def test_lambda_layer_is_refused_and_never_run(tmp_path, capsys, keras_ckpts):
         capsys,
         src,
         tmp_path / "out.pt",
-        "layer 1 (lambda",
+        "layer 0 (lambda",
         "is a Lambda",
         "refused without running it",
     )
@@ -258,7 +260,7 @@ def test_unknown_layer_class_is_refused(keras_ckpts, tmp_path, capsys):
         capsys,
         src,
         tmp_path / "out.pt",
-        "layer 7 (dropout) is a evil.layers.Dropout",
+        f"layer 6 ({keras_ckpts['random'].layer_names[6]}) is a evil.layers.Dropout",
         "refused without running it",
     )
 
@@ -266,7 +268,9 @@ def test_unknown_layer_class_is_refused(keras_ckpts, tmp_path, capsys):
         _layer(cfg, 4)["class_name"] = "MyFlatten"
 
     src = rewrite_keras(keras_ckpts["random"].files[".keras"], tmp_path / "v.keras", config=edit2)
-    refused(capsys, src, tmp_path / "out.pt", "(flatten) is a MyFlatten")
+    refused(
+        capsys, src, tmp_path / "out.pt", f"({keras_ckpts['random'].layer_names[4]}) is a MyFlatten"
+    )
 
 
 # --- legacy .h5
@@ -392,3 +396,28 @@ def test_failed_load_leaves_the_model_untouched(keras_ckpts, tmp_path):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     load_into(model, keras_ckpts["random"].files[".keras"])  # and a good file does load
     assert not torch.equal(before["conv1.weight"], model.state_dict()["conv1.weight"])
+
+
+# --- parity.check refuses the same files the same way
+
+
+def test_check_cli_refuses_bad_files(keras_ckpts, real_pt, tmp_path, capsys):
+    from parity.check import main as check_main
+
+    truncated = tmp_path / "truncated.keras"
+    data = keras_ckpts["random"].files[".keras"].read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    odd = tmp_path / "model.ckpt"
+    odd.write_bytes(real_pt.read_bytes())
+    report = tmp_path / "report.json"
+    for argv, message in (
+        ([str(truncated), str(real_pt)], f"{truncated}: not a valid .keras file"),
+        ([str(keras_ckpts["random"].files[".keras"]), str(odd)], f"{odd}: unknown checkpoint"),
+        ([str(real_pt), str(real_pt)], f"{real_pt}: not a Keras checkpoint"),
+    ):
+        assert check_main([*argv, "--json", str(report)]) == 1
+        err = capsys.readouterr().err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), err
+        assert "Traceback" not in err
+        assert not report.exists()
