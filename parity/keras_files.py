@@ -178,13 +178,19 @@ def _field(class_name: str, cfg: Mapping, name: str):
     return value
 
 
+def _cfg(layer: Mapping) -> Mapping:
+    """A layer's `config`, or {} where a malformed file has something else there."""
+    cfg = layer.get("config")
+    return cfg if isinstance(cfg, Mapping) else {}
+
+
 def _input_shapes(model_cfg: Mapping, layers: list) -> list[tuple[str, tuple]]:
     """Every input shape the config states, with where it says so."""
     found = []
     if "build_input_shape" in model_cfg and model_cfg["build_input_shape"] is not None:
         found.append(("build_input_shape", _norm(model_cfg["build_input_shape"])))
     for layer in layers:
-        cfg = layer.get("config") or {}
+        cfg = _cfg(layer)
         for key in ("batch_shape", "batch_input_shape"):
             if cfg.get(key) is not None:
                 found.append((f"{cfg.get('name', layer.get('class_name'))}.{key}", _norm(cfg[key])))
@@ -207,12 +213,12 @@ def check_config(config: object, source: str) -> list[str]:
     index = {id(x): f"layer {i}" for i, x in enumerate(body)}
     for layer in layers:
         cls = layer.get("class_name")
-        cfg = layer.get("config") if isinstance(layer.get("config"), Mapping) else {}
+        cfg = _cfg(layer)
         custom = layer.get("registered_name") not in (None, cls) or layer.get("module") not in (
             None,
             "keras.layers",
         )
-        if cls not in KNOWN_CLASSES or custom:
+        if not isinstance(cls, str) or cls not in KNOWN_CLASSES or custom:
             what = f"{layer.get('module')}.{cls}" if custom else cls
             raise UserError(
                 f"{source}: {index.get(id(layer), 'the input layer')} ({cfg.get('name', '?')}) "
@@ -235,7 +241,7 @@ def check_config(config: object, source: str) -> list[str]:
                 f"has {len(BOOK_LAYERS)}, next a {spec.class_name}"
             )
         layer = body[i]
-        cfg = layer.get("config") or {}
+        cfg = _cfg(layer)
         name = cfg.get("name", f"#{i}")
         if layer.get("class_name") != spec.class_name:
             raise UserError(
@@ -259,7 +265,7 @@ def check_config(config: object, source: str) -> list[str]:
         extra = body[len(BOOK_LAYERS)]
         raise UserError(
             f"{source}: layer {len(BOOK_LAYERS)} "
-            f"({(extra.get('config') or {}).get('name', '?')}, "
+            f"({_cfg(extra).get('name', '?')}, "
             f"{extra.get('class_name')}) is one more than the book's CNN has"
         )
     return names
@@ -419,7 +425,7 @@ def _read_legacy_h5(
 def _json(raw: bytes | str, what: str, source: str) -> object:
     try:
         return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as err:
+    except (TypeError, ValueError) as err:  # UnicodeDecodeError is a ValueError
         raise UserError(f"{source}: {what} is not valid JSON ({err})") from None
 
 
@@ -498,7 +504,13 @@ def read_keras(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> Ker
         )
     if not path.is_file():
         raise UserError(f"{source}: no such file")
-    ckpt, where = _read_keras_zip(path, source) if kind == "keras" else _read_h5_file(path, source)
+    try:
+        ckpt, where = (_read_keras_zip if kind == "keras" else _read_h5_file)(path, source)
+    except (KeyError, TypeError, AttributeError, ValueError, OSError) as err:
+        # h5py's answers to an HDF5 tree of unexpected shape (a dataset where a group should be,
+        # an attribute of another type): the file is malformed, whichever way.
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"{source}: malformed Keras file ({first})") from None
     ckpt.weights = _check_weights(ckpt.weights, where, source, allow_nonfinite)
     return ckpt
 

@@ -421,3 +421,29 @@ def test_check_cli_refuses_bad_files(keras_ckpts, real_pt, tmp_path, capsys):
         assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), err
         assert "Traceback" not in err
         assert not report.exists()
+
+
+def test_malformed_h5_tree(keras_ckpts, tmp_path, capsys):
+    """A dataset where Keras writes a group, and a group where a weight should be."""
+    src = tmp_path / "tree.weights.h5"
+    shutil.copy(keras_ckpts["random"].files[".weights.h5"], src)
+    with h5py.File(src, "r+") as h5:
+        del h5["layers/dense"]
+        h5["layers/dense"] = np.zeros(3, np.float32)
+    line = refused(capsys, src, tmp_path / "out.pt")
+    assert "layers/dense/vars/0" in line or "malformed Keras file" in line
+
+    src = tmp_path / "tree2.weights.h5"
+    shutil.copy(keras_ckpts["random"].files[".weights.h5"], src)
+    with h5py.File(src, "r+") as h5:
+        del h5["layers/conv2d/vars/1"]
+        h5.create_group("layers/conv2d/vars/1")
+    refused(capsys, src, tmp_path / "out.pt", "layers/conv2d/vars/1 is not a dataset")
+
+
+def test_random_bytes_as_pt(tmp_path, capsys, rng):
+    """Bytes that are no pickle at all (the weights-only unpickler's stack runs out)."""
+    for i in range(20):
+        src = tmp_path / f"garbage{i}.pt"
+        src.write_bytes(b"\x80\x02" + rng.bytes(int(rng.integers(1, 300))))
+        refused(capsys, src, tmp_path / "out.keras")

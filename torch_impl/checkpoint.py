@@ -66,6 +66,11 @@ def _read_raw(path: Path) -> Mapping[str, object]:
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
         msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"{path}: not a readable PyTorch checkpoint ({msg})") from None
+    except (IndexError, KeyError, TypeError, AttributeError, AssertionError) as err:
+        # What the weights-only unpickler raises on bytes that are no pickle at all (random
+        # bytes, a cut legacy-format file): its stack or memo runs out.
+        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"{path}: not a readable PyTorch checkpoint ({msg})") from None
     if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
         # A training checkpoint (last.pt): model + optimizer + RNG states; take the model.
         obj = obj["model"]
