@@ -102,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size",
         type=positive_int,
         default=256,
+        metavar="N",
         help="images per forward pass; does not change the result beyond float "
         "rounding (default: 256)",
     )
@@ -118,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--data-dir",
         default=None,
+        metavar="DIR",
         help="folder of the four Fashion-MNIST IDX files (default: "
         "$FASHION_MNIST_DIR, Debian's dataset-fashion-mnist, then the user cache)",
     )

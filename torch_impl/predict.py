@@ -177,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--top",
         type=top_k,
         default=3,
+        metavar="K",
         help="how many of the most likely classes to list (default: 3)",
     )
     parser.add_argument(
@@ -195,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--data-dir",
         default=None,
+        metavar="DIR",
         help="folder of the four Fashion-MNIST IDX files (default: "
         "$FASHION_MNIST_DIR, Debian's dataset-fashion-mnist, then the user cache)",
     )
