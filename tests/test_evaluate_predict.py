@@ -259,6 +259,10 @@ def test_predict_bad_images_and_indices(checkpoints, data_dir, tmp_path, rng, ca
     cut = tmp_path / "cut.png"
     cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
     assert "cut.png: not a readable image" in run_error(predict_cli.main, [pt, str(cut)], capsys)
+    # 16-bit pixels: refused, not clipped to white by an 8-bit conversion.
+    deep = tmp_path / "deep.png"
+    Image.fromarray((rng.random((28, 28)) * 65535).astype(np.uint16)).save(deep)
+    assert "not supported" in run_error(predict_cli.main, [pt, str(deep)], capsys)
     assert "no such image file" in run_error(
         predict_cli.main, [pt, str(tmp_path / "no.png")], capsys
     )

@@ -58,6 +58,12 @@ def load_image(path: str | Path) -> torch.Tensor:
     try:
         with Image.open(path) as image:
             image.load()
+            if image.mode.startswith(("I", "F")):
+                # Pillow's conversion to 8-bit clips 16-bit and float pixels instead of scaling.
+                raise UserError(
+                    f"{path}: {image.mode} pixels (16-bit or float) are not supported; "
+                    f"save the image with 8-bit pixels"
+                )
             gray = image.convert("L")
     except (
         UnidentifiedImageError,
