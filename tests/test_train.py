@@ -1,0 +1,219 @@
+"""torch_impl.train: files written, Keras's early stopping, exact resume, determinism, CLI errors.
+
+Short real-data runs on CPU (`--limit`). One recipe is used for most tests because, on the first
+256 training images with batch 8 and lr 0.01, validation loss falls for three epochs and rises in
+the fourth: with --patience 1 training stops after epoch 4 and must restore epoch 3.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from torch_impl import train as train_mod
+from torch_impl.checkpoint import load_state_dict
+from torch_impl.model import BookCNN
+from torch_impl.train import EarlyStopping, build_parser, main
+
+HISTORY_KEYS = {"loss", "accuracy", "val_loss", "val_accuracy", "seconds"}
+# Keys keras_ref/train.py writes to its history.json; ours must hold them all to compare runs.
+KERAS_SUMMARY_KEYS = {
+    "framework", "epochs_run", "best_epoch", "val_loss", "val_accuracy", "test_loss",
+    "test_accuracy", "first_val_prediction", "seed", "batch_size", "limit", "history",
+}  # fmt: skip
+EARLY_STOP_ARGS = ["--limit", "256", "--batch-size", "8", "--lr", "0.01", "--patience", "1"]
+
+
+def run(book_data, out, *args: str) -> dict:
+    """train() on the session's data (no reload), as `python -m torch_impl.train` would run it."""
+    config = build_parser().parse_args(["--device", "cpu", "--out", str(out), *args])
+    return train_mod.train(config, data=book_data)
+
+
+def last(out) -> dict:
+    return torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+
+
+def assert_same_weights(a: dict, b: dict, what: str) -> None:
+    assert a.keys() == b.keys(), what
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{what}: {key} differs"
+
+
+@pytest.fixture(scope="module")
+def early_stop_run(book_data, tmp_path_factory):
+    """The early-stopping recipe, uninterrupted (up to 6 epochs; stops after 4)."""
+    out = tmp_path_factory.mktemp("early-stop")
+    return out, run(book_data, out, *EARLY_STOP_ARGS, "--epochs", "6")
+
+
+@pytest.fixture(scope="module")
+def interrupted_run(book_data, tmp_path_factory):
+    """The same recipe killed after epoch 3 (last.pt is written after every epoch), then resumed.
+
+    Returns (dir, last.pt as it was after epoch 3, the resumed run's summary).
+    """
+    out = tmp_path_factory.mktemp("interrupted")
+    run(book_data, out, *EARLY_STOP_ARGS, "--epochs", "3")
+    after_epoch3 = last(out)
+    resumed = run(book_data, out, *EARLY_STOP_ARGS, "--epochs", "6", "--resume")
+    return out, after_epoch3, resumed
+
+
+def test_short_run_writes_every_file(tmp_path, data_dir, capsys):
+    assert main(["--device", "cpu", "--limit", "512", "--epochs", "2", "--out", str(tmp_path),
+                 "--data-dir", str(data_dir)]) == 0  # fmt: skip
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == "Epoch 1/2"
+    assert printed[-3].startswith("epochs run: 2, best epoch: ")
+    assert printed[-2].startswith("validation accuracy: ")
+    assert printed[-1].startswith("test accuracy: ")
+
+    summary = json.loads((tmp_path / "history.json").read_text())
+    assert KERAS_SUMMARY_KEYS <= summary.keys(), KERAS_SUMMARY_KEYS - summary.keys()
+    assert set(summary["history"]) == HISTORY_KEYS
+    assert all(len(v) == 2 for v in summary["history"].values())
+    assert summary["epochs_run"] == 2 and summary["limit"] == 512 and summary["device"] == "cpu"
+    assert 0.5 < summary["test_accuracy"] <= 1.0, "two epochs on 512 images learn something"
+
+    state = torch.load(tmp_path / "best-cnn-model.pt", weights_only=True)
+    model = BookCNN()
+    model.load_state_dict(state)  # strict: exactly the book's CNN's keys and shapes
+    assert load_state_dict(tmp_path / "best-cnn-model.pt").keys() == state.keys()
+    assert (tmp_path / "history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    resume = last(tmp_path)
+    assert resume["run"]["epoch"] == 2
+    assert isinstance(resume["optimizer"]["state"][0]["exp_avg"], torch.Tensor)
+    assert not list(tmp_path.glob(".*.tmp")), "temporary files left behind"
+
+
+def test_early_stopping_restores_best_epoch(early_stop_run, interrupted_run):
+    out, summary = early_stop_run
+    val_losses = summary["history"]["val_loss"]
+    assert summary["stopped_early"] and summary["epochs_run"] == 4, val_losses
+    assert summary["best_epoch"] == 3 and min(val_losses) == val_losses[2], val_losses
+    # The restored model scores exactly what epoch 3 scored (same weights, same batches).
+    assert summary["val_loss"] == val_losses[2]
+    assert summary["val_accuracy"] == summary["history"]["val_accuracy"][2]
+
+    # A run of the same recipe stopped after epoch 3 holds epoch 3's weights: those must be the
+    # ones saved to best-cnn-model.pt and restored at the end.
+    epoch3 = interrupted_run[1]["model"]
+    assert_same_weights(torch.load(out / "best-cnn-model.pt", weights_only=True), epoch3,
+                        "best-cnn-model.pt is not epoch 3")  # fmt: skip
+    assert_same_weights(last(out)["best_weights"], epoch3, "restored weights are not epoch 3")
+    assert not torch.equal(last(out)["model"]["dense2.weight"], epoch3["dense2.weight"]), (
+        "epoch 4 should have moved the weights on"
+    )
+
+
+def test_resume_equals_uninterrupted_run(early_stop_run, interrupted_run):
+    out, full = early_stop_run
+    resumed_out, _, resumed = interrupted_run
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert resumed["history"][key] == full["history"][key], f"history[{key!r}] differs"
+    for key in ("epochs_run", "best_epoch", "val_loss", "test_loss", "test_accuracy"):
+        assert resumed[key] == full[key], key
+    assert_same_weights(last(resumed_out)["model"], last(out)["model"], "final weights differ")
+    assert_same_weights(
+        last(resumed_out)["optimizer"]["state"][7], last(out)["optimizer"]["state"][7],
+        "Adam moments differ",
+    )
+    assert_same_weights(
+        torch.load(resumed_out / "best-cnn-model.pt", weights_only=True),
+        torch.load(out / "best-cnn-model.pt", weights_only=True),
+        "best-cnn-model.pt differs",
+    )
+
+
+def test_same_seed_is_bitwise_identical(early_stop_run, book_data, tmp_path):
+    out, first = early_stop_run
+    second = run(book_data, tmp_path, *EARLY_STOP_ARGS, "--epochs", "6")
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert second["history"][key] == first["history"][key], f"history[{key!r}] differs"
+    assert_same_weights(last(tmp_path)["model"], last(out)["model"], "same seed, other weights")
+
+
+@pytest.mark.parametrize("ops", [
+    # (val_losses, patience): plain, ties, a late recovery, patience 0, a NaN epoch
+    ([1.0, 0.9, 0.95, 0.97, 0.8, 0.7], 2),
+    ([1.0, 1.0, 1.0, 0.5], 2),
+    ([1.0, 1.1, 0.9, 1.2, 1.3, 0.1], 2),
+    ([1.0, 0.9, 0.95], 0),
+    ([0.5, 0.4, 0.6, 0.7, 0.3], 3),
+    ([1.0, float("nan"), 0.9, 1.1, 1.2], 2),
+])  # fmt: skip
+def test_early_stopping_matches_keras(ops):
+    """Our EarlyStopping against keras.callbacks.EarlyStopping on the same val_loss sequence."""
+    keras = pytest.importorskip("keras")
+    val_losses, patience = ops
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model.compile(loss="mse")
+    callback = keras.callbacks.EarlyStopping(patience=patience, restore_best_weights=True)
+    callback.set_model(model)
+    callback.on_train_begin()
+    ours = EarlyStopping(patience=patience)
+    for epoch, value in enumerate(val_losses):
+        model.stop_training = False
+        callback.on_epoch_end(epoch, {"val_loss": value})
+        _, stop = ours.update(epoch, value)
+        assert stop == model.stop_training, f"epoch {epoch}: {stop=}, Keras {model.stop_training}"
+        assert (ours.wait, ours.best_epoch) == (callback.wait, callback.best_epoch), epoch
+        if stop:
+            break
+
+
+def test_device_cuda_without_gpu_is_one_line(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present")
+    assert main(["--device", "cuda", "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no CUDA GPU" in err[0] and "--device cpu" in err[0], err
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
+@pytest.mark.parametrize("argv", [
+    ["--device", "gpu"], ["--epochs", "ten"], ["--init", "glorot"], ["--no-such-flag"],
+])  # fmt: skip
+def test_bad_usage_exits_2(argv, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--out", str(tmp_path)])
+    assert exc.value.code == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--epochs", "0"], "--epochs must be positive"),
+    (["--batch-size", "-1"], "--batch-size must be positive"),
+    (["--lr", "nan"], "--lr must be a positive number"),
+    (["--limit", "-5"], "--limit must be >= 0"),
+    (["--resume"], "nothing to resume"),
+])  # fmt: skip
+def test_bad_values_exit_1(argv, message, tmp_path, capsys):
+    assert main(["--device", "cpu", "--out", str(tmp_path), *argv]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+
+
+def test_resume_with_other_settings_is_refused(early_stop_run, capsys):
+    out, _ = early_stop_run
+    before = (out / "last.pt").read_bytes()
+    assert main(["--device", "cpu", "--out", str(out), *EARLY_STOP_ARGS, "--batch-size", "16",
+                 "--resume"]) == 1  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--batch-size 8, not 16" in err[0], err
+    assert (out / "last.pt").read_bytes() == before, "a refused resume touched last.pt"
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_short_run(book_data, tmp_path):
+    config = build_parser().parse_args(
+        ["--device", "cuda", "--out", str(tmp_path), "--limit", "512", "--epochs", "2"]
+    )
+    summary = train_mod.train(config, data=book_data)
+    assert summary["device"].startswith("cuda") and summary["epochs_run"] == 2
+    assert 0.5 < summary["test_accuracy"] <= 1.0
+    load_state_dict(tmp_path / "best-cnn-model.pt")  # CPU tensors, validated
