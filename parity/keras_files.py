@@ -19,9 +19,8 @@ rebuild a Lambda's bytecode) is never called. Three layouts are understood:
 Every reader returns the weights by *structural* name (`conv2d/kernel`, `dense_1/bias`: the rows
 of `parity.mapping.TABLE`) after checking everything — the architecture, each weight against its
 own config, missing and extra tensors, dtype, NaN/Inf — and raises UserError naming the file and
-the first defect. The writers write the layout Keras 3.15.1 writes (same members, groups, attributes
-and config), so that plain
-`keras.models.load_model` opens a written `.keras` or `.h5`.
+the first defect. The writers write the layout Keras 3.15.1 writes (same members, groups,
+attributes and config), so that plain `keras.models.load_model` opens a written `.keras` or `.h5`.
 """
 
 from __future__ import annotations
