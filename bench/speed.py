@@ -184,7 +184,8 @@ WORKERS = {"keras": keras_worker, "torch": torch_worker}
 def run_worker(name: str, args: argparse.Namespace) -> dict:
     """Run one framework's worker in a fresh interpreter; returns its JSON result."""
     cmd = [sys.executable, "-m", "bench.speed", "--worker", name, "--epochs", str(args.epochs),
-           "--repeats", str(args.repeats), "--threads", str(args.threads)]  # fmt: skip
+           "--repeats", str(args.repeats), "--threads", str(args.threads),
+           "--rounds", "1"]  # fmt: skip
     load_before = os.getloadavg()
     print(f"running {name} ({args.epochs} epochs, {args.repeats} inference repeats) …", flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True,
@@ -196,6 +197,20 @@ def run_worker(name: str, args: argparse.Namespace) -> dict:
     result["load_average_before"] = load_before
     result["load_average_after"] = os.getloadavg()
     return result
+
+
+def pool_rounds(results: list[dict]) -> dict:
+    """One framework's rounds → one result: every timed sample pooled, medians over them all."""
+    pooled = dict(results[-1])
+    pooled["rounds"] = results
+    for key in [k for k, v in pooled.items() if k.startswith("epoch_seconds") and "samples" in v]:
+        pooled[key] = summarise([x for r in results for x in r[key]["samples"]])
+    for key in [k for k in pooled if k.startswith("inference_seconds")]:
+        pooled[key] = {bs: summarise([x for r in results for x in r[key][bs]["samples"]])
+                       for bs in pooled[key]}  # fmt: skip
+    pooled["load_average_before"] = [r["load_average_before"] for r in results]
+    pooled["load_average_after"] = [r["load_average_after"] for r in results]
+    return pooled
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,11 +249,17 @@ def markdown(report: dict) -> str:
     c = report["comparison"]
     e, i = c["epoch_seconds"], c["inference_images_per_second"]
     mark = {True: "✓", False: "✗"}
+    rounds = report["settings"]["rounds"]
+    loads = [x[0] for f in ("keras", "torch")
+             for key in ("load_average_before", "load_average_after")
+             for x in report[f][key]]  # fmt: skip
+    load = (min(loads), max(loads))
     lines = [
         f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} cores; "
         f"{report['keras']['framework']} vs {report['torch']['framework']}; training batch "
-        f"{BATCH_SIZE}; medians of {report['settings']['epochs'] - 1} epochs and "
-        f"{report['settings']['repeats']} inference passes; {report['date']}.",
+        f"{BATCH_SIZE}; medians of {(report['settings']['epochs'] - 1) * rounds} epochs and "
+        f"{report['settings']['repeats'] * rounds} inference passes ({rounds} alternating runs "
+        f"each); load average {load[0]:.1f}–{load[1]:.1f}; {report['date']}.",
         "",
         "| | Keras | PyTorch | PyTorch / Keras | target |",
         "|---|---:|---:|---:|---:|",
@@ -268,23 +289,31 @@ def main(argv: list[str] | None = None) -> int:
                    help="training epochs per framework; the first is a warm-up (default: 4)")
     p.add_argument("--repeats", type=int, default=5,
                    help="timed inference passes over the test set (default: 5)")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="alternating runs of each framework, samples pooled (default: 2)")
     p.add_argument("--threads", type=int, default=0,
                    help="threads for both frameworks (default: 0 = each one's default)")
     p.add_argument("--worker", choices=tuple(WORKERS), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.epochs < 2 or args.repeats < 1:
-        p.error("--epochs must be >= 2 (one warm-up) and --repeats >= 1")
+    if args.epochs < 2 or args.repeats < 1 or args.rounds < 1:
+        p.error("--epochs must be >= 2 (one warm-up), --repeats and --rounds >= 1")
 
     if args.worker:  # inside a subprocess: one JSON line on stdout
         print(json.dumps(WORKERS[args.worker](args)))
         return 0
 
-    keras = run_worker("keras", args)
-    torch = run_worker("torch", args)
+    # Alternate the frameworks (Keras, PyTorch, Keras, PyTorch, …) so that a change in the
+    # machine's load during the run falls on both, then pool each one's samples.
+    rounds = {"keras": [], "torch": []}
+    for _ in range(args.rounds):
+        for name in rounds:
+            rounds[name].append(run_worker(name, args))
+    keras, torch = (pool_rounds(rounds[name]) for name in ("keras", "torch"))
     report = {
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version()},
-        "settings": {"epochs": args.epochs, "repeats": args.repeats, "batch_size": BATCH_SIZE,
+        "settings": {"epochs": args.epochs, "repeats": args.repeats, "rounds": args.rounds,
+                     "batch_size": BATCH_SIZE,
                      "threads": args.threads or "default"},
         "keras": keras,
         "torch": torch,
