@@ -117,6 +117,7 @@ def torch_worker(args: argparse.Namespace) -> dict:
     from torch_impl.optim import KerasAdam
     from torch_impl.train import (
         EVAL_BATCH_SIZE,
+        PoolFirst,
         make_train_step,
         memory_format_for,
         numerics,
@@ -145,7 +146,7 @@ def torch_worker(args: argparse.Namespace) -> dict:
             model = BookCNN(init="keras").to(device=device, memory_format=fmt)
             train_x = data.train_x.to(device).contiguous(memory_format=fmt)
             train_y = data.train_y.to(device)
-            step = make_train_step(model, KerasAdam(model.parameters()))
+            step = make_train_step(PoolFirst(model), KerasAdam(model.parameters()))
             epoch_seconds = []
             for _ in range(args.epochs):
                 start = time.perf_counter()
@@ -156,23 +157,27 @@ def torch_worker(args: argparse.Namespace) -> dict:
 
             model.eval()
             test_x = data.test_x.to(device).contiguous(memory_format=fmt)
-            inference = {}
-            for batch_size in INFERENCE_BATCH_SIZES:
-                seconds = []
-                for repeat in range(args.repeats + 1):  # the first pass is a warm-up
-                    start = time.perf_counter()
-                    with torch.inference_mode():
-                        for i in range(0, len(test_x), batch_size):
-                            model(test_x[i : i + batch_size])
-                    if device.type == "cuda":
-                        torch.cuda.synchronize()
-                    if repeat:
-                        seconds.append(time.perf_counter() - start)
-                inference[str(batch_size)] = summarise(seconds)
+            # The trainer's evaluation forward (PoolFirst) and the plain module (`model(x)`, as
+            # evaluate/predict call it): the same numbers.
+            inference, inference_plain = {}, {}
+            for forward, results in ((PoolFirst(model), inference), (model, inference_plain)):
+                for batch_size in INFERENCE_BATCH_SIZES:
+                    seconds = []
+                    for repeat in range(args.repeats + 1):  # the first pass is a warm-up
+                        start = time.perf_counter()
+                        with torch.inference_mode():
+                            for i in range(0, len(test_x), batch_size):
+                                forward(test_x[i : i + batch_size])
+                        if device.type == "cuda":
+                            torch.cuda.synchronize()
+                        if repeat:
+                            seconds.append(time.perf_counter() - start)
+                    results[str(batch_size)] = summarise(seconds)
         key = "" if name == "cpu" else f"_{name}"
         out[f"epoch_seconds_all{key}"] = epoch_seconds
         out[f"epoch_seconds{key}"] = summarise(epoch_seconds[1:])
         out[f"inference_seconds{key}"] = inference
+        out[f"inference_seconds_plain_module{key}"] = inference_plain
         if device.type == "cuda":
             out["cuda_device"] = torch.cuda.get_device_name(device)
     return out
@@ -225,7 +230,10 @@ def compare(keras: dict, torch: dict) -> dict:
     for bs in map(str, INFERENCE_BATCH_SIZES):
         k = test_images / keras["inference_seconds"][bs]["median"]
         t = test_images / torch["inference_seconds"][bs]["median"]
-        inference[f"batch_{bs}"] = {"keras_predict": k, "torch": t, "ratio_torch_over_keras": t / k}
+        plain = test_images / torch["inference_seconds_plain_module"][bs]["median"]
+        inference[f"batch_{bs}"] = {"keras_predict": k, "torch": t, "ratio_torch_over_keras": t / k,
+                                    "torch_plain_module": plain,
+                                    "ratio_torch_plain_module_over_keras": plain / k}  # fmt: skip
     # The target: Keras's predict as the book calls it (default batch 32) against the PyTorch
     # evaluation as the trainer runs it (EVAL_BATCH_SIZE).
     headline = inference["batch_32"]["keras_predict"], inference["batch_64"]["torch"]
@@ -275,6 +283,9 @@ def markdown(report: dict) -> str:
         lines.append(f"| inference at the same batch {bs} (images/s) | "
                      f"{row['keras_predict']:,.0f} | {row['torch']:,.0f} | "
                      f"{row['ratio_torch_over_keras']:.2f}× | |")  # fmt: skip
+        lines.append(f"| … plain `model(x)` at batch {bs} (images/s) | | "
+                     f"{row['torch_plain_module']:,.0f} | "
+                     f"{row['ratio_torch_plain_module_over_keras']:.2f}× | |")  # fmt: skip
     if "epoch_seconds_cuda" in report["torch"]:
         lines.append(f"| training epoch on {report['torch']['cuda_device']} (s) | | "
                      f"{report['torch']['epoch_seconds_cuda']['median']:.2f} | | |")  # fmt: skip

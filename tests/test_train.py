@@ -15,7 +15,7 @@ import torch
 from torch_impl import train as train_mod
 from torch_impl.checkpoint import load_state_dict
 from torch_impl.model import BookCNN
-from torch_impl.train import EarlyStopping, build_parser, main
+from torch_impl.train import EarlyStopping, PoolFirst, build_parser, main
 
 HISTORY_KEYS = {"loss", "accuracy", "val_loss", "val_accuracy", "seconds"}
 # Keys keras_ref/train.py writes to its history.json; ours must hold them all to compare runs.
@@ -134,6 +134,31 @@ def test_same_seed_is_bitwise_identical(early_stop_run, book_data, tmp_path):
     for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
         assert second["history"][key] == first["history"][key], f"history[{key!r}] differs"
     assert_same_weights(last(tmp_path)["model"], last(out)["model"], "same seed, other weights")
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_pool_first_is_bitwise_the_model(book_data, memory_format):
+    """The trainer's PoolFirst forward gives BookCNN's logits and gradients, bit for bit."""
+    torch.manual_seed(0)
+    model = BookCNN(init="keras").to(memory_format=memory_format).train()
+    x = book_data.train_x[:64].contiguous(memory_format=memory_format)
+    y = book_data.train_y[:64]
+    results = []
+    for forward in (model, PoolFirst(model)):
+        torch.manual_seed(1)  # the same dropout mask for both
+        model.zero_grad(set_to_none=True)
+        logits = forward(x)
+        torch.nn.functional.cross_entropy(logits, y).backward()
+        results.append((logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (logits_a, grads_a), (logits_b, grads_b) = results
+    assert torch.equal(logits_a, logits_b), "PoolFirst logits differ from BookCNN.forward"
+    # The case that needs the argument: 2×2 windows whose conv outputs are all ≤ 0 (ReLU first
+    # makes them ties at 0). Real images have plenty.
+    with torch.no_grad():
+        all_nonpositive = torch.nn.functional.max_pool2d(model.conv1(x), 2) <= 0
+    assert all_nonpositive.sum() > 100, "no all-negative windows: the test shows nothing"
+    for name in grads_a:
+        assert torch.equal(grads_a[name], grads_b[name]), f"gradient of {name} differs"
 
 
 @pytest.mark.parametrize("ops", [
