@@ -143,6 +143,10 @@ def atomic_write(dst: str | os.PathLike, write, *, force: bool = False) -> Path:
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        # mkstemp makes the file private (0600); give it the mode a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, dst)
     finally:
         tmp.unlink(missing_ok=True)
