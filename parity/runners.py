@@ -16,6 +16,7 @@ import torch
 
 from parity.compare import LAYERS, nchw_to_keras
 from parity.mapping import KERAS_NAMES
+from torch_impl.device import resolve_device
 from torch_impl.errors import UserError
 from torch_impl.model import BookCNN
 
@@ -33,16 +34,9 @@ BATCH = 1000  # images per forward pass: bounded memory for the 10,000-image tes
 
 
 def torch_device(name: str) -> torch.device:
-    """A torch device for --device; CUDA with TF32 off (parity needs full float32 matmuls)."""
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"--device {name}: no CUDA GPU is available to PyTorch here")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
-    elif device.type != "cpu":
+    """A torch device for --device (cpu or cuda[:N]); on CUDA TF32 is off, as parity needs."""
+    device = resolve_device(name)
+    if device.type not in ("cpu", "cuda"):
         raise UserError(f"--device {name}: expected cpu or cuda")
     return device
 
