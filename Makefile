@@ -48,7 +48,7 @@ bench-accuracy: $(DATA_STAMP)
 	$(BIN)/python -m bench.accuracy --out bench/results/accuracy.json
 
 lint: $(STAMP)
-	$(BIN)/ruff check torch_impl keras_ref parity tests bench
+	$(BIN)/ruff check torch_impl keras_ref parity tests bench conftest.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -62,22 +62,13 @@ def keras_worker(args: argparse.Namespace) -> dict:
 
     from keras_ref.data import load_book_data
     from keras_ref.model import build_model
+    from keras_ref.train import EpochTimer
 
     if args.threads:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     keras.utils.set_random_seed(42)
     train_scaled, _, train_target, _, test_scaled, _ = load_book_data()
-
-    class EpochTimer(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            self.seconds = []
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self._start = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            self.seconds.append(time.perf_counter() - self._start)
 
     # The book's model and recipe, trained as the book trains it (fit on the float64 arrays).
     model = build_model()

@@ -166,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     for name in ("epochs", "batch_size", "patience"):
         if getattr(args, name) < (0 if name == "patience" else 1):
-            raise UserError(f"--{name.replace('_', '-')} must be positive, not {getattr(args, name)}")
+            flag = "--" + name.replace("_", "-")
+            raise UserError(f"{flag} must be positive, not {getattr(args, name)}")
     if args.limit < 0:
         raise UserError(f"--limit must be >= 0, not {args.limit}")
     train(args)

@@ -54,7 +54,8 @@ def test_pinned_hashes_are_of_the_decompressed_bytes(data_dir):
 
 def test_uncompressed_idx_files_accepted(data_dir, tmp_path):
     for spec in fm.FILES.values():
-        (tmp_path / spec.name).write_bytes(gzip.decompress((data_dir / f"{spec.name}.gz").read_bytes()))
+        raw = gzip.decompress((data_dir / f"{spec.name}.gz").read_bytes())
+        (tmp_path / spec.name).write_bytes(raw)
     (x_train, _), (_, y_test) = fm.load_data(tmp_path)
     assert x_train.shape == (60_000, 28, 28) and y_test.shape == (10_000,)
 
@@ -101,7 +102,8 @@ def test_truncated_gz(data_copy):
 def test_truncated_payload(data_copy):
     path = data_copy / "t10k-images-idx3-ubyte.gz"
     _rewrite(path, lambda d: d.__delitem__(slice(-784, None)))  # one image short
-    with pytest.raises(UserError, match=r"t10k-images.*truncated: 7839216 bytes of data, expected 7840000"):
+    with pytest.raises(UserError, match=r"t10k-images.*truncated: 7839216 bytes of data, "
+                                        r"expected 7840000"):  # fmt: skip
         fm.load_data(data_copy)
 
 

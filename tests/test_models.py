@@ -17,7 +17,8 @@ def test_torch_shapes_per_layer(book_data):
     shapes = {}
     hooks = [getattr(model, name).register_forward_hook(
         lambda _m, _i, out, name=name: shapes.__setitem__(name, tuple(out.shape)))
-        for name in ("relu1", "pool1", "relu2", "pool2", "flatten", "dense1", "dense2")]  # fmt: skip
+        for name in ("relu1", "pool1", "relu2", "pool2", "flatten", "dense1", "dense2")
+    ]  # fmt: skip
     logits = model(x)
     for h in hooks:
         h.remove()
@@ -32,7 +33,9 @@ def test_torch_shapes_per_layer(book_data):
 
 def test_torch_parameter_counts():
     model = BookCNN()
-    counts = {name: sum(p.numel() for p in getattr(model, name).parameters()) for name in BOOK_PARAMS}
+    counts = {
+        name: sum(p.numel() for p in getattr(model, name).parameters()) for name in BOOK_PARAMS
+    }
     assert counts == BOOK_PARAMS
     assert sum(p.numel() for p in model.parameters()) == 333_526
 

@@ -1,4 +1,5 @@
-"""PyTorch checkpoint files of the book's CNN: `.pt` / `.pth` (a plain state_dict) and `.safetensors`.
+"""PyTorch checkpoint files of the book's CNN: `.pt` / `.pth` (a plain state_dict) and
+`.safetensors`.
 
 Reading never executes anything from the file: `torch.load(..., weights_only=True)` refuses any
 pickle that carries more than tensors and containers, and safetensors holds no code at all.

@@ -46,7 +46,9 @@ CLASS_NAMES = (
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )  # fmt: skip
 # The names the book prints (8-2).
-CLASS_NAMES_KO = ("티셔츠", "바지", "스웨터", "드레스", "코트", "샌달", "셔츠", "스니커즈", "가방", "앵클 부츠")
+CLASS_NAMES_KO = (
+    "티셔츠", "바지", "스웨터", "드레스", "코트", "샌달", "셔츠", "스니커즈", "가방", "앵클 부츠",
+)  # fmt: skip
 
 IMAGE_MAGIC = 0x00000803  # unsigned byte, 3 dimensions
 LABEL_MAGIC = 0x00000801  # unsigned byte, 1 dimension
@@ -103,7 +105,9 @@ def _read_bytes(path: Path, compressed: bool) -> bytes:
     try:
         return gzip.decompress(raw)
     except EOFError:
-        raise UserError(f"{path}: truncated .gz (the download stopped early?); {HOW_TO_FIX}") from None
+        raise UserError(
+            f"{path}: truncated .gz (the download stopped early?); {HOW_TO_FIX}"
+        ) from None
     except (gzip.BadGzipFile, zlib.error, OSError) as err:
         raise UserError(f"{path}: corrupt .gz ({err}); {HOW_TO_FIX}") from None
 
@@ -133,7 +137,8 @@ def parse_idx(path: Path, spec: IdxFile, *, compressed: bool | None = None) -> n
     if dims != want:
         if want_dims == 1:
             raise UserError(
-                f"{path}: holds {dims[0]} labels, expected {spec.count} (one per image); {HOW_TO_FIX}"
+                f"{path}: holds {dims[0]} labels, expected {spec.count} (one per image); "
+                f"{HOW_TO_FIX}"
             )
         raise UserError(f"{path}: IDX dimensions {dims}, expected {want}; {HOW_TO_FIX}")
     payload = len(data) - header_len
