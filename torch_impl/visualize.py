@@ -21,7 +21,6 @@ The book's 8-3 (see keras_ref/visualize.py for the Keras cells) from a PyTorch c
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from torchvision.models.feature_extraction import create_feature_extractor
 from torch_impl.checkpoint import load_model
 from torch_impl.errors import UserError, cli_entry
 from torch_impl.fashion_mnist import CLASS_NAMES, CLASS_NAMES_KO, book_split, load_data
+from torch_impl.history import History, plot_history, read_history
 from torch_impl.model import BookCNN
 
 # Float32 parity tolerance for a feature map, Keras vs PyTorch: torch.testing.assert_close's
@@ -158,38 +158,6 @@ def max_abs_diff_per_map(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if a.shape != b.shape:
         raise UserError(f"feature maps of shapes {a.shape} and {b.shape} cannot be compared")
     return np.abs(a.astype(np.float64) - b.astype(np.float64)).reshape(len(a), -1).max(axis=1)
-
-
-@dataclass(frozen=True)
-class History:
-    """Loss per epoch of a training run, and what trained it (the file's "framework", if any)."""
-
-    loss: list[float]
-    val_loss: list[float]
-    framework: str
-
-
-def read_history(path: str | os.PathLike) -> History:
-    """loss and val_loss per epoch from either trainer's history.json (under "history", or at
-    the top level)."""
-    path = Path(path)
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"{path}: not a readable history.json ({err})") from None
-    hist = doc.get("history", doc) if isinstance(doc, dict) else None
-    if not isinstance(hist, dict) or not all(
-        isinstance(hist.get(k), list) and hist[k] for k in ("loss", "val_loss")
-    ):
-        raise UserError(f"{path}: no loss and val_loss lists (expected a trainer's history.json)")
-    try:
-        loss, val_loss = ([float(v) for v in hist[k]] for k in ("loss", "val_loss"))
-    except (TypeError, ValueError):
-        raise UserError(f"{path}: loss and val_loss must be lists of numbers") from None
-    framework = doc.get("framework") if isinstance(doc.get("framework"), str) else path.name
-    return History(loss, val_loss, framework)
 
 
 def korean_font() -> str | None:
@@ -313,21 +281,6 @@ def plot_prediction(image: np.ndarray, probs: np.ndarray, names: tuple[str, ...]
         return _save(fig, path)
 
 
-def plot_history(history: History, title: str, path: Path) -> Path:
-    """The book's loss plot (train and val loss per epoch), the best epoch marked."""
-    fig = Figure(figsize=(5, 3.5), layout="constrained")
-    ax = fig.subplots()
-    ax.plot(range(1, len(history.loss) + 1), history.loss, label="train")
-    ax.plot(range(1, len(history.val_loss) + 1), history.val_loss, label="val")
-    best = int(np.argmin(history.val_loss)) + 1
-    ax.axvline(best, color="gray", linestyle=":", label=f"best epoch {best}")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax.set_title(title, fontsize=10)
-    ax.legend()
-    return _save(fig, path)
-
-
 # --- the command ------------------------------------------------------------------------------
 
 
@@ -438,7 +391,7 @@ def draw(r: Results, args: argparse.Namespace, names: tuple[str, ...], font: str
             out / f"keras-vs-torch-{name}.png"))  # fmt: skip
     if r.history is not None:
         written.append(plot_history(r.history, f"loss per epoch ({r.history.framework})",
-                                    out / "history.png"))  # fmt: skip
+                                    out / "history.png", dpi=DPI))  # fmt: skip
     return written
 
 
