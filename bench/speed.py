@@ -32,7 +32,7 @@ EPOCH_RATIO_TARGET = 0.8  # torch epoch time ≤ 0.8 × Keras's
 INFERENCE_RATIO_TARGET = 1.5  # torch throughput ≥ 1.5 × Keras's
 BATCH_SIZE = 32
 # Keras's predict default (32) and the PyTorch trainer's evaluation batch
-# (torch_impl.train.EVAL_BATCH_SIZE, checked in the worker).
+# (torch_impl.evaluate.EVAL_BATCH_SIZE, checked in the worker).
 INFERENCE_BATCH_SIZES = (32, 64)
 
 
@@ -104,17 +104,11 @@ def torch_worker(args: argparse.Namespace) -> dict:
     import torch
 
     from torch_impl.data import load_book_data
-    from torch_impl.model import BookCNN
+    from torch_impl.device import preferred_memory_format
+    from torch_impl.evaluate import EVAL_BATCH_SIZE
+    from torch_impl.model import BookCNN, PoolFirst
     from torch_impl.optim import KerasAdam
-    from torch_impl.train import (
-        EVAL_BATCH_SIZE,
-        PoolFirst,
-        make_train_step,
-        memory_format_for,
-        numerics,
-        seed_everything,
-        train_epoch,
-    )
+    from torch_impl.train import make_train_step, numerics, seed_everything, train_epoch
 
     if EVAL_BATCH_SIZE not in INFERENCE_BATCH_SIZES:
         raise SystemExit(f"bench.speed: add the trainer's EVAL_BATCH_SIZE {EVAL_BATCH_SIZE}")
@@ -130,7 +124,7 @@ def torch_worker(args: argparse.Namespace) -> dict:
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for name in devices:
         device = torch.device(name)
-        fmt = memory_format_for(device)
+        fmt = preferred_memory_format(device)
         with numerics(device):
             seed_everything(42)
             shuffle = torch.Generator().manual_seed(42)
@@ -148,8 +142,8 @@ def torch_worker(args: argparse.Namespace) -> dict:
 
             model.eval()
             test_x = data.test_x.to(device).contiguous(memory_format=fmt)
-            # The trainer's evaluation forward (PoolFirst) and the plain module (`model(x)`, as
-            # evaluate/predict call it): the same numbers.
+            # The forward that evaluate and the trainer use (PoolFirst) and the plain module
+            # (`model(x)`, as predict calls it): the same numbers.
             inference, inference_plain = {}, {}
             for forward, results in ((PoolFirst(model), inference), (model, inference_plain)):
                 for batch_size in INFERENCE_BATCH_SIZES:

@@ -26,6 +26,7 @@ import tensorflow as tf  # noqa: E402
 from keras_ref.data import CLASS_NAMES, CLASS_NAMES_KO, load_book_data  # noqa: E402
 from keras_ref.model import build_model  # noqa: E402
 from torch_impl.errors import UserError, cli_entry  # noqa: E402
+from torch_impl.history import History, plot_history  # noqa: E402
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -39,26 +40,6 @@ class EpochTimer(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.seconds.append(time.perf_counter() - self._start)
-
-
-def plot_history(history: dict, path: Path) -> None:
-    """The book's loss plot: train and validation loss per epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    epochs = range(1, len(history["loss"]) + 1)
-    ax.plot(epochs, history["loss"], label="train")
-    ax.plot(epochs, history["val_loss"], label="val")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax.set_title("Keras reference: loss per epoch")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def train(args: argparse.Namespace) -> dict:
@@ -104,7 +85,8 @@ def train(args: argparse.Namespace) -> dict:
     # The book's loss plot.
     hist = {k: [float(v) for v in vs] for k, vs in history.history.items()}
     hist["seconds"] = timer.seconds
-    plot_history(hist, out / "history.png")
+    plot_history(History(hist["loss"], hist["val_loss"], "Keras"), "Keras: loss per epoch",
+                 out / "history.png")
 
     # Evaluate the restored best weights on validation and test data.
     val_loss, val_acc = model.evaluate(val_scaled, val_target, verbose=0)

@@ -14,8 +14,8 @@ import torch
 
 from torch_impl import train as train_mod
 from torch_impl.checkpoint import load_state_dict
-from torch_impl.model import BookCNN
-from torch_impl.train import EarlyStopping, PoolFirst, build_parser, main
+from torch_impl.model import BookCNN, PoolFirst
+from torch_impl.train import EarlyStopping, build_parser, main
 
 HISTORY_KEYS = {"loss", "accuracy", "val_loss", "val_accuracy", "seconds"}
 # Keys keras_ref/train.py writes to its history.json; ours must hold them all to compare runs.

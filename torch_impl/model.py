@@ -14,6 +14,7 @@ Differences that are layout, not maths (see parity/mapping.py for the weight tra
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 INPUT_SHAPE = (1, 28, 28)
@@ -56,6 +57,31 @@ class BookCNN(nn.Module):
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
         """Class probabilities (N, 10), as Keras's softmax output layer gives them."""
         return torch.softmax(self(x), dim=1)
+
+
+class PoolFirst(nn.Module):
+    """BookCNN's forward with each 2×2 max-pool moved before its ReLU: the same numbers, faster.
+
+    ReLU is monotone, so pooling commutes with it exactly: max(relu(a)) = relu(max(a)) for every
+    window, and the gradients agree too — where the window's maximum is positive both orders route
+    the gradient to the same element (ReLU does not change positive values, and ties break to the
+    first maximum either way); where it is ≤ 0 both give zero. Only the ReLU now runs on the
+    pooled (4× smaller) maps, which saves a full pass over the largest activation in the forward
+    and in the backward (~8% of a CPU training step). tests/test_train.py checks the logits and
+    every gradient bitwise against `BookCNN.forward`. The module holds no weights of its own.
+    """
+
+    def __init__(self, model: BookCNN) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        x = F.relu(m.pool1(m.conv1(x)))  # (N, 32, 14, 14)
+        x = F.relu(m.pool2(m.conv2(x)))  # (N, 64, 7, 7)
+        x = m.flatten(x)  # (N, 3136), C,H,W order
+        x = m.dropout(m.relu3(m.dense1(x)))  # (N, 100)
+        return m.dense2(x)  # (N, 10) logits
 
 
 def keras_init_(model: nn.Module) -> nn.Module:

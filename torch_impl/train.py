@@ -38,9 +38,12 @@ from torch import nn
 
 from torch_impl.checkpoint import atomic_write, save_state_dict
 from torch_impl.data import BookData, load_book_data
+from torch_impl.device import preferred_memory_format, resolve_device
 from torch_impl.errors import UserError, cli_entry
+from torch_impl.evaluate import evaluate
 from torch_impl.fashion_mnist import CLASS_NAMES
-from torch_impl.model import BookCNN
+from torch_impl.history import History, plot_history
+from torch_impl.model import BookCNN, PoolFirst
 from torch_impl.optim import KerasAdam
 
 BEST_FILE = "best-cnn-model.pt"
@@ -48,42 +51,12 @@ LAST_FILE = "last.pt"
 HISTORY_FILE = "history.json"
 PLOT_FILE = "history.png"
 LAST_FORMAT = 1
-# Validation and test batches: measured fastest on a 2-core CPU (batch 32 pays more per-call
-# overhead, batches of 128+ fall out of cache). Losses are summed per example, so the batch size
-# changes only float rounding, not the definition.
-EVAL_BATCH_SIZE = 64
 # Settings that must match for --resume to continue the same run (epochs and patience may grow).
 RESUME_KEYS = ("seed", "batch_size", "lr", "limit", "init")
 
 
 # ---------------------------------------------------------------------------------------------
 # Device and determinism
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks cuda > mps > cpu; an explicit device that is not present is an error."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "no CUDA support"
-            raise UserError(
-                f"--device {name}: no CUDA GPU is available (torch {torch.__version__}, "
-                f"{build}); use --device cpu or --device auto"
-            )
-        index = int(name.partition(":")[2] or 0)
-        if index >= torch.cuda.device_count():
-            raise UserError(
-                f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present"
-            )
-        return torch.device("cuda", index)
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise UserError("--device mps: Apple's MPS backend is not available here; use --device cpu")
-    return torch.device(name)
 
 
 def device_arg(value: str) -> str:
@@ -131,11 +104,6 @@ def numerics(device: torch.device) -> Iterator[None]:
         torch.backends.cudnn.benchmark = saved[2]
         torch.backends.cudnn.allow_tf32 = saved[3]
         torch.backends.cuda.matmul.allow_tf32 = saved[4]
-
-
-def memory_format_for(device: torch.device) -> torch.memory_format:
-    # oneDNN's convolutions run in NHWC natively; NCHW inputs pay for a reorder on every call.
-    return torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,31 +223,6 @@ def train_epoch(
     return loss_sum.item() / n, correct.item() / n
 
 
-class PoolFirst(nn.Module):
-    """BookCNN's forward with each 2×2 max-pool moved before its ReLU: the same numbers, faster.
-
-    ReLU is monotone, so pooling commutes with it exactly: max(relu(a)) = relu(max(a)) for every
-    window, and the gradients agree too — where the window's maximum is positive both orders route
-    the gradient to the same element (ReLU does not change positive values, and ties break to the
-    first maximum either way); where it is ≤ 0 both give zero. Only the ReLU now runs on the
-    pooled (4× smaller) maps, which saves a full pass over the largest activation in the forward
-    and in the backward (~8% of a CPU training step). tests/test_train.py checks the logits and
-    every gradient bitwise against `BookCNN.forward`. The module holds no weights of its own.
-    """
-
-    def __init__(self, model: BookCNN) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        m = self.model
-        x = F.relu(m.pool1(m.conv1(x)))  # (N, 32, 14, 14)
-        x = F.relu(m.pool2(m.conv2(x)))  # (N, 64, 7, 7)
-        x = m.flatten(x)  # (N, 3136), C,H,W order
-        x = m.dropout(m.relu3(m.dense1(x)))  # (N, 100)
-        return m.dense2(x)  # (N, 10) logits
-
-
 def make_train_step(forward: nn.Module, optimizer: torch.optim.Optimizer):
     """The training step: forward, cross-entropy on logits, backward, Keras's Adam update."""
 
@@ -294,45 +237,8 @@ def make_train_step(forward: nn.Module, optimizer: torch.optim.Optimizer):
     return step
 
 
-@torch.inference_mode()
-def evaluate(
-    forward: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE
-) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) over (x, y), in eval mode."""
-    forward.eval()
-    # float32 sums, as Keras's metrics keep them (and MPS has no float64).
-    loss_sum = torch.zeros((), device=x.device)
-    correct = torch.zeros((), dtype=torch.int64, device=x.device)
-    for start in range(0, len(x), batch_size):
-        logits = forward(x[start : start + batch_size])
-        yb = y[start : start + batch_size]
-        loss_sum += F.cross_entropy(logits, yb, reduction="sum")
-        correct += (logits.argmax(1) == yb).sum()
-    return loss_sum.item() / len(x), correct.item() / len(x)
-
-
 # ---------------------------------------------------------------------------------------------
 # Files
-
-
-def plot_history(history: dict, path: Path) -> None:
-    """The book's loss plot: train and validation loss per epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    epochs = range(1, len(history["loss"]) + 1)
-    ax.plot(epochs, history["loss"], label="train")
-    ax.plot(epochs, history["val_loss"], label="val")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax.set_title("PyTorch: loss per epoch")
-    ax.legend()
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"), force=True)
-    plt.close(fig)
 
 
 def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -427,7 +333,7 @@ def _train(
 
     if data is None:
         data = load_book_data(config.data_dir)
-    fmt = memory_format_for(device)
+    fmt = preferred_memory_format(device)
 
     def on_device(t: torch.Tensor) -> torch.Tensor:
         return t.to(device).contiguous(memory_format=fmt)
@@ -468,7 +374,8 @@ def _train(
             loss, acc = train_epoch(
                 model, step_fn, train_x, train_y, config.batch_size, shuffle, bar
             )
-        val_loss, val_acc = evaluate(forward, val_x, val_y)
+        val = evaluate(forward, val_x, val_y)
+        val_loss, val_acc = val.loss, val.accuracy
         seconds = time.perf_counter() - start
         for key, value in zip(HISTORY_KEYS, (loss, acc, val_loss, val_acc, seconds), strict=True):
             state.history[key].append(value)
@@ -508,13 +415,15 @@ def _train(
         model.load_state_dict(best_weights)
 
     # Evaluate the restored best weights on validation and test data.
-    val_loss, val_acc = evaluate(PoolFirst(model), val_x, val_y)
-    test_loss, test_acc = evaluate(PoolFirst(model), test_x, test_y)
+    model.eval()
+    val, test = (evaluate(PoolFirst(model), x, y) for x, y in ((val_x, val_y), (test_x, test_y)))
+    val_loss, val_acc, test_loss, test_acc = val.loss, val.accuracy, test.loss, test.accuracy
     with torch.inference_mode():
         probs = model.predict_proba(val_x[:1])[0].cpu()
     first = int(probs.argmax())
 
-    plot_history(state.history, out / PLOT_FILE)
+    plot_history(History(state.history["loss"], state.history["val_loss"], "PyTorch"),
+                 "PyTorch: loss per epoch", out / PLOT_FILE)
     summary = {
         "framework": f"torch {torch.__version__}",
         "epochs_run": state.epoch,
