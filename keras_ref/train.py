@@ -63,9 +63,6 @@ def train(args: argparse.Namespace) -> dict:
     checkpoint_cb = keras.callbacks.ModelCheckpoint(
         str(out / "best-cnn-model.keras"), save_best_only=True
     )
-    legacy_checkpoint_cb = keras.callbacks.ModelCheckpoint(
-        str(out / "best-cnn-model.h5"), save_best_only=True
-    )
     early_stopping_cb = keras.callbacks.EarlyStopping(
         patience=args.patience, restore_best_weights=True
     )
@@ -78,9 +75,14 @@ def train(args: argparse.Namespace) -> dict:
         epochs=args.epochs,
         batch_size=args.batch_size,
         validation_data=(val_scaled, val_target),
-        callbacks=[checkpoint_cb, legacy_checkpoint_cb, early_stopping_cb, timer],
+        callbacks=[checkpoint_cb, early_stopping_cb, timer],
         verbose=args.verbose,
     )
+
+    # The book's legacy best-cnn-model.h5: the restored best weights, written once after fit.
+    # (Not a second ModelCheckpoint: Keras 3.15.1's h5 writer pops "optimizer" from the model's
+    # live compile config, so every .keras saved after it would reload with RMSprop.)
+    model.save(out / "best-cnn-model.h5")
 
     # The book's loss plot.
     hist = {k: [float(v) for v in vs] for k, vs in history.history.items()}

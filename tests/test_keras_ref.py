@@ -55,3 +55,18 @@ def test_bad_arguments_exit_cleanly(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--batch-size", "many"])
     assert exc.value.code == 2
+
+
+def test_keras_checkpoint_keeps_its_adam_optimizer(keras_run):
+    """The .keras reloads with the Adam it was trained with. (Keras 3.15.1's legacy-h5 writer
+    mutates the model's compile config; saving the book's .h5 mid-training once made every later
+    .keras reload with RMSprop.)"""
+    import warnings
+
+    import keras
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # "Skipping variable loading for optimizer"
+        model = keras.models.load_model(keras_run / "best-cnn-model.keras")
+    assert type(model.optimizer).__name__ == "Adam"
+    assert model.optimizer.epsilon == pytest.approx(1e-7)
