@@ -29,7 +29,7 @@ $(DATA_STAMP): $(STAMP)
 	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
 	    || echo "apt-get could not install dataset-fashion-mnist; trying the official download"; \
 	fi
-	$(BIN)/python -m torch_impl.fashion_mnist --download
+	$(BIN)/python -m fashion_cnn.fashion_mnist --download
 	touch $@
 
 train: $(DATA_STAMP)
@@ -48,7 +48,7 @@ bench-accuracy: $(DATA_STAMP)
 	$(BIN)/python -m bench.accuracy --out bench/results/accuracy.json
 
 lint: $(STAMP)
-	$(BIN)/ruff check torch_impl keras_ref parity tests bench conftest.py
+	$(BIN)/ruff check fashion_cnn torch_impl keras_ref parity tests bench conftest.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

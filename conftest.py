@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch._dynamo  # noqa: E402, F401
 
-from torch_impl.fashion_mnist import DEBIAN_DIR, FILES, locate  # noqa: E402
+from fashion_cnn.fashion_mnist import DEBIAN_DIR, FILES, locate  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -25,7 +25,7 @@ def data_dir():
 @pytest.fixture(scope="session")
 def raw_data(data_dir):
     """((train_input, train_target), (test_input, test_target)) uint8, as Keras's load_data()."""
-    from torch_impl.fashion_mnist import load_data
+    from fashion_cnn.fashion_mnist import load_data
 
     return load_data(data_dir)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from sklearn.model_selection import train_test_split
 
-from torch_impl.fashion_mnist import CLASS_NAMES, CLASS_NAMES_KO, load_data
+from fashion_cnn.fashion_mnist import CLASS_NAMES, CLASS_NAMES_KO, load_data
 
 __all__ = ["CLASS_NAMES", "CLASS_NAMES_KO", "load_data", "load_book_data"]
 

@@ -23,10 +23,11 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from fashion_cnn.errors import UserError, cli_entry  # noqa: E402
+from fashion_cnn.files import atomic_write  # noqa: E402
+from fashion_cnn.history import History, plot_history  # noqa: E402
 from keras_ref.data import CLASS_NAMES, CLASS_NAMES_KO, load_book_data  # noqa: E402
 from keras_ref.model import build_model  # noqa: E402
-from torch_impl.errors import UserError, cli_entry  # noqa: E402
-from torch_impl.history import History, plot_history  # noqa: E402
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -115,7 +116,8 @@ def train(args: argparse.Namespace) -> dict:
         "limit": args.limit,
         "history": hist,
     }  # fmt: skip
-    (out / "history.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
+    text = json.dumps(summary, indent=2, ensure_ascii=False)
+    atomic_write(out / "history.json", lambda tmp: tmp.write_text(text), force=True)
 
     print(f"epochs run: {summary['epochs_run']}, best epoch: {best_epoch}")
     print(f"validation accuracy: {val_acc:.4f}  loss: {val_loss:.4f}")

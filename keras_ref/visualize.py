@@ -29,8 +29,8 @@ import matplotlib  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from fashion_cnn.errors import UserError, cli_entry, first_line  # noqa: E402
 from keras_ref.data import load_data  # noqa: E402
-from torch_impl.errors import UserError, cli_entry  # noqa: E402
 
 DPI = 80  # small PNGs for the README
 
@@ -44,7 +44,7 @@ def load_book_model(path: str | os.PathLike) -> keras.Model:
     try:
         model = keras.models.load_model(path, compile=False)  # only predicting
     except Exception as err:  # Keras raises many types for a bad file; all mean the same here
-        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        msg = first_line(err)
         raise UserError(f"{path}: not a readable Keras model ({msg[:200]})") from None
     layers = getattr(model, "layers", [])
     ok = (

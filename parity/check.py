@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from fashion_cnn.errors import UserError, cli_entry
+from fashion_cnn.files import atomic_write
 from parity.compare import ATOL, compare, format_table, real_disagreements
 from parity.keras_files import keras_kind
 from parity.port import read_weights
@@ -30,8 +32,7 @@ from parity.runners import (
     torch_outputs,
     torch_probabilities,
 )
-from torch_impl.checkpoint import atomic_write, checkpoint_kind
-from torch_impl.errors import UserError, cli_entry
+from torch_impl.checkpoint import checkpoint_kind
 
 DEFAULT_SAMPLES = 1000
 TEST_IMAGES = 10_000  # the whole test set, for prediction agreement and accuracy

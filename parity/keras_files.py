@@ -37,8 +37,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from fashion_cnn.errors import UserError, first_line
+from fashion_cnn.files import atomic_write
 from parity.mapping import TABLE
-from torch_impl.errors import UserError
 
 # The Keras version whose file layout the writers mirror (keras/src/saving/saving_lib.py and
 # keras/src/legacy/saving/legacy_h5_format.py of that release).
@@ -434,7 +435,7 @@ def _open_h5(file: object, source: str) -> h5py.File:
         return h5py.File(file, "r")
     except OSError as err:
         raise UserError(
-            f"{source}: not a readable HDF5 file ({str(err).splitlines()[0]})"
+            f"{source}: not a readable HDF5 file ({first_line(err)})"
         ) from None
 
 
@@ -509,7 +510,7 @@ def read_keras(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> Ker
     except (KeyError, TypeError, AttributeError, ValueError, OSError) as err:
         # h5py's answers to an HDF5 tree of unexpected shape (a dataset where a group should be,
         # an attribute of another type): the file is malformed, whichever way.
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise UserError(f"{source}: malformed Keras file ({first})") from None
     ckpt.weights = _check_weights(ckpt.weights, where, source, allow_nonfinite)
     return ckpt
@@ -694,8 +695,6 @@ def write_keras_file(
 ) -> Path:
     """Write weights (structural names, Keras layout) to `.keras`, `.weights.h5` or legacy `.h5`,
     atomically (temporary file beside `dst`, then rename)."""
-    from torch_impl.checkpoint import atomic_write
-
     dst = Path(dst)
     kind = keras_kind(dst)
     if kind is None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from torch_impl.errors import UserError
+from fashion_cnn.errors import UserError
 from torch_impl.model import FLATTEN_SHAPE
 
 C, H, W = FLATTEN_SHAPE  # (64, 7, 7): the feature map that Flatten sees

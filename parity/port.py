@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fashion_cnn.errors import UserError, cli_entry
 from parity.compare import ATOL, compare, real_disagreements
 from parity.keras_files import keras_kind, read_keras, write_keras_file
 from parity.mapping import TABLE, keras_to_torch, torch_to_keras
 from parity.runners import KerasSide, load_test_images, torch_model, torch_probabilities
 from torch_impl.checkpoint import load_state_dict, save_state_dict, validate_state_dict
-from torch_impl.errors import UserError, cli_entry
 from torch_impl.model import BookCNN
 
 TORCH_EXTENSIONS = (".pt", ".pth", ".safetensors")

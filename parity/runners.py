@@ -14,10 +14,10 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
+from fashion_cnn.errors import UserError
 from parity.compare import LAYERS, nchw_to_keras
 from parity.mapping import KERAS_NAMES
 from torch_impl.device import resolve_device
-from torch_impl.errors import UserError
 from torch_impl.model import BookCNN
 
 # PyTorch submodule → compared output (Keras's Conv2D/Dense outputs include their ReLU).
@@ -170,7 +170,7 @@ def _numpy_outputs(w: Mapping[str, np.ndarray], x: np.ndarray) -> dict[str, np.n
 
 def load_test_images(data_dir: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The real 10,000 test images, scaled as the book scales them (NHWC float32), and labels."""
-    from torch_impl.fashion_mnist import load_data
+    from fashion_cnn.fashion_mnist import load_data
 
     _, (test_input, test_target) = load_data(data_dir)
     images = (test_input.reshape(-1, 28, 28, 1) / 255.0).astype(np.float32)

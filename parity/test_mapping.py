@@ -58,7 +58,7 @@ def test_plain_transpose_of_dense1_gives_a_wrong_model(keras_ckpts, eval_images)
 
 
 def test_mapping_refuses_a_wrong_shape_before_mapping(keras_ckpts):
-    from torch_impl.errors import UserError
+    from fashion_cnn.errors import UserError
 
     weights = dict(keras_ckpts["random"].weights)
     weights["dense/kernel"] = weights["dense/kernel"][:, :50]

@@ -94,9 +94,9 @@ def make_checkpoints(out: Path, data_dir: str | None = None) -> dict[str, KerasC
     """Build and save both models into `out` (once per process and folder)."""
     import keras
 
+    from fashion_cnn.fashion_mnist import book_split, load_data
     from keras_ref.model import build_model
     from parity.runners import load_test_images
-    from torch_impl.fashion_mnist import book_split, load_data
 
     images, _ = load_test_images(data_dir)
     keras.utils.set_random_seed(SEED)

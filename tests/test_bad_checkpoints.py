@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 import torch
 
+from fashion_cnn.errors import UserError
 from parity.mapping import keras_to_torch
 from parity.port import load_into
 from parity.port import main as port_main
 from parity.testdata import session_checkpoints
 from torch_impl.checkpoint import load_state_dict, save_state_dict
-from torch_impl.errors import UserError
 from torch_impl.model import BookCNN
 
 

@@ -7,8 +7,8 @@ import os
 import pytest
 import torch
 
+from fashion_cnn.errors import UserError
 from torch_impl.checkpoint import load_state_dict, save_state_dict
-from torch_impl.errors import UserError
 from torch_impl.model import BookCNN
 
 

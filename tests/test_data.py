@@ -14,8 +14,8 @@ import struct
 import numpy as np
 import pytest
 
-from torch_impl import fashion_mnist as fm
-from torch_impl.errors import UserError
+from fashion_cnn import fashion_mnist as fm
+from fashion_cnn.errors import UserError
 
 
 def _copy_all(src, dst):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fashion_cnn.errors import UserError
 from torch_impl.device import resolve_device
-from torch_impl.errors import UserError
 
 HAS_CUDA = torch.cuda.is_available()
 HAS_MPS = torch.backends.mps.is_available()

@@ -18,11 +18,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from fashion_cnn.fashion_mnist import CLASS_NAMES, CLASS_NAMES_KO
 from torch_impl import evaluate as evaluate_cli
 from torch_impl import predict as predict_cli
 from torch_impl.checkpoint import load_model, save_state_dict
 from torch_impl.evaluate import evaluate
-from torch_impl.fashion_mnist import CLASS_NAMES, CLASS_NAMES_KO
 from torch_impl.model import BookCNN
 from torch_impl.predict import load_image
 

@@ -1,5 +1,5 @@
 """The Fashion-MNIST CNN of 혼자 공부하는 머신러닝+딥러닝 (chapters 8-2 and 8-3) in PyTorch.
 
-This package never imports TensorFlow or Keras. Its data module (`torch_impl.fashion_mnist`)
-is framework-free (numpy only), so the Keras reference shares the one verification.
+Imports torch and the framework-free core `fashion_cnn` only — never TensorFlow, Keras,
+keras_ref or parity (tests/test_imports.py proves it).
 """

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,7 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from torch_impl.errors import UserError
+from fashion_cnn.errors import UserError, first_line
+from fashion_cnn.files import atomic_write
 from torch_impl.model import BookCNN
 
 TORCH_SUFFIXES = (".pt", ".pth")
@@ -60,17 +60,17 @@ def _read_raw(path: Path) -> Mapping[str, object]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         # The weights-only unpickler met a global it does not allow: a payload, never run.
-        first = str(err).strip().splitlines()[0] if str(err).strip() else "unsafe pickle"
+        first = first_line(err, "unsafe pickle")
         raise UserError(
             f"{path}: refused: the pickle holds more than tensors (weights_only=True): {first}"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
-        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        msg = first_line(err)
         raise UserError(f"{path}: not a readable PyTorch checkpoint ({msg})") from None
     except (IndexError, KeyError, TypeError, AttributeError, AssertionError) as err:
         # What the weights-only unpickler raises on bytes that are no pickle at all (random
         # bytes, a cut legacy-format file): its stack or memo runs out.
-        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        msg = first_line(err)
         raise UserError(f"{path}: not a readable PyTorch checkpoint ({msg})") from None
     if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
         # A training checkpoint (last.pt): model + optimizer + RNG states; take the model.
@@ -127,31 +127,6 @@ def load_model(
     model = BookCNN()
     model.load_state_dict(load_state_dict(path, allow_nonfinite=allow_nonfinite))
     return model.to(device).eval()
-
-
-def atomic_write(dst: str | os.PathLike, write, *, force: bool = False) -> Path:
-    """Call `write(tmp_path)` on a temporary file beside `dst`, then rename it to `dst`.
-
-    Without `force` an existing `dst` is refused; on any failure `dst` is left as it was.
-    """
-    dst = Path(dst)
-    if dst.exists() and not force:
-        raise UserError(f"{dst}: already exists (use --force to overwrite)")
-    if not dst.parent.is_dir():
-        raise UserError(f"{dst}: folder {dst.parent} does not exist")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        # mkstemp makes the file private (0600); give it the mode a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dst
 
 
 def save_state_dict(

@@ -1,6 +1,6 @@
 """The book's data as PyTorch tensors: verified arrays → the book's split → NCHW float32.
 
-The split and scaling are `torch_impl.fashion_mnist.book_split` (the book's `train_test_split`),
+The split and scaling are `fashion_cnn.fashion_mnist.book_split` (the book's `train_test_split`),
 so the tensors hold exactly the values Keras trains on (Keras casts the same float64 arrays to
 float32).
 """
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from torch_impl.fashion_mnist import book_split, load_data
+from fashion_cnn.fashion_mnist import book_split, load_data
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from torch_impl.errors import UserError
+from fashion_cnn.errors import UserError
 
 DEVICE_CHOICES = "auto|cpu|cuda|cuda:N|mps"
 

@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fashion_cnn.errors import cli_entry
 from torch_impl.checkpoint import load_model
 from torch_impl.data import load_book_data
 from torch_impl.device import DEVICE_CHOICES, preferred_memory_format, resolve_device
-from torch_impl.errors import cli_entry
 from torch_impl.model import PoolFirst
 
 SPLITS = ("val", "test")

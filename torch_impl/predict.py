@@ -25,11 +25,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from fashion_cnn.errors import UserError, cli_entry, first_line
+from fashion_cnn.fashion_mnist import CLASS_NAMES, CLASS_NAMES_KO
 from torch_impl.checkpoint import load_model
 from torch_impl.data import load_book_data
 from torch_impl.device import DEVICE_CHOICES, resolve_device
-from torch_impl.errors import UserError, cli_entry
-from torch_impl.fashion_mnist import CLASS_NAMES, CLASS_NAMES_KO
 from torch_impl.model import INPUT_SHAPE, NUM_CLASSES
 
 NAMES = {"en": CLASS_NAMES, "ko": CLASS_NAMES_KO}
@@ -72,7 +72,7 @@ def load_image(path: str | Path) -> torch.Tensor:
         ValueError,
         SyntaxError,
     ) as err:
-        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        msg = first_line(err)
         raise UserError(f"{path}: not a readable image ({msg})") from None
     if gray.size != IMAGE_SIZE[::-1]:
         gray = gray.resize(IMAGE_SIZE[::-1], Image.Resampling.LANCZOS)

@@ -36,13 +36,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torch_impl.checkpoint import atomic_write, save_state_dict
+from fashion_cnn.errors import UserError, cli_entry, first_line
+from fashion_cnn.fashion_mnist import CLASS_NAMES
+from fashion_cnn.files import atomic_write
+from fashion_cnn.history import History, plot_history
+from torch_impl.checkpoint import save_state_dict
 from torch_impl.data import BookData, load_book_data
 from torch_impl.device import preferred_memory_format, resolve_device
-from torch_impl.errors import UserError, cli_entry
 from torch_impl.evaluate import evaluate
-from torch_impl.fashion_mnist import CLASS_NAMES
-from torch_impl.history import History, plot_history
 from torch_impl.model import BookCNN, PoolFirst
 from torch_impl.optim import KerasAdam
 
@@ -256,7 +257,7 @@ def load_last(path: Path) -> dict:
     try:
         last = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file is the same error to the user
-        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        msg = first_line(err)
         raise UserError(f"{path}: not a readable training checkpoint ({msg})") from None
     if not isinstance(last, dict) or last.get("format") != LAST_FORMAT:
         raise UserError(f"{path}: not a last.pt written by torch_impl.train")

@@ -35,10 +35,10 @@ from matplotlib.figure import Figure
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
+from fashion_cnn.errors import UserError, cli_entry
+from fashion_cnn.fashion_mnist import CLASS_NAMES, CLASS_NAMES_KO, book_split, load_data
+from fashion_cnn.history import History, plot_history, read_history
 from torch_impl.checkpoint import load_model
-from torch_impl.errors import UserError, cli_entry
-from torch_impl.fashion_mnist import CLASS_NAMES, CLASS_NAMES_KO, book_split, load_data
-from torch_impl.history import History, plot_history, read_history
 from torch_impl.model import BookCNN
 
 # Float32 parity tolerance for a feature map, Keras vs PyTorch: torch.testing.assert_close's

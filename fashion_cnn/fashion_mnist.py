@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from torch_impl.errors import UserError, cli_entry
+from fashion_cnn.errors import UserError, cli_entry
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 # The official mirror (Zalando Research), then the copy Keras's load_data() downloads from.
@@ -79,7 +79,7 @@ FILES = {
 
 HOW_TO_FIX = (
     "get a good copy: `sudo apt-get install dataset-fashion-mnist`, or delete it and run "
-    "`python -m torch_impl.fashion_mnist --download`"
+    "`python -m fashion_cnn.fashion_mnist --download`"
 )
 
 
@@ -180,7 +180,7 @@ def locate(data_dir: str | os.PathLike | None = None) -> Path:
     raise UserError(
         f"{DEBIAN_DIR}/train-images-idx3-ubyte.gz: missing — Fashion-MNIST not found in "
         f"{DEBIAN_DIR} nor {cache_dir()}; run `make data` (apt-get install dataset-fashion-mnist, "
-        f"or `python -m torch_impl.fashion_mnist --download`), or set FASHION_MNIST_DIR"
+        f"or `python -m fashion_cnn.fashion_mnist --download`), or set FASHION_MNIST_DIR"
     )
 
 
@@ -252,7 +252,7 @@ def download(dest: Path | None = None, mirrors: tuple[str, ...] | None = None) -
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m torch_impl.fashion_mnist",
+        prog="python -m fashion_cnn.fashion_mnist",
         description="Find and verify the real Fashion-MNIST IDX files (download them if asked).",
     )
     parser.add_argument("--data-dir", help="directory with the four IDX files (default: search)")

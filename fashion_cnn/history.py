@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from torch_impl.errors import UserError
+from fashion_cnn.errors import UserError
+from fashion_cnn.files import atomic_write
 
 
 @dataclass(frozen=True)
@@ -67,12 +67,5 @@ def plot_history(history: History, title: str, path: str | os.PathLike, dpi: int
     ax.set_ylabel("loss")
     ax.set_title(title, fontsize=10)
     ax.legend()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=dpi, format="png")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"), force=True)
     return path

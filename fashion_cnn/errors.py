@@ -27,3 +27,10 @@ def cli_entry(main: Callable[[list[str] | None], int | None]) -> Callable[[list[
             return 1
 
     return wrapper
+
+
+def first_line(err: BaseException, default: str | None = None) -> str:
+    """The first line of an exception's message (libraries' messages run to several lines),
+    or `default` (the exception's type name) when it has none."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else (default or type(err).__name__)

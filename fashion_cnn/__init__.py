@@ -1,0 +1,7 @@
+"""The framework-free core that torch_impl, keras_ref and parity share.
+
+numpy, matplotlib and the standard library only — never torch, TensorFlow or Keras:
+the verified Fashion-MNIST and the book's split (`fashion_mnist`), the one error type and the
+command-line edge (`errors`), history.json and the loss plot (`history`), and atomic file
+writes (`files`).
+"""
