@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fashion_cnn.cli import add_data_dir
 from fashion_cnn.errors import UserError, cli_entry
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -255,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m fashion_cnn.fashion_mnist",
         description="Find and verify the real Fashion-MNIST IDX files (download them if asked).",
     )
-    parser.add_argument("--data-dir", help="directory with the four IDX files (default: search)")
+    add_data_dir(parser)
     parser.add_argument(
         "--download", action="store_true",
         help="if no local copy is found, download into the user cache (default: off)",

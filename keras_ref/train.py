@@ -23,7 +23,13 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from fashion_cnn.errors import UserError, cli_entry  # noqa: E402
+from fashion_cnn.cli import (  # noqa: E402
+    add_data_dir,
+    non_negative_int,
+    positive_int,
+    seed_int,
+)
+from fashion_cnn.errors import cli_entry  # noqa: E402
 from fashion_cnn.files import atomic_write  # noqa: E402
 from fashion_cnn.history import History, plot_history  # noqa: E402
 from keras_ref.data import CLASS_NAMES, CLASS_NAMES_KO, load_book_data  # noqa: E402
@@ -131,13 +137,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m keras_ref.train",
         description="Train the book's CNN in Keras with the book's recipe (8-2).",
     )
-    p.add_argument("--epochs", type=int, default=20, help="maximum epochs (default: 20)")
-    p.add_argument("--batch-size", type=int, default=32, help="batch size (default: 32)")
-    p.add_argument("--patience", type=int, default=2, help="early-stopping patience (default: 2)")
-    p.add_argument("--seed", type=int, default=42, help="keras.utils.set_random_seed (default: 42)")
+    p.add_argument("--epochs", type=positive_int, default=20, help="maximum epochs (default: 20)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="batch size (default: 32)")
+    p.add_argument("--patience", type=non_negative_int, default=2,
+                   help="early-stopping patience (default: 2)")
+    p.add_argument("--seed", type=seed_int, default=42,
+                   help="keras.utils.set_random_seed, 0 … 2^32-1 (default: 42)")
     p.add_argument("--out", default="runs/keras", help="output directory (default: runs/keras)")
-    p.add_argument("--data-dir", help="Fashion-MNIST directory (default: search, see README)")
-    p.add_argument("--limit", type=int, default=0,
+    add_data_dir(p)
+    p.add_argument("--limit", type=non_negative_int, default=0, metavar="N",
                    help="train on the first N training examples only, for smoke runs "
                         "(default: 0 = all 48,000)")  # fmt: skip
     p.add_argument("--lang", choices=("en", "ko"), default="en",
@@ -150,12 +158,6 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for name in ("epochs", "batch_size", "patience"):
-        if getattr(args, name) < (0 if name == "patience" else 1):
-            flag = "--" + name.replace("_", "-")
-            raise UserError(f"{flag} must be positive, not {getattr(args, name)}")
-    if args.limit < 0:
-        raise UserError(f"--limit must be >= 0, not {args.limit}")
     train(args)
     return 0
 

@@ -29,6 +29,7 @@ import matplotlib  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from fashion_cnn.cli import add_data_dir, non_negative_int, seed_int  # noqa: E402
 from fashion_cnn.errors import UserError, cli_entry, first_line  # noqa: E402
 from keras_ref.data import load_data  # noqa: E402
 
@@ -199,11 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("keras_file", help="the trained model (.keras or the book's .h5)")
     p.add_argument("--out", default="runs/visualize-keras",
                    help="folder for the PNGs (default: runs/visualize-keras)")  # fmt: skip
-    p.add_argument("--index", type=int, default=0,
+    p.add_argument("--index", type=non_negative_int, default=0,
                    help="train_input index for the feature maps (default: 0)")  # fmt: skip
-    p.add_argument("--seed", type=int, default=42,
+    p.add_argument("--seed", type=seed_int, default=42,
                    help="seed of the untrained model's initialisation (default: 42)")  # fmt: skip
-    p.add_argument("--data-dir", help="Fashion-MNIST directory (default: search, see README)")
+    add_data_dir(p)
     p.add_argument("--dump-maps", metavar="PATH",
                    help="write only the feature maps to PATH (.npz) and draw nothing "
                         "(default: off)")  # fmt: skip

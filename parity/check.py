@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from fashion_cnn.cli import add_data_dir, add_device, int_range
 from fashion_cnn.errors import UserError, cli_entry
 from fashion_cnn.files import atomic_write
 from parity.compare import ATOL, compare, format_table, real_disagreements
@@ -128,33 +129,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("keras_file", type=Path, help=".keras, .h5 or .weights.h5")
     p.add_argument("torch_file", type=Path, help=".pt, .pth or .safetensors")
-    p.add_argument(
-        "--device", default="cpu", help="PyTorch device: cpu, cuda or cuda:N (default: cpu)"
-    )
+    add_device(p, "cpu")
     p.add_argument(
         "--samples",
-        type=int,
+        type=int_range(1, TEST_IMAGES),
         default=DEFAULT_SAMPLES,
         help=f"test images for the layer-by-layer report (default: {DEFAULT_SAMPLES})",
     )
     p.add_argument(
         "--test-images",
-        type=int,
+        type=int_range(1, TEST_IMAGES),
         default=TEST_IMAGES,
         help=f"test images for prediction agreement and accuracy (default: all {TEST_IMAGES:,})",
     )
     p.add_argument("--json", type=Path, help="also write the report as JSON to this path")
-    p.add_argument("--data-dir", help="Fashion-MNIST directory (default: search, see README)")
+    add_data_dir(p)
     return p
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not 1 <= args.samples <= 10_000:
-        raise UserError(f"--samples must be between 1 and 10000, not {args.samples}")
-    if not 1 <= args.test_images <= TEST_IMAGES:
-        raise UserError(f"--test-images must be between 1 and 10000, not {args.test_images}")
     report = run_check(
         args.keras_file,
         args.torch_file,

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fashion_cnn.cli import add_data_dir, int_range
 from fashion_cnn.errors import UserError, cli_entry
 from parity.compare import ATOL, compare, real_disagreements
 from parity.keras_files import keras_kind, read_keras, write_keras_file
@@ -164,20 +165,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--samples",
-        type=int,
+        type=int_range(1, 10_000),
         default=DEFAULT_SAMPLES,
         help="real test images both models must agree on before writing "
         f"(default: {DEFAULT_SAMPLES})",
     )
-    p.add_argument("--data-dir", help="Fashion-MNIST directory (default: search, see README)")
+    add_data_dir(p)
     return p
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not 1 <= args.samples <= 10_000:
-        raise UserError(f"--samples must be between 1 and 10000, not {args.samples}")
     result = port(
         args.src,
         args.dst,

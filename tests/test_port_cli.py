@@ -139,11 +139,10 @@ def test_missing_destination_folder(keras_ckpts, tmp_path, capsys):
 
 
 def test_samples_out_of_range(keras_ckpts, tmp_path, capsys):
-    assert (
+    with pytest.raises(SystemExit) as exc:
         main([str(keras_ckpts["random"].files[".keras"]), str(tmp_path / "o.pt"), "--samples", "0"])
-        == 1
-    )
-    assert "--samples must be between 1 and 10000" in _one_error_line(capsys)
+    assert exc.value.code == 2
+    assert "--samples: must be between 1 and 10000" in capsys.readouterr().err
 
 
 def test_same_framework_conversion(keras_ckpts, tmp_path, data_dir, capsys):

@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from torch_impl import train as train_mod
+from torch_impl.callbacks import EarlyStopping
 from torch_impl.checkpoint import load_state_dict
 from torch_impl.model import BookCNN, PoolFirst
-from torch_impl.train import EarlyStopping, build_parser, main
+from torch_impl.train import TrainConfig, build_parser, config_from_args, main
 
 HISTORY_KEYS = {"loss", "accuracy", "val_loss", "val_accuracy", "seconds"}
 # Keys keras_ref/train.py writes to its history.json; ours must hold them all to compare runs.
@@ -28,8 +29,8 @@ EARLY_STOP_ARGS = ["--limit", "256", "--batch-size", "8", "--lr", "0.01", "--pat
 
 def run(book_data, out, *args: str) -> dict:
     """train() on the session's data (no reload), as `python -m torch_impl.train` would run it."""
-    config = build_parser().parse_args(["--device", "cpu", "--out", str(out), *args])
-    return train_mod.train(config, data=book_data)
+    args = build_parser().parse_args(["--device", "cpu", "--out", str(out), *args])
+    return train_mod.train(config_from_args(args), data=book_data)
 
 
 def last(out) -> dict:
@@ -201,25 +202,26 @@ def test_device_cuda_without_gpu_is_one_line(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv", [
     ["--device", "gpu"], ["--epochs", "ten"], ["--init", "glorot"], ["--no-such-flag"],
+    ["--epochs", "0"], ["--batch-size", "-1"], ["--lr", "nan"], ["--lr", "0"], ["--limit", "-5"],
+    ["--seed", "-1"], ["--seed", "4294967296"], ["--threads", "-1"],
 ])  # fmt: skip
 def test_bad_usage_exits_2(argv, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
-        main([*argv, "--out", str(tmp_path)])
+        main([*argv, "--out", str(tmp_path / "run")])
     assert exc.value.code == 2
     assert "usage:" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists(), "bad usage created the output folder"
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--epochs", "0"], "--epochs must be positive"),
-    (["--batch-size", "-1"], "--batch-size must be positive"),
-    (["--lr", "nan"], "--lr must be a positive number"),
-    (["--limit", "-5"], "--limit must be >= 0"),
-    (["--resume"], "nothing to resume"),
-])  # fmt: skip
-def test_bad_values_exit_1(argv, message, tmp_path, capsys):
-    assert main(["--device", "cpu", "--out", str(tmp_path), *argv]) == 1
+def test_nothing_to_resume_exits_1(tmp_path, capsys):
+    assert main(["--device", "cpu", "--out", str(tmp_path), "--resume"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and message in err[0], err
+    assert len(err) == 1 and "nothing to resume" in err[0], err
+
+
+def test_train_config_defaults_are_the_command_lines():
+    """The dataclass and the parser agree on every default, so library and CLI runs match."""
+    assert config_from_args(build_parser().parse_args([])) == TrainConfig()
 
 
 def test_resume_with_other_settings_is_refused(early_stop_run, capsys):
@@ -235,9 +237,7 @@ def test_resume_with_other_settings_is_refused(early_stop_run, capsys):
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_short_run(book_data, tmp_path):
-    config = build_parser().parse_args(
-        ["--device", "cuda", "--out", str(tmp_path), "--limit", "512", "--epochs", "2"]
-    )
+    config = TrainConfig(device="cuda", out=tmp_path, limit=512, epochs=2)
     summary = train_mod.train(config, data=book_data)
     assert summary["device"].startswith("cuda") and summary["epochs_run"] == 2
     assert 0.5 < summary["test_accuracy"] <= 1.0

@@ -19,10 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fashion_cnn.cli import add_data_dir, add_device, positive_int
 from fashion_cnn.errors import cli_entry
 from torch_impl.checkpoint import load_model
 from torch_impl.data import load_book_data
-from torch_impl.device import DEVICE_CHOICES, preferred_memory_format, resolve_device
+from torch_impl.device import preferred_memory_format, resolve_device
 from torch_impl.model import PoolFirst
 
 SPLITS = ("val", "test")
@@ -76,13 +77,6 @@ def evaluate(
     )
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, not {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m torch_impl.evaluate",
@@ -100,13 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="val",
         help="the book's 12,000 validation images or the 10,000 test images (default: val)",
     )
-    parser.add_argument(
-        "--device",
-        default="auto",
-        metavar=DEVICE_CHOICES,
-        help="where to run; auto picks cuda, then mps, then cpu; a device that is "
-        "not present is an error, never a silent fallback (default: auto)",
-    )
+    add_device(parser)
     parser.add_argument(
         "--batch-size",
         type=positive_int,
@@ -125,13 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--json", action="store_true", help="print one JSON object instead of text (default: text)"
     )
-    parser.add_argument(
-        "--data-dir",
-        default=None,
-        metavar="DIR",
-        help="folder of the four Fashion-MNIST IDX files (default: "
-        "$FASHION_MNIST_DIR, Debian's dataset-fashion-mnist, then the user cache)",
-    )
+    add_data_dir(parser)
     return parser
 
 

@@ -25,11 +25,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from fashion_cnn.cli import add_data_dir, add_device, int_range, non_negative_int
 from fashion_cnn.errors import UserError, cli_entry, first_line
 from fashion_cnn.fashion_mnist import CLASS_NAMES, CLASS_NAMES_KO
 from torch_impl.checkpoint import load_model
 from torch_impl.data import load_book_data
-from torch_impl.device import DEVICE_CHOICES, resolve_device
+from torch_impl.device import resolve_device
 from torch_impl.model import INPUT_SHAPE, NUM_CLASSES
 
 NAMES = {"en": CLASS_NAMES, "ko": CLASS_NAMES_KO}
@@ -129,13 +130,6 @@ def prediction_record(pred: Prediction, names: tuple[str, ...], top: int) -> dic
     return record
 
 
-def top_k(text: str) -> int:
-    value = int(text)
-    if not 1 <= value <= NUM_CLASSES:
-        raise argparse.ArgumentTypeError(f"must be between 1 and {NUM_CLASSES}, not {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m torch_impl.predict",
@@ -159,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--index",
-        type=int,
+        type=non_negative_int,
         nargs="+",
         action="extend",
         default=[],
@@ -181,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--top",
-        type=top_k,
+        type=int_range(1, NUM_CLASSES),
         default=3,
         metavar="K",
         help="how many of the most likely classes to list (default: 3)",
@@ -192,20 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="print one JSON object, with a record per image holding all 10 "
         "probabilities (default: text)",
     )
-    parser.add_argument(
-        "--device",
-        default="auto",
-        metavar=DEVICE_CHOICES,
-        help="where to run; auto picks cuda, then mps, then cpu; a device that is "
-        "not present is an error (default: auto)",
-    )
-    parser.add_argument(
-        "--data-dir",
-        default=None,
-        metavar="DIR",
-        help="folder of the four Fashion-MNIST IDX files (default: "
-        "$FASHION_MNIST_DIR, Debian's dataset-fashion-mnist, then the user cache)",
-    )
+    add_device(parser)
+    add_data_dir(parser)
     return parser
 
 

@@ -21,172 +21,86 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
-import random
-import re
 import sys
 import time
-from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fashion_cnn.errors import UserError, cli_entry, first_line
+from fashion_cnn.cli import (
+    add_data_dir,
+    add_device,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    seed_int,
+)
+from fashion_cnn.errors import cli_entry
 from fashion_cnn.fashion_mnist import CLASS_NAMES
 from fashion_cnn.files import atomic_write
 from fashion_cnn.history import History, plot_history
+from torch_impl.callbacks import EarlyStopping, ModelCheckpoint
 from torch_impl.checkpoint import save_state_dict
 from torch_impl.data import BookData, load_book_data
-from torch_impl.device import preferred_memory_format, resolve_device
+from torch_impl.device import (
+    device_name,
+    numerics,
+    preferred_memory_format,
+    resolve_device,
+    seed_everything,
+    versions,
+)
 from torch_impl.evaluate import evaluate
 from torch_impl.model import BookCNN, PoolFirst
 from torch_impl.optim import KerasAdam
+from torch_impl.resume import (
+    HISTORY_KEYS,
+    LAST_FILE,
+    LAST_FORMAT,
+    RESUME_KEYS,
+    RunState,
+    check_same_run,
+    cpu_state_dict,
+    load_last,
+    rng_state,
+    save_last,
+    set_rng_state,
+)
 
 BEST_FILE = "best-cnn-model.pt"
-LAST_FILE = "last.pt"
 HISTORY_FILE = "history.json"
 PLOT_FILE = "history.png"
-LAST_FORMAT = 1
-# Settings that must match for --resume to continue the same run (epochs and patience may grow).
-RESUME_KEYS = ("seed", "batch_size", "lr", "limit", "init")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run: the command line's options, with the same names and defaults."""
+
+    device: str = "auto"
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 1e-3
+    patience: int = 2
+    seed: int = 42
+    init: str = "keras"  # "keras": Glorot-uniform kernels, zero biases; "torch": its defaults
+    out: str | Path = "runs/torch"
+    resume: bool = False
+    limit: int = 0  # train on the first N training examples; 0 = all 48,000
+    data_dir: str | Path | None = None
+    compile: bool = False
+    threads: int = 0  # 0 = torch's default
+
+    def run_keys(self) -> dict:
+        """What last.pt records of the settings (those --resume must match, and the rest)."""
+        return {k: getattr(self, k) for k in (*RESUME_KEYS, "patience", "epochs")}
 
 
 # ---------------------------------------------------------------------------------------------
-# Device and determinism
-
-
-def device_arg(value: str) -> str:
-    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
-        raise argparse.ArgumentTypeError(
-            f"invalid device {value!r} (choose auto, cpu, cuda, cuda:N or mps)"
-        )
-    return value
-
-
-def seed_everything(seed: int) -> None:
-    """Seed every generator a run may draw from: python, numpy, torch (CPU and all GPUs)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-@contextmanager
-def numerics(device: torch.device) -> Iterator[None]:
-    """Deterministic float32 for the duration of a run; the global settings are put back after.
-
-    CPU kernels are deterministic once asked to be. On CUDA, cuDNN is pinned to deterministic
-    algorithms and TF32 is off (the book's numbers are float32); max-pool's CUDA backward has no
-    deterministic kernel, so `use_deterministic_algorithms` is left alone there.
-    """
-    saved = (
-        torch.are_deterministic_algorithms_enabled(),
-        torch.backends.cudnn.deterministic,
-        torch.backends.cudnn.benchmark,
-        torch.backends.cudnn.allow_tf32,
-        torch.backends.cuda.matmul.allow_tf32,
-    )
-    try:
-        if device.type == "cpu":
-            torch.use_deterministic_algorithms(True)
-        if device.type == "cuda":
-            torch.backends.cudnn.deterministic = True
-            torch.backends.cudnn.benchmark = False
-            torch.backends.cudnn.allow_tf32 = False
-            torch.backends.cuda.matmul.allow_tf32 = False
-        yield
-    finally:
-        torch.use_deterministic_algorithms(saved[0])
-        torch.backends.cudnn.deterministic = saved[1]
-        torch.backends.cudnn.benchmark = saved[2]
-        torch.backends.cudnn.allow_tf32 = saved[3]
-        torch.backends.cuda.matmul.allow_tf32 = saved[4]
-
-
-# ---------------------------------------------------------------------------------------------
-# Keras's callbacks, as plain state
-
-
-@dataclass
-class EarlyStopping:
-    """keras.callbacks.EarlyStopping(monitor='val_loss', patience, restore_best_weights=True).
-
-    Keras 3.15.1's rule, step for step: `wait` grows every epoch and is reset by a strict
-    improvement (min_delta 0); training stops once wait ≥ patience (never after the first epoch);
-    the best weights are remembered from the first epoch on and restored when training ends —
-    whether it stopped early or ran all its epochs. Epochs are 0-based, as in Keras.
-    """
-
-    patience: int
-    wait: int = 0
-    best: float | None = None
-    best_epoch: int = 0
-    stopped_epoch: int = 0
-
-    def update(self, epoch: int, val_loss: float) -> tuple[bool, bool]:
-        """(improved, stop) after `epoch`."""
-        self.wait += 1
-        if self.best is None or val_loss < self.best:
-            self.best, self.best_epoch, self.wait = val_loss, epoch, 0
-            return True, False
-        if self.wait >= self.patience and epoch > 0:
-            self.stopped_epoch = epoch
-            return False, True
-        return False, False
-
-
-@dataclass
-class RunState:
-    """Everything that carries from one epoch to the next (and into last.pt)."""
-
-    epoch: int = 0  # epochs completed
-    stopped: bool = False
-    checkpoint_best: float | None = None  # ModelCheckpoint's own `best`
-    history: dict[str, list[float]] = field(
-        default_factory=lambda: {k: [] for k in HISTORY_KEYS}
-    )
-
-
-HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "seconds")
-
-
-# ---------------------------------------------------------------------------------------------
-# RNG states as plain types (last.pt loads with weights_only=True)
-
-
-def rng_state(shuffle: torch.Generator) -> dict:
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    return {
-        "torch_cpu": torch.get_rng_state(),
-        "torch_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
-        "numpy": [np_state[0], np_state[1].tolist(), *map(_plain, np_state[2:])],
-        "python": [py_state[0], list(py_state[1]), py_state[2]],
-        "shuffle": shuffle.get_state(),
-    }
-
-
-def _plain(value):
-    return value.item() if isinstance(value, np.generic) else value
-
-
-def set_rng_state(state: dict, shuffle: torch.Generator) -> None:
-    torch.set_rng_state(state["torch_cpu"])
-    if state["torch_cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["torch_cuda"])
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    shuffle.set_state(state["shuffle"])
-
-
-# ---------------------------------------------------------------------------------------------
-# One epoch, evaluation
+# One epoch
 
 
 def train_epoch(
@@ -239,65 +153,11 @@ def make_train_step(forward: nn.Module, optimizer: torch.optim.Optimizer):
 
 
 # ---------------------------------------------------------------------------------------------
-# Files
-
-
-def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """A detached CPU copy of the weights, in the standard contiguous layout."""
-    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
-
-
-def save_last(path: Path, **payload) -> None:
-    atomic_write(path, lambda tmp: torch.save(payload, tmp), force=True)
-
-
-def load_last(path: Path) -> dict:
-    if not path.is_file():
-        raise UserError(f"{path}: nothing to resume (no such file); run without --resume first")
-    try:
-        last = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is the same error to the user
-        msg = first_line(err)
-        raise UserError(f"{path}: not a readable training checkpoint ({msg})") from None
-    if not isinstance(last, dict) or last.get("format") != LAST_FORMAT:
-        raise UserError(f"{path}: not a last.pt written by torch_impl.train")
-    return last
-
-
-def versions() -> dict[str, str]:
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "cuda": torch.version.cuda or "",
-    }
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    if device.type == "cpu":
-        cpu = platform.processor() or platform.machine()
-        try:
-            lines = Path("/proc/cpuinfo").read_text().splitlines()
-            models = [ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")]
-            cpu = models[0] if models else cpu
-        except OSError:
-            pass
-        return f"{cpu} ({torch.get_num_threads()} threads)"
-    return device.type
-
-
-# ---------------------------------------------------------------------------------------------
 # The run
 
 
-def run_config(config: argparse.Namespace) -> dict:
-    return {k: getattr(config, k) for k in (*RESUME_KEYS, "patience", "epochs")}
-
-
-def train(config: argparse.Namespace, data: BookData | None = None) -> dict:
-    """Train with `config` (the parsed command line); returns the history.json summary.
+def train(config: TrainConfig, data: BookData | None = None) -> dict:
+    """Train with `config`; returns the history.json summary.
 
     `data` is the book's split already in memory (default: loaded from `config.data_dir`).
     """
@@ -314,18 +174,10 @@ def train(config: argparse.Namespace, data: BookData | None = None) -> dict:
         torch.set_num_threads(threads)
 
 
-def _train(
-    config: argparse.Namespace, out: Path, device: torch.device, data: BookData | None
-) -> dict:
+def _train(config: TrainConfig, out: Path, device: torch.device, data: BookData | None) -> dict:
     last = load_last(out / LAST_FILE) if config.resume else None
     if last is not None:
-        saved = last["config"]
-        for key in RESUME_KEYS:
-            if saved[key] != getattr(config, key):
-                raise UserError(
-                    f"{out / LAST_FILE}: was trained with --{key.replace('_', '-')} "
-                    f"{saved[key]}, not {getattr(config, key)}; resume with the same settings"
-                )
+        check_same_run(last, config.run_keys(), out / LAST_FILE)
 
     seed_everything(config.seed)
     shuffle = torch.Generator().manual_seed(config.seed)
@@ -348,6 +200,7 @@ def _train(
     model = model.to(device=device, memory_format=fmt)
     optimizer = KerasAdam(model.parameters(), lr=config.lr)
     stopper = EarlyStopping(patience=config.patience)
+    checkpoint = ModelCheckpoint()
     state = RunState()
     best_weights: dict[str, torch.Tensor] | None = None
 
@@ -356,6 +209,7 @@ def _train(
         optimizer.load_state_dict(last["optimizer"])
         stopper = EarlyStopping(**{**last["early_stopping"], "patience": config.patience})
         state = RunState(**last["run"])
+        checkpoint = ModelCheckpoint(state.checkpoint_best)
         best_weights = last["best_weights"]
         set_rng_state(last["rng"], shuffle)
         print(f"resuming {out / LAST_FILE} after epoch {state.epoch}")
@@ -387,8 +241,8 @@ def _train(
         )
 
         # ModelCheckpoint(save_best_only=True): strictly lower val_loss (the first epoch always).
-        if state.checkpoint_best is None or val_loss < state.checkpoint_best:
-            state.checkpoint_best = val_loss
+        if checkpoint.update(val_loss):
+            state.checkpoint_best = checkpoint.best
             save_state_dict(model, out / BEST_FILE, force=True)
         # EarlyStopping(restore_best_weights=True) keeps the first epoch's weights from the start.
         if best_weights is None:
@@ -401,7 +255,7 @@ def _train(
         save_last(
             out / LAST_FILE,
             format=LAST_FORMAT,
-            config=run_config(config),
+            config=config.run_keys(),
             model=cpu_state_dict(model),
             optimizer=optimizer.state_dict(),
             early_stopping=asdict(stopper),
@@ -480,49 +334,48 @@ def _progress(total: int, enabled: bool):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    d = TrainConfig()
     p = argparse.ArgumentParser(
         prog="python -m torch_impl.train",
         description="Train the book's CNN in PyTorch with the book's recipe (8-2): Keras's Adam, "
         "batch 32, checkpoint on val_loss, early stopping with patience 2.",
     )
-    p.add_argument("--device", type=device_arg, default="auto",
-                   help="auto, cpu, cuda, cuda:N or mps; auto picks cuda > mps > cpu, an absent "
-                        "device is an error (default: auto)")
-    p.add_argument("--epochs", type=int, default=20, help="maximum epochs (default: 20)")
-    p.add_argument("--batch-size", type=int, default=32, help="batch size (default: 32)")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
-    p.add_argument("--patience", type=int, default=2, help="early-stopping patience (default: 2)")
-    p.add_argument("--seed", type=int, default=42, help="random seed (default: 42)")
-    p.add_argument("--init", choices=("keras", "torch"), default="keras",
+    add_device(p, d.device)
+    p.add_argument("--epochs", type=positive_int, default=d.epochs,
+                   help=f"maximum epochs (default: {d.epochs})")
+    p.add_argument("--batch-size", type=positive_int, default=d.batch_size,
+                   help=f"batch size (default: {d.batch_size})")
+    p.add_argument("--lr", type=positive_float, default=d.lr,
+                   help=f"Adam learning rate (default: {d.lr:g})")
+    p.add_argument("--patience", type=non_negative_int, default=d.patience,
+                   help=f"early-stopping patience (default: {d.patience})")
+    p.add_argument("--seed", type=seed_int, default=d.seed,
+                   help=f"random seed, 0 … 2^32-1 (default: {d.seed})")
+    p.add_argument("--init", choices=("keras", "torch"), default=d.init,
                    help="initial weights: Keras's Glorot-uniform kernels and zero biases, as the "
-                        "book starts, or PyTorch's defaults (default: keras)")
-    p.add_argument("--out", default="runs/torch", help="output directory (default: runs/torch)")
+                        f"book starts, or PyTorch's defaults (default: {d.init})")
+    p.add_argument("--out", default=str(d.out), metavar="DIR",
+                   help=f"output directory (default: {d.out})")
     p.add_argument("--resume", action="store_true",
                    help="continue the run saved in OUT/last.pt (default: start afresh)")
-    p.add_argument("--limit", type=int, default=0,
+    p.add_argument("--limit", type=non_negative_int, default=d.limit, metavar="N",
                    help="train on the first N training examples only, for smoke runs "
                         "(default: 0 = all 48,000)")
-    p.add_argument("--data-dir", help="Fashion-MNIST directory (default: search, see README)")
+    add_data_dir(p)
     p.add_argument("--compile", action="store_true",
                    help="run the model through torch.compile (default: off)")
-    p.add_argument("--threads", type=int, default=0,
+    p.add_argument("--threads", type=non_negative_int, default=d.threads, metavar="N",
                    help="CPU threads for torch (default: 0 = torch's default, one per core)")
-    return p  # fmt: skip
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    for name in ("epochs", "batch_size"):
-        if getattr(args, name) < 1:
-            flag = "--" + name.replace("_", "-")
-            raise UserError(f"{flag} must be positive, not {getattr(args, name)}")
-    for name in ("patience", "limit", "threads"):
-        if getattr(args, name) < 0:
-            raise UserError(f"--{name} must be >= 0, not {getattr(args, name)}")
-    if not (args.lr > 0 and math.isfinite(args.lr)):
-        raise UserError(f"--lr must be a positive number, not {args.lr}")
-    train(args)
+    train(config_from_args(build_parser().parse_args(argv)))
     return 0
 
 

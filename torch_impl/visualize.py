@@ -35,6 +35,7 @@ from matplotlib.figure import Figure
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
+from fashion_cnn.cli import add_data_dir, non_negative_int, seed_int
 from fashion_cnn.errors import UserError, cli_entry
 from fashion_cnn.fashion_mnist import CLASS_NAMES, CLASS_NAMES_KO, book_split, load_data
 from fashion_cnn.history import History, plot_history, read_history
@@ -423,11 +424,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="PyTorch checkpoint (.pt, .pth or .safetensors)")
     p.add_argument("--out", default="runs/visualize",
                    help="folder for the PNGs (default: runs/visualize)")  # fmt: skip
-    p.add_argument("--index", type=int, default=0,
+    p.add_argument("--index", type=non_negative_int, default=0,
                    help="train_input index for the feature maps (default: 0)")  # fmt: skip
-    p.add_argument("--val-index", type=int, default=0,
+    p.add_argument("--val-index", type=non_negative_int, default=0,
                    help="validation image to predict (default: 0, a bag)")  # fmt: skip
-    p.add_argument("--seed", type=int, default=42,
+    p.add_argument("--seed", type=seed_int, default=42,
                    help="seed of the untrained models' initialisation (default: 42)")  # fmt: skip
     p.add_argument("--keras", metavar="KERAS_FILE",
                    help="the same weights as a Keras model: draw its feature maps beside "
@@ -437,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lang", choices=("en", "ko"), default="en",
                    help="class names in English or the book's Korean, where a Korean font is "
                         "installed (default: en)")  # fmt: skip
-    p.add_argument("--data-dir", help="Fashion-MNIST directory (default: search, see README)")
+    add_data_dir(p)
     return p
 
 

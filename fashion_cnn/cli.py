@@ -1,0 +1,104 @@
+"""The command-line options every CLI shares, declared and checked in one place.
+
+Bad usage is argparse's business: each value is checked by an argparse `type`, so a bad value
+exits with status 2 and argparse's usage line, in every CLI alike. Failures of the work itself
+(a bad file, an absent GPU) are `UserError`s: status 1, one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+
+DEVICE_CHOICES = "auto|cpu|cuda|cuda:N|mps"
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+SEED_MAX = 2**32 - 1  # numpy's and Keras's seeds are 32-bit
+
+
+def _int(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+
+
+def positive_int(value: str) -> int:
+    """An argparse type: a whole number ≥ 1."""
+    n = _int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, not {value}")
+    return n
+
+
+def non_negative_int(value: str) -> int:
+    """An argparse type: a whole number ≥ 0."""
+    n = _int(value)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return n
+
+
+def seed_int(value: str) -> int:
+    """An argparse type: a seed numpy and Keras accept, 0 … 2³²−1."""
+    n = _int(value)
+    if not 0 <= n <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"must be between 0 and {SEED_MAX}, not {value}")
+    return n
+
+
+def positive_float(value: str) -> float:
+    """An argparse type: a finite number > 0 (rejects nan and inf)."""
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not (math.isfinite(x) and x > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, not {value}")
+    return x
+
+
+def int_range(low: int, high: int):
+    """An argparse type: a whole number in [low, high]."""
+
+    def check(value: str) -> int:
+        n = _int(value)
+        if not low <= n <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}, not {value}")
+        return n
+
+    check.__name__ = f"int in [{low}, {high}]"
+    return check
+
+
+def device_spec(value: str) -> str:
+    """An argparse type: the form of a device name; whether it is present is checked later."""
+    value = value.strip().lower()
+    if not _DEVICE.fullmatch(value):
+        raise argparse.ArgumentTypeError(
+            f"invalid device {value!r} (choose auto, cpu, cuda, cuda:N or mps)"
+        )
+    return value
+
+
+def add_device(parser: argparse.ArgumentParser, default: str = "auto") -> None:
+    """--device: auto, cpu, cuda, cuda:N or mps (an absent device is an error, never a
+    silent fallback)."""
+    parser.add_argument(
+        "--device",
+        type=device_spec,
+        default=default,
+        metavar=DEVICE_CHOICES,
+        help="PyTorch device; auto picks cuda > mps > cpu, an absent device is an error "
+        f"(default: {default})",
+    )
+
+
+def add_data_dir(parser: argparse.ArgumentParser) -> None:
+    """--data-dir: where the four Fashion-MNIST IDX files are."""
+    parser.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="Fashion-MNIST directory (default: $FASHION_MNIST_DIR, Debian's "
+        "dataset-fashion-mnist, then the user cache; see README)",
+    )
