@@ -66,7 +66,8 @@ docs: $(DATA_STAMP)
 	$(BIN)/python -m keras_ref.visualize $(DOCS_RUN)/best-cnn-model.keras --out docs/keras \
 	  > docs/keras/output.txt
 	$(BIN)/python -m torch_impl.visualize runs/docs/best-cnn-model.pt --out docs/torch \
-	  --keras $(DOCS_RUN)/best-cnn-model.keras --history $(DOCS_RUN)/history.json --lang ko \
-	  > docs/torch/output.txt
+	  --history $(DOCS_RUN)/history.json --lang ko > docs/torch/output.txt
+	$(BIN)/python -m parity.visualize $(DOCS_RUN)/best-cnn-model.keras runs/docs/best-cnn-model.pt \
+	  --out docs/torch >> docs/torch/output.txt
 	cat docs/keras/output.txt docs/torch/output.txt
 	du -ch docs/keras/*.png docs/torch/*.png | tail -1

@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch._dynamo  # noqa: E402, F401
 
-from fashion_cnn.fashion_mnist import DEBIAN_DIR, FILES, locate  # noqa: E402
+from fashion_cnn.fashion_mnist import locate  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -38,10 +38,17 @@ def book_data(data_dir):
     return load_book_data(data_dir)
 
 
+@pytest.fixture(scope="session")
+def keras_ckpts(tmp_path_factory, data_dir):
+    """{"random": …, "trained": …}: real Keras checkpoints of the book's CNN in every format,
+    saved by Keras itself once per session (parity.tests.testdata.KerasCheckpoints)."""
+    from parity.tests.testdata import session_checkpoints
+
+    return session_checkpoints(tmp_path_factory, data_dir)
+
+
 @pytest.fixture
 def rng():
     """A seeded generator: tests seed before they sample."""
     return np.random.default_rng(1234)
 
-
-__all__ = ["DEBIAN_DIR", "FILES"]

@@ -1,7 +1,6 @@
 """8-3: looking inside the trained CNN, in Keras, as the book does.
 
     python -m keras_ref.visualize KERAS_FILE [--out DIR] [--index 0] [--seed 42] [--data-dir DIR]
-    python -m keras_ref.visualize KERAS_FILE --dump-maps PATH [--index 0] [--data-dir DIR]
 
 The book's cells, in order: load the best checkpoint; the first Conv2D's weights (3, 3, 1, 32) and
 bias (32,), their mean, standard deviation and histogram, and the 32 kernels in a 2×16 grid
@@ -10,9 +9,7 @@ functional API — `keras.Model(model.inputs, model.layers[0].output)` — for t
 `train_input[0]` (an ankle boot): conv1 (1, 28, 28, 32) in a 4×8 grid, conv2 (1, 14, 14, 64) in
 an 8×8 grid.
 
-`--dump-maps` writes only the two feature-map arrays to an .npz (keys conv1, conv2, in Keras's
-NHWC layout); `python -m torch_impl.visualize --keras` calls it to put Keras's maps beside
-PyTorch's without importing Keras itself.
+Keras's maps beside PyTorch's, from the same weights: `python -m parity.visualize`.
 """
 
 from __future__ import annotations
@@ -180,18 +177,6 @@ def visualize(args: argparse.Namespace) -> None:
     print(f"wrote 7 images to {out}")
 
 
-def dump_maps(args: argparse.Namespace) -> None:
-    """Only the feature maps, to an .npz: conv1 (1, 28, 28, 32), conv2 (1, 14, 14, 64)."""
-    model = load_book_model(args.keras_file)
-    (train_input, _), _ = load_data(args.data_dir)
-    conv1_maps, conv2_maps = feature_maps(model, book_input(train_input, args.index))
-    path = Path(args.dump_maps)
-    if not path.parent.is_dir():
-        raise UserError(f"{path}: folder {path.parent} does not exist")
-    with open(path, "wb") as f:
-        np.savez(f, conv1=conv1_maps, conv2=conv2_maps, index=args.index)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m keras_ref.visualize",
@@ -205,9 +190,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=seed_int, default=42,
                    help="seed of the untrained model's initialisation (default: 42)")  # fmt: skip
     add_data_dir(p)
-    p.add_argument("--dump-maps", metavar="PATH",
-                   help="write only the feature maps to PATH (.npz) and draw nothing "
-                        "(default: off)")  # fmt: skip
     return p
 
 
@@ -215,10 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     matplotlib.use("Agg")  # files only, no window
-    if args.dump_maps:
-        dump_maps(args)
-    else:
-        visualize(args)
+    visualize(args)
     return 0
 
 

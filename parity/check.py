@@ -24,7 +24,6 @@ from fashion_cnn.errors import UserError, cli_entry
 from fashion_cnn.files import atomic_write
 from parity.compare import ATOL, compare, format_table, real_disagreements
 from parity.keras_files import keras_kind
-from parity.port import read_weights
 from parity.runners import (
     KerasSide,
     load_test_images,
@@ -33,6 +32,7 @@ from parity.runners import (
     torch_outputs,
     torch_probabilities,
 )
+from parity.weights import read_weights
 from torch_impl.checkpoint import checkpoint_kind
 
 DEFAULT_SAMPLES = 1000

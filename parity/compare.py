@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from fashion_cnn.book import FLATTEN_CHW
+
 # Float32 parity, as the field measures it: torch.testing.assert_close's float32 default is
 # atol 1e-5 / rtol 1.3e-6, HF's TF↔PT tests use 1e-5; issue 3 asks atol = rtol = 1e-5. The rtol is
 # looser than torch's default because the two frameworks sum the 3,136-term dot products of dense1
@@ -77,10 +79,8 @@ def nchw_to_keras(name: str, array: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(array.transpose(0, 2, 3, 1))
     if name == "flatten":
         n = array.shape[0]
-        from torch_impl.model import FLATTEN_SHAPE
-
         return np.ascontiguousarray(
-            array.reshape(n, *FLATTEN_SHAPE).transpose(0, 2, 3, 1).reshape(n, -1)
+            array.reshape(n, *FLATTEN_CHW).transpose(0, 2, 3, 1).reshape(n, -1)
         )
     return array
 

@@ -6,8 +6,9 @@ Keras names are *structural*: the n-th Conv2D is `conv2d`, `conv2d_1`, the n-th 
 `layer.name` says (`conv2d_6` in a second session). The file readers in `parity.keras_files`
 produce these names from the model's structure, never from auto-generated layer names.
 
-Everything here is numpy: no framework is imported, so the table serves both directions and every
-reader and writer.
+Everything here is numpy: no framework is imported (the shapes come from the framework-free core,
+`fashion_cnn.book`; tests/test_imports.py proves it), so the table serves both directions and
+every reader and writer.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fashion_cnn.book import FLATTEN_CHW
 from fashion_cnn.errors import UserError
-from torch_impl.model import FLATTEN_SHAPE
 
-C, H, W = FLATTEN_SHAPE  # (64, 7, 7): the feature map that Flatten sees
+C, H, W = FLATTEN_CHW  # (64, 7, 7): the feature map that Flatten sees
 
 
 # --- one small function per transform, each with its inverse --------------------------------

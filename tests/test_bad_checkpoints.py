@@ -19,17 +19,10 @@ import torch
 
 from fashion_cnn.errors import UserError
 from parity.mapping import keras_to_torch
-from parity.port import load_into
 from parity.port import main as port_main
-from parity.testdata import session_checkpoints
+from parity.weights import load_into
 from torch_impl.checkpoint import load_state_dict, save_state_dict
 from torch_impl.model import BookCNN
-
-
-@pytest.fixture(scope="session")
-def keras_ckpts(tmp_path_factory, data_dir):
-    pytest.importorskip("keras")
-    return session_checkpoints(tmp_path_factory, data_dir)
 
 
 @pytest.fixture

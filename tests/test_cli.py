@@ -16,6 +16,7 @@ CLIS = (
     "keras_ref.visualize",
     "parity.port",
     "parity.check",
+    "parity.visualize",
     "fashion_cnn.fashion_mnist",
 )
 
@@ -37,6 +38,7 @@ BAD_USAGE = [
     ("parity.port", ["{k}", "{t}", "--samples", "0"]),
     ("parity.check", ["{k}", "{t}", "--samples", "0"]),
     ("parity.check", ["{k}", "{t}", "--device", "bogus"]),
+    ("parity.visualize", ["{k}", "{t}", "--out", "{o}", "--index", "-1"]),
     ("fashion_cnn.fashion_mnist", ["--no-such-flag"]),
 ]
 
@@ -50,6 +52,7 @@ BAD_FILE = [
     ("keras_ref.visualize", ["{k}", "--out", "{o}"]),
     ("parity.port", ["{k}", "{o}/out.pt"]),
     ("parity.check", ["{k}", "{t}"]),
+    ("parity.visualize", ["{k}", "{t}", "--out", "{o}"]),
     ("fashion_cnn.fashion_mnist", ["--data-dir", "{d}"]),
 ]
 

@@ -88,3 +88,11 @@ def test_ast_check_sees_nested_imports(tmp_path):
     src = tmp_path / "m.py"
     src.write_text("def f():\n    from torch import nn\n    import keras.layers as L\n")
     assert _imported_tops(src) == [(2, "torch"), (3, "keras")]
+
+
+def test_parity_mapping_and_keras_files_load_no_framework():
+    """The mapping table and the Keras file readers/writers are numpy + h5py only: porting a
+    Keras file's weights needs neither torch nor TensorFlow."""
+    modules = ["parity.mapping", "parity.keras_files", "parity.compare"]
+    loaded = _loaded_after_import(modules, FRAMEWORKS_TORCH + FRAMEWORKS_TF)
+    assert loaded == [], f"{modules} loaded {loaded[:5]}"

@@ -12,16 +12,10 @@ import pytest
 
 from parity.keras_files import read_keras
 from parity.port import main
-from parity.testdata import session_checkpoints
 from torch_impl.checkpoint import load_state_dict
 
 REPO = Path(__file__).resolve().parents[1]
 
-
-@pytest.fixture(scope="session")
-def keras_ckpts(tmp_path_factory, data_dir):
-    pytest.importorskip("keras")
-    return session_checkpoints(tmp_path_factory, data_dir)
 
 
 def _one_error_line(capsys) -> str:

@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-INPUT_SHAPE = (1, 28, 28)
-NUM_CLASSES = 10
-# Two 2×2 poolings: 28 → 14 → 7; conv2 has 64 channels.
-FLATTEN_SHAPE = (64, INPUT_SHAPE[1] // 4, INPUT_SHAPE[2] // 4)
-FLATTEN_WIDTH = FLATTEN_SHAPE[0] * FLATTEN_SHAPE[1] * FLATTEN_SHAPE[2]  # 3,136
+from fashion_cnn.book import DENSE_UNITS, DROPOUT, FILTERS, FLATTEN_WIDTH, NUM_CLASSES
+from fashion_cnn.book import FLATTEN_CHW as FLATTEN_SHAPE
+from fashion_cnn.book import INPUT_CHW as INPUT_SHAPE
+
+__all__ = ["BookCNN", "PoolFirst", "keras_init_", "summary", "FLATTEN_SHAPE", "INPUT_SHAPE"]
 
 
 class BookCNN(nn.Module):
@@ -30,17 +30,17 @@ class BookCNN(nn.Module):
 
     def __init__(self, init: str = "torch") -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(1, 32, kernel_size=3, padding=1)
+        self.conv1 = nn.Conv2d(INPUT_SHAPE[0], FILTERS[0], kernel_size=3, padding=1)
         self.relu1 = nn.ReLU()
         self.pool1 = nn.MaxPool2d(2)
-        self.conv2 = nn.Conv2d(32, 64, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv2d(FILTERS[0], FILTERS[1], kernel_size=3, padding=1)
         self.relu2 = nn.ReLU()
         self.pool2 = nn.MaxPool2d(2)
         self.flatten = nn.Flatten()
-        self.dense1 = nn.Linear(FLATTEN_WIDTH, 100)
+        self.dense1 = nn.Linear(FLATTEN_WIDTH, DENSE_UNITS)
         self.relu3 = nn.ReLU()
-        self.dropout = nn.Dropout(0.4)
-        self.dense2 = nn.Linear(100, NUM_CLASSES)
+        self.dropout = nn.Dropout(DROPOUT)
+        self.dense2 = nn.Linear(DENSE_UNITS, NUM_CLASSES)
         if init == "keras":
             keras_init_(self)
         elif init != "torch":

@@ -1,7 +1,7 @@
-"""8-3 in PyTorch: the trained CNN's weights, kernels and feature maps (and Keras's beside them).
+"""8-3 in PyTorch: the trained CNN's weights, kernels and feature maps.
 
     python -m torch_impl.visualize CKPT [--out DIR] [--index 0] [--val-index 0] [--seed 42]
-        [--keras KERAS_FILE] [--history history.json] [--lang en|ko] [--data-dir DIR]
+        [--history history.json] [--lang en|ko] [--data-dir DIR]
 
 The book's 8-3 (see keras_ref/visualize.py for the Keras cells) from a PyTorch checkpoint:
 - conv1's weight (32, 1, 3, 3) — the book's Keras layout is (3, 3, 1, 32) — and bias (32,), the
@@ -12,19 +12,15 @@ The book's 8-3 (see keras_ref/visualize.py for the Keras cells) from a PyTorch c
   torchvision's `create_feature_extractor` returns the outputs of relu1 and relu2 (Keras's Conv2D
   applies its ReLU inside the layer) from the one model;
 - the predicted probabilities for a validation image (8-2's bar chart), with class names;
-- `--keras`: Keras's feature maps of the same image beside PyTorch's, with each map's max |diff|.
-  This package never imports Keras, so they come from `python -m keras_ref.visualize --dump-maps`
-  run as a separate process;
 - `--history`: the loss curves of a training run (history.json of either trainer).
+
+Keras's feature maps beside these, from the same weights: `python -m parity.visualize`.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,9 +38,6 @@ from fashion_cnn.history import History, plot_history, read_history
 from torch_impl.checkpoint import load_model
 from torch_impl.model import BookCNN
 
-# Float32 parity tolerance for a feature map, Keras vs PyTorch: torch.testing.assert_close's
-# default atol and the one Hugging Face uses for TF↔PT ports. Same weights and image give ~1e-7.
-MAPS_TOLERANCE = 1e-5
 # Node → name: Keras's Conv2D output is after its built-in ReLU, so PyTorch's relu1/relu2.
 FEATURE_NODES = {"relu1": "conv1", "relu2": "conv2"}
 GRIDS = {"conv1": (4, 8), "conv2": (8, 8)}  # the book's grids
@@ -130,37 +123,6 @@ def predict(model: BookCNN, image: torch.Tensor) -> np.ndarray:
     return model.predict_proba(image)[0].cpu().numpy()
 
 
-def keras_feature_maps(
-    keras_file: str | os.PathLike, index: int, data_dir: str | os.PathLike | None = None
-) -> dict[str, np.ndarray]:
-    """Keras's conv1 (32, 28, 28) and conv2 (64, 14, 14) maps of training image `index`, made by
-    `python -m keras_ref.visualize --dump-maps` in a separate process (this package never imports
-    Keras) and moved from NHWC to this side's CHW."""
-    with tempfile.TemporaryDirectory() as tmp:
-        dump = Path(tmp) / "keras-maps.npz"
-        cmd = [sys.executable, "-m", "keras_ref.visualize", str(keras_file),
-               "--dump-maps", str(dump), "--index", str(index)]  # fmt: skip
-        if data_dir:
-            cmd += ["--data-dir", str(data_dir)]
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if proc.returncode != 0:
-            lines = proc.stderr.strip().splitlines()
-            errors = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
-            reason = errors[-1] if errors else (lines[-1] if lines else f"exit {proc.returncode}")
-            raise UserError(f"--keras: {reason}")
-        with np.load(dump) as npz:
-            # (1, H, W, C) → (C, H, W)
-            return {name: npz[name][0].transpose(2, 0, 1) for name in GRIDS}
-
-
-def max_abs_diff_per_map(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(C, H, W) and (C, H, W) → (C,): the max |a - b| of each map."""
-    if a.shape != b.shape:
-        raise UserError(f"feature maps of shapes {a.shape} and {b.shape} cannot be compared")
-    return np.abs(a.astype(np.float64) - b.astype(np.float64)).reshape(len(a), -1).max(axis=1)
-
-
 def korean_font() -> str | None:
     """The name of an installed font with Hangul, or None."""
     from matplotlib import font_manager
@@ -223,7 +185,7 @@ def plot_input(image: np.ndarray, title: str, font: str | None, path: Path) -> P
         return _save(fig, path)
 
 
-def _grid(fig_or_sub, maps: np.ndarray, rows: int, cols: int) -> None:
+def draw_grid(fig_or_sub, maps: np.ndarray, rows: int, cols: int) -> None:
     """maps (C, H, W) in a rows×cols grid: channel i*cols + j at row i, column j."""
     axs = fig_or_sub.subplots(rows, cols)
     for i in range(rows):
@@ -236,31 +198,7 @@ def plot_feature_maps(name: str, maps: np.ndarray, title: str, path: Path) -> Pa
     """One layer's maps (C, H, W) in the book's grid for it."""
     rows, cols = GRIDS[name]
     fig = Figure(figsize=(cols * 1.1, rows * 1.1 + 0.4), layout="compressed")
-    _grid(fig, maps, rows, cols)
-    fig.suptitle(title)
-    return _save(fig, path)
-
-
-def plot_side_by_side(name: str, keras_maps: np.ndarray, torch_maps: np.ndarray,
-                      diffs: np.ndarray, title: str, path: Path) -> Path:  # fmt: skip
-    """Keras's maps | PyTorch's maps | a table of each map's max |diff|, same grid positions."""
-    rows, cols = GRIDS[name]
-    cell = 0.75
-    fig = Figure(figsize=(3 * cols * cell + 1, rows * cell + 0.9), layout="constrained")
-    left, middle, right = fig.subfigures(1, 3, width_ratios=(1, 1, 0.8))
-    for sub, maps, name in ((left, keras_maps, "Keras"), (middle, torch_maps, "PyTorch")):
-        _grid(sub, maps, rows, cols)
-        sub.suptitle(name, fontsize=10)
-    ax = right.subplots()
-    table = diffs.reshape(rows, cols)
-    im = ax.imshow(table, cmap="Reds", vmin=0, vmax=MAPS_TOLERANCE)
-    for i in range(rows):
-        for j in range(cols):
-            ax.text(j, i, f"{table[i, j]:.0e}", ha="center", va="center", fontsize=7)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    right.colorbar(im, ax=ax, shrink=0.8, label=f"max |diff| (tolerance {MAPS_TOLERANCE:g})")
-    right.suptitle("max |diff| of each map", fontsize=10)
+    draw_grid(fig, maps, rows, cols)
     fig.suptitle(title)
     return _save(fig, path)
 
@@ -308,14 +246,12 @@ class Results:
     val_image: np.ndarray  # (28, 28) float, val_scaled[val_index]
     val_label: int
     probs: np.ndarray  # (10,)
-    keras_maps: dict[str, np.ndarray] | None = None  # same shapes as maps
-    keras_diffs: dict[str, np.ndarray] | None = None  # name → (C,) max |diff| per map
     history: History | None = None
 
 
 def compute(args: argparse.Namespace) -> Results:
-    """Read and check every input (checkpoint, image indices, history, the Keras file) and
-    compute the numbers; nothing is written."""
+    """Read and check every input (checkpoint, image indices, history) and compute the
+    numbers; nothing is written."""
     model = load_model(args.checkpoint)
     history = read_history(args.history) if args.history else None
     (train_input, train_target), _ = load_data(args.data_dir)
@@ -326,13 +262,9 @@ def compute(args: argparse.Namespace) -> Results:
             f"--val-index {args.val_index} is out of range: the validation set has "
             f"{len(val_scaled):,} images (0-{len(val_scaled) - 1})"
         )
-    keras_maps = keras_feature_maps(args.keras, args.index, args.data_dir) if args.keras else None
 
     untrained = untrained_models(args.seed)
     maps = feature_maps(model, image)
-    diffs = None
-    if keras_maps is not None:
-        diffs = {name: max_abs_diff_per_map(keras_maps[name], maps[name]) for name in GRIDS}
     val_image = val_scaled[args.val_index, :, :, 0]
     return Results(
         stats=[conv1_stats(model)] + [conv1_stats(m, label) for label, m in untrained.items()],
@@ -342,8 +274,6 @@ def compute(args: argparse.Namespace) -> Results:
         val_image=val_image,
         val_label=int(val_target[args.val_index]),
         probs=predict(model, torch.from_numpy(val_image[None, None].astype(np.float32))),
-        keras_maps=keras_maps,
-        keras_diffs=diffs,
         history=history,
     )
 
@@ -362,9 +292,6 @@ def report(r: Results, args: argparse.Namespace, names: tuple[str, ...]) -> None
     pred = int(np.argmax(r.probs))
     print(f"val_scaled[{args.val_index}]: predicted {names[pred]} (p={r.probs[pred]:.4f}), "
           f"true {names[r.val_label]}")  # fmt: skip
-    for name, d in (r.keras_diffs or {}).items():
-        print(f"Keras vs PyTorch {name} feature maps: max |diff| {d.max():.2e} "
-              f"over {len(d)} maps (tolerance {MAPS_TOLERANCE:g})")  # fmt: skip
 
 
 def draw(r: Results, args: argparse.Namespace, names: tuple[str, ...], font: str | None,
@@ -385,11 +312,6 @@ def draw(r: Results, args: argparse.Namespace, names: tuple[str, ...], font: str
         r.val_image, r.probs, names,
         f"PyTorch: val_scaled[{args.val_index}] is {names[pred]} (p={r.probs[pred]:.3f})", font,
         out / "prediction.png"))  # fmt: skip
-    for name, d in (r.keras_diffs or {}).items():
-        written.append(plot_side_by_side(
-            name, r.keras_maps[name], r.maps[name], d,
-            f"{name} feature maps of {where}: Keras | PyTorch | max |diff| {d.max():.1e}",
-            out / f"keras-vs-torch-{name}.png"))  # fmt: skip
     if r.history is not None:
         written.append(plot_history(r.history, f"loss per epoch ({r.history.framework})",
                                     out / "history.png", dpi=DPI))  # fmt: skip
@@ -397,29 +319,20 @@ def draw(r: Results, args: argparse.Namespace, names: tuple[str, ...], font: str
 
 
 def visualize(args: argparse.Namespace) -> Results:
-    """Compute (checking every input first), print the numbers, draw the pictures. Keras maps
-    that differ beyond MAPS_TOLERANCE are drawn, then reported as an error."""
+    """Compute (checking every input first), print the numbers, draw the pictures."""
     results = compute(args)
     names, font = class_names(args.lang)
     report(results, args, names)
     written = draw(results, args, names, font, Path(args.out))
     print(f"wrote {len(written)} images to {args.out}")
-    worst = {n: float(d.max()) for n, d in (results.keras_diffs or {}).items()}
-    name = max(worst, key=worst.get, default=None)
-    if name is not None and worst[name] > MAPS_TOLERANCE:
-        raise UserError(
-            f"{args.keras}: Keras's {name} feature maps differ from {args.checkpoint}'s by "
-            f"{worst[name]:.2e} > {MAPS_TOLERANCE:g} — are they the same weights? "
-            f"(make one from the other with python -m parity.port)"
-        )
     return results
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m torch_impl.visualize",
-        description="The book's 8-3 in PyTorch: conv1 weights and kernels, feature maps, "
-        "a prediction, and Keras's feature maps beside PyTorch's.",
+        description="The book's 8-3 in PyTorch: conv1 weights and kernels, feature maps "
+        "and a prediction (Keras's maps beside PyTorch's: python -m parity.visualize).",
     )
     p.add_argument("checkpoint", help="PyTorch checkpoint (.pt, .pth or .safetensors)")
     p.add_argument("--out", default="runs/visualize",
@@ -430,9 +343,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="validation image to predict (default: 0, a bag)")  # fmt: skip
     p.add_argument("--seed", type=seed_int, default=42,
                    help="seed of the untrained models' initialisation (default: 42)")  # fmt: skip
-    p.add_argument("--keras", metavar="KERAS_FILE",
-                   help="the same weights as a Keras model: draw its feature maps beside "
-                        "PyTorch's, with their differences (default: off)")  # fmt: skip
     p.add_argument("--history", metavar="HISTORY_JSON",
                    help="a trainer's history.json: plot its losses (default: off)")  # fmt: skip
     p.add_argument("--lang", choices=("en", "ko"), default="en",

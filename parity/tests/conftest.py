@@ -6,15 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from parity.testdata import session_checkpoints
-
-
-@pytest.fixture(scope="session")
-def keras_ckpts(tmp_path_factory, data_dir):
-    """{"random": …, "trained": …}: parity.testdata.KerasCheckpoints saved by Keras itself."""
-    pytest.importorskip("keras")
-    return session_checkpoints(tmp_path_factory, data_dir)
-
 
 @pytest.fixture(scope="session")
 def eval_images(data_dir) -> tuple[np.ndarray, np.ndarray]:

@@ -66,7 +66,9 @@ def _tf2_style_h5(src: Path, dst: Path) -> None:
                 layer_group.create_dataset(tf2_name, data=src_group[wname][()])
         opt = new.create_group("optimizer_weights")
         opt_names = []
-        for i, ds in enumerate(old["optimizer_weights"]["adam"].values()):
+        # Keras names the optimizer's group "adam", or "adam_1", … after other Adams in the process.
+        (adam,) = old["optimizer_weights"].values()
+        for i, ds in enumerate(adam.values()):
             opt_name = f"Adam/{i}:0"
             opt.create_dataset(opt_name, data=ds[()])
             opt_names.append(opt_name.encode())
