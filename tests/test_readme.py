@@ -1,0 +1,65 @@
+"""The README's command lines cannot drift from the code: every `python -m MODULE …` line in its
+shell blocks names a module that answers `--help` through this interpreter (the project's venv
+under `make test`), and every flag the line shows is one that module's help lists."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
+COMMAND = re.compile(r"^(?:torchrun .*?)?python -m ([\w.]+)|^torchrun .*?-m ([\w.]+)")
+
+
+def readme_commands() -> dict[str, set[str]]:
+    """module → the flags the README shows with it, from its ```sh blocks."""
+    text = (ROOT / "README.md").read_text()
+    found: dict[str, set[str]] = {}
+    for block in re.findall(r"```sh\n(.*?)```", text, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split("  #", 1)[0].strip()
+            match = COMMAND.match(line)
+            if match:
+                module = match.group(1) or match.group(2)
+                found.setdefault(module, set()).update(FLAG.findall(line))
+    return found
+
+
+@pytest.fixture(scope="module")
+def help_texts() -> dict[str, str]:
+    """Every module's --help, the interpreters started side by side (each imports a framework)."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    procs = {
+        module: subprocess.Popen(
+            [sys.executable, "-m", module, "--help"], cwd=ROOT, env=env, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        for module in COMMANDS
+    }
+    texts = {}
+    for module, proc in procs.items():
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, f"python -m {module} --help: {err[-500:]}"
+        texts[module] = out
+    return texts
+
+
+COMMANDS = readme_commands()
+
+
+def test_readme_shows_the_users_commands():
+    for module in ("torch_impl.train", "parity.port", "parity.check", "parity.visualize"):
+        assert module in COMMANDS, f"the README shows no `python -m {module}` line"
+
+
+@pytest.mark.parametrize("module", sorted(COMMANDS))
+def test_documented_flags_exist(module, help_texts):
+    listed = set(FLAG.findall(help_texts[module]))
+    missing = sorted(COMMANDS[module] - listed)
+    assert not missing, f"README shows python -m {module} {missing}, which --help does not list"
