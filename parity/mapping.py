@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fashion_cnn.book import FLATTEN_CHW
-from fashion_cnn.errors import UserError
+from fashion_cnn.validate import check_tensors
 
 C, H, W = FLATTEN_CHW  # (64, 7, 7): the feature map that Flatten sees
 
@@ -105,20 +105,16 @@ TORCH_NAMES = tuple(row.torch for row in TABLE)
 
 def _check(weights: Mapping[str, np.ndarray], side: str, source: str) -> None:
     """Every name used exactly once, every shape as the table says — before anything is mapped."""
-    names = KERAS_NAMES if side == "keras" else TORCH_NAMES
-    missing = [n for n in names if n not in weights]
-    extra = [n for n in weights if n not in names]
-    if missing or extra:
-        parts = ([f"missing {', '.join(missing)}"] if missing else []) + (
-            [f"unexpected {', '.join(map(str, extra))}"] if extra else []
+    expected = {
+        (row.keras if side == "keras" else row.torch): (
+            row.keras_shape if side == "keras" else row.torch_shape
         )
-        raise UserError(f"{source}: {side} weights do not match the book's CNN: {'; '.join(parts)}")
-    for row in TABLE:
-        name = row.keras if side == "keras" else row.torch
-        want = row.keras_shape if side == "keras" else row.torch_shape
-        got = tuple(np.shape(weights[name]))
-        if got != want:
-            raise UserError(f"{source}: {side} weight {name} has shape {got}, expected {want}")
+        for row in TABLE
+    }
+    check_tensors(
+        weights, expected, source, shape_of=np.shape,
+        what=f"{side} weights do not match the book's CNN: ",
+    )
 
 
 def keras_to_torch(weights: Mapping[str, np.ndarray], source: str = "keras weights") -> dict:

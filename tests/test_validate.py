@@ -1,0 +1,54 @@
+"""fashion_cnn.validate: one line listing every problem of a set of tensors, HF-loader style."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fashion_cnn.errors import UserError
+from fashion_cnn.validate import check_tensors
+from parity.mapping import keras_to_torch
+
+EXPECTED = {"conv.weight": (4, 1, 3, 3), "conv.bias": (4,), "fc.weight": (2, 8), "fc.bias": (2,)}
+
+
+def _float32(name, value):
+    return None if value.dtype == np.float32 else f"{name} has dtype {value.dtype}"
+
+
+def test_every_problem_in_one_line():
+    found = {
+        "conv.weight": np.zeros((4, 1, 3, 3), np.float64),  # wrong dtype
+        "conv.bias": np.zeros((5,), np.float32),  # wrong shape
+        "fc.weight": "not a tensor",
+        "extra.weight": np.zeros(1, np.float32),  # unexpected; fc.bias missing
+    }
+    shape = lambda v: v.shape if isinstance(v, np.ndarray) else None  # noqa: E731
+    with pytest.raises(UserError) as exc:
+        check_tensors(found, EXPECTED, "model.pt", shape_of=shape, checks=[_float32])
+    message = str(exc.value)
+    assert "\n" not in message and message.startswith("model.pt: ")
+    for part in (
+        "missing fc.bias",
+        "unexpected extra.weight",
+        "conv.bias has shape (5,), expected (4,)",
+        "fc.weight is a str, not a tensor",
+        "conv.weight has dtype float64",
+    ):
+        assert part in message, message
+
+
+def test_long_lists_are_cut():
+    with pytest.raises(UserError, match=r"missing a0, a1, a2, a3, a4, a5 … and 4 more"):
+        check_tensors({}, {f"a{i}": (1,) for i in range(10)}, "f", shape_of=np.shape)
+
+
+def test_valid_tensors_pass():
+    found = {k: np.zeros(s, np.float32) for k, s in EXPECTED.items()}
+    check_tensors(found, EXPECTED, "f", shape_of=np.shape, checks=[_float32])
+
+
+def test_mapping_lists_every_missing_weight():
+    with pytest.raises(UserError) as exc:
+        keras_to_torch({}, "w.weights.h5")
+    assert "missing conv2d/kernel, conv2d/bias" in str(exc.value) and "and 2 more" in str(exc.value)
