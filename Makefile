@@ -8,7 +8,7 @@ DATA_STAMP := $(VENV)/.data-verified
 export TF_CPP_MIN_LOG_LEVEL := 3
 DEBIAN_DATA := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup data train train-keras test bench bench-accuracy docs lint clean
+.PHONY: setup data train train-keras test test-fast bench bench-accuracy docs lint clean
 
 setup: $(STAMP)
 
@@ -40,6 +40,10 @@ train-keras: $(DATA_STAMP)
 
 test: $(DATA_STAMP)
 	$(BIN)/python -m pytest -q
+
+# The suite without the tests marked slow (training runs, subprocess CLIs, whole-test-set passes).
+test-fast: $(DATA_STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: $(DATA_STAMP)
 	$(BIN)/python -m bench.speed --out bench/results/speed.json

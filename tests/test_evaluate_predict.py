@@ -26,6 +26,8 @@ from torch_impl.evaluate import evaluate
 from torch_impl.model import BookCNN
 from torch_impl.predict import load_image
 
+pytestmark = pytest.mark.slow  # CLIs over the whole data set, in subprocesses too
+
 TRAIN_STEPS = 30  # ≈63% validation accuracy: well above chance (10%), in seconds
 TRAIN_SEED = 0
 # The CLI's loss (float32 per-batch sums, added in float64) against a float64 log-softmax of the

@@ -75,6 +75,7 @@ def test_no_forbidden_import_statements(package):
     assert bad == [], bad
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))
 def test_modules_load_no_forbidden_package(package):
     modules = _modules(package)
@@ -89,6 +90,7 @@ def test_ast_check_sees_nested_imports(tmp_path):
     src.write_text("def f():\n    from torch import nn\n    import keras.layers as L\n")
     assert _imported_tops(src) == [(2, "torch"), (3, "keras")]
 
+@pytest.mark.slow
 
 def test_parity_mapping_and_keras_files_load_no_framework():
     """The mapping table and the Keras file readers/writers are numpy + h5py only: porting a

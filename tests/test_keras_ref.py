@@ -7,6 +7,8 @@ import json
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # real Keras training runs
+
 
 @pytest.fixture(scope="module")
 def keras_run(tmp_path_factory, data_dir):

@@ -24,6 +24,7 @@ def _one_error_line(capsys) -> str:
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
     return lines[0]
 
+@pytest.mark.slow
 
 def test_subprocess_smoke(keras_ckpts, tmp_path, data_dir):
     src = keras_ckpts["trained"].files[".h5"]

@@ -18,6 +18,8 @@ from torch_impl.checkpoint import load_state_dict
 from torch_impl.model import BookCNN, PoolFirst
 from torch_impl.train import TrainConfig, build_parser, config_from_args, main
 
+pytestmark = pytest.mark.slow  # real training runs
+
 HISTORY_KEYS = {"loss", "accuracy", "val_loss", "val_accuracy", "seconds"}
 # Keys keras_ref/train.py writes to its history.json; ours must hold them all to compare runs.
 KERAS_SUMMARY_KEYS = {

@@ -15,6 +15,8 @@ import torch
 from torch_impl import visualize as tv
 from torch_impl.checkpoint import load_model
 
+pytestmark = pytest.mark.slow  # a Keras fit and both 8-3 CLIs
+
 TRAINED_STAT = re.compile(r"^trained conv1 weight mean (\S+) std (\S+)$", re.M)
 KERAS_PNGS = ("conv1-hist.png", "conv1-kernels.png", "untrained-conv1-hist.png",
               "untrained-conv1-kernels.png", "input.png", "conv1-maps.png",

@@ -28,6 +28,7 @@ def test_every_layer_agrees_within_tolerance(ckpt, eval_images):
     # The Keras side is the model Keras saved: our rebuilt copy predicts what it predicted.
     assert compare("saved model", ckpt.probabilities[:SAMPLES], keras_out["probabilities"]).passed
 
+@pytest.mark.slow
 
 def test_identical_predictions_on_the_whole_test_set(ckpt, eval_images):
     images, labels = eval_images
@@ -58,6 +59,7 @@ def _save_torch(weights, path):
     save_state_dict({k: torch.from_numpy(v) for k, v in keras_to_torch(weights).items()}, path)
     return path
 
+@pytest.mark.slow
 
 def test_check_cli_passes_on_a_faithful_pair(keras_ckpts, tmp_path, data_dir, capsys):
     ckpt = keras_ckpts["trained"]

@@ -48,6 +48,8 @@ from torch_impl.device import resolve_device
 from torch_impl.model import BookCNN
 from torch_impl.optim import KerasAdam
 
+pytestmark = pytest.mark.slow  # Keras and PyTorch training steps
+
 keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 

@@ -11,6 +11,8 @@ import pytest
 from parity import visualize as pv
 from parity.port import port
 
+pytestmark = pytest.mark.slow  # both frameworks on real checkpoints
+
 MAPS_DIFF = re.compile(r"^Keras vs PyTorch (conv\d) feature maps: max \|diff\| (\S+) over", re.M)
 
 
