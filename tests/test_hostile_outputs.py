@@ -157,3 +157,126 @@ def test_output_folder_removes_what_it_created_on_failure(tmp_path):
     with output_folder(tmp_path / "kept") as folder:
         (folder / "result").write_text("x")
     assert (tmp_path / "kept" / "result").exists()
+
+
+# --- the command lines ---------------------------------------------------------------------------
+
+
+def refused(capsys, main, argv: list[str], message: str) -> None:
+    """main(argv) exits 1 with exactly `error: {message}` on stderr, and no traceback."""
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "Traceback" not in err, err
+    assert err.splitlines() == [f"error: {message}"]
+
+
+@pytest.fixture
+def src_pt(tmp_path) -> Path:
+    """A real PyTorch checkpoint of the book's CNN (seeded random weights)."""
+    import torch
+
+    from torch_impl.checkpoint import save_state_dict
+    from torch_impl.model import BookCNN
+
+    torch.manual_seed(0)
+    return save_state_dict(BookCNN(), tmp_path / "src.pt")
+
+
+@pytest.fixture
+def no_data(tmp_path) -> Path:
+    """An empty --data-dir: a command that reached its data would fail with another message, so
+    a refusal naming the destination shows the destination was checked first."""
+    folder = tmp_path / "no-data"
+    folder.mkdir()
+    return folder
+
+
+def port(capsys, src: Path, dst: Path, message: str, no_data: Path, *extra: str) -> None:
+    from parity.port import main
+
+    refused(capsys, main, [src, dst, "--data-dir", no_data, *extra], message)
+    if dst.parent.is_dir():
+        assert not temp_files(dst.parent), "a temporary file was left behind"
+
+
+def test_port_dst_a_folder_even_with_force(capsys, src_pt, tmp_path, no_data):
+    dst = tmp_path / "out.keras"
+    dst.mkdir()
+    port(capsys, src_pt, dst, f"{dst}: is a folder, not a file", no_data, "--force")
+    assert dst.is_dir() and not any(dst.iterdir())
+
+
+def test_port_dst_under_a_file(capsys, src_pt, tmp_path, no_data):
+    (tmp_path / "notes.txt").write_text("mine")
+    dst = tmp_path / "notes.txt" / "out.keras"
+    port(capsys, src_pt, dst, f"{dst}: {tmp_path / 'notes.txt'} is a file, not a folder", no_data)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_port_dst_checked_before_the_source_is_read(capsys, tmp_path, no_data):
+    """A garbage SRC would give "not a readable PyTorch checkpoint"; DST is refused first."""
+    src = tmp_path / "garbage.pt"
+    src.write_bytes(b"\x80\x02 not a checkpoint")
+    dst = tmp_path / "out.keras"
+    dst.mkdir()
+    port(capsys, src, dst, f"{dst}: is a folder, not a file", no_data)
+
+
+def test_port_into_a_read_only_folder(capsys, src_pt, read_only, no_data):
+    dst = read_only / "out.keras"
+    port(capsys, src_pt, dst, f"{dst}: cannot write in {read_only}: Read-only file system", no_data)
+    assert not dst.exists()
+
+
+def test_port_over_a_file_on_a_read_only_folder(capsys, src_pt, read_only, no_data):
+    dst = read_only / "existing.pt"
+    port(capsys, src_pt, dst, f"{dst}: cannot write in {read_only}: Read-only file system",
+         no_data, "--force")  # fmt: skip
+    assert dst.read_bytes() == b"keep me"
+
+
+def test_port_onto_a_full_disk(capsys, src_pt, full_disk, no_data):
+    from parity.port import DST_BYTES
+
+    dst = full_disk / "out.keras"
+    free = os.statvfs(full_disk).f_bavail * os.statvfs(full_disk).f_frsize
+    port(capsys, src_pt, dst,
+         f"{dst}: no room in {full_disk}: {free:,} bytes free, about {DST_BYTES:,} needed",
+         no_data)  # fmt: skip
+    assert not dst.exists()
+
+
+def test_port_existing_dst_without_force_keeps_it(capsys, src_pt, tmp_path, no_data):
+    dst = tmp_path / "out.pt"
+    dst.write_bytes(b"someone's")
+    port(capsys, src_pt, dst, f"{dst}: already exists (use --force to overwrite)", no_data)
+    assert dst.read_bytes() == b"someone's"
+
+
+@pytest.mark.parametrize("where", ["folder", "under-a-file"])
+def test_check_json_destination_refused_before_the_work(capsys, src_pt, tmp_path, no_data, where):
+    from parity.check import main
+
+    keras_file = tmp_path / "model.keras"
+    keras_file.write_bytes(b"not a zip")  # reading it would be refused with another message
+    if where == "folder":
+        report = tmp_path / "report.json"
+        report.mkdir()
+        message = f"{report}: is a folder, not a file"
+    else:
+        (tmp_path / "file").write_text("x")
+        report = tmp_path / "file" / "report.json"
+        message = f"{report}: {tmp_path / 'file'} is a file, not a folder"
+    refused(capsys, main, [keras_file, src_pt, "--json", report, "--data-dir", no_data], message)
+    assert not temp_files(tmp_path)
+
+
+def test_check_json_in_a_read_only_folder(capsys, src_pt, tmp_path, read_only, no_data):
+    from parity.check import main
+
+    keras_file = tmp_path / "model.keras"
+    keras_file.write_bytes(b"not a zip")
+    report = read_only / "report.json"
+    refused(capsys, main, [keras_file, src_pt, "--json", report, "--data-dir", no_data],
+            f"{report}: cannot write in {read_only}: Read-only file system")  # fmt: skip
