@@ -154,6 +154,16 @@ def atomic_write(dst: str | os.PathLike, write, *, force: bool = False) -> Path:
     return dst
 
 
+@contextmanager
+def writing(path: str | os.PathLike) -> Iterator[None]:
+    """Around a library that writes `path` itself (Keras's savers): an OSError on the way (disk
+    full, read-only) becomes one line naming the file."""
+    try:
+        yield
+    except OSError as err:
+        raise UserError(f"{path}: cannot write: {_reason(err)}") from None
+
+
 # --- output folders ----------------------------------------------------------------------------
 
 

@@ -280,3 +280,114 @@ def test_check_json_in_a_read_only_folder(capsys, src_pt, tmp_path, read_only, n
     report = read_only / "report.json"
     refused(capsys, main, [keras_file, src_pt, "--json", report, "--data-dir", no_data],
             f"{report}: cannot write in {read_only}: Read-only file system")  # fmt: skip
+
+
+# --- training: the output folder, checked before the data is read --------------------------------
+
+
+def train_refused(capsys, out: Path, message: str, no_data: Path, *extra: str) -> None:
+    from torch_impl.train import main
+
+    refused(capsys, main, ["--device", "cpu", "--out", out, "--data-dir", no_data, "--limit",
+                           "256", "--epochs", "1", *extra], message)  # fmt: skip
+
+
+def test_train_out_a_file(capsys, tmp_path, no_data):
+    out = tmp_path / "run"
+    out.write_text("mine")
+    train_refused(capsys, out, f"{out}: is a file, not a folder", no_data)
+    assert out.read_text() == "mine"
+
+
+def test_train_out_under_a_file(capsys, tmp_path, no_data):
+    (tmp_path / "file").write_text("mine")
+    out = tmp_path / "file" / "run"
+    train_refused(capsys, out, f"{out}: {tmp_path / 'file'} is a file, not a folder", no_data)
+
+
+def test_train_out_on_a_read_only_file_system(capsys, read_only, no_data):
+    out = read_only / "run"
+    train_refused(capsys, out, f"{out}: cannot create the folder: Read-only file system", no_data)
+    train_refused(capsys, read_only, f"{read_only}: cannot write in the folder: "
+                  "Read-only file system", no_data)  # fmt: skip
+    assert sorted(p.name for p in read_only.iterdir()) == ["existing.pt"]
+
+
+def test_train_out_on_a_full_disk(capsys, full_disk, no_data):
+    from torch_impl.train import RUN_BYTES
+
+    out = full_disk / "run"
+    vfs = os.statvfs(full_disk)
+    train_refused(capsys, out, f"{out}: no room: {vfs.f_bavail * vfs.f_frsize:,} bytes free, "
+                  f"about {RUN_BYTES:,} needed", no_data)  # fmt: skip
+    assert not out.exists(), "the refused run left its folder behind"
+
+
+def test_a_refused_run_leaves_no_empty_folder(capsys, tmp_path, no_data):
+    """Past the folder checks, the run fails on its data: the folders it made are removed."""
+    from torch_impl.train import main
+
+    out = tmp_path / "new" / "run"
+    assert main(["--device", "cpu", "--out", str(out), "--data-dir", str(no_data)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and str(no_data) in err[0], err
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("trainer", ["torch_impl.train", "keras_ref.train"])
+def test_a_second_training_in_a_locked_folder_is_refused(capsys, tmp_path, no_data, trainer):
+    """The lock is a real flock on DIR/.lock, held here as a running training holds it."""
+    import importlib
+
+    main = importlib.import_module(trainer).main
+    out = tmp_path / "run"
+    with output_folder(out, lock=True):
+        assert (out / ".lock").read_text() == f"{os.getpid()}\n"
+        refused(capsys, main, ["--out", out, "--data-dir", no_data, "--epochs", "1"],
+                f"{out}: another run (pid {os.getpid()}) is writing to this folder; "
+                "wait for it to end or choose another --out")  # fmt: skip
+        assert sorted(p.name for p in out.iterdir()) == [".lock"], "the refused run wrote"
+    assert not (out / ".lock").exists(), "the lock file outlived the run"
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_lock_dies_with_a_killed_training(capsys, tmp_path, data_dir):
+    """A real training in a subprocess holds the lock: a second run is refused naming its pid.
+    Killed with SIGKILL (no cleanup of ours runs), the kernel drops its flock: a new run in the
+    same folder succeeds, although the stale .lock file is still there."""
+    import signal
+    import sys
+    import time
+
+    from torch_impl.train import main
+
+    out = tmp_path / "run"
+    first = subprocess.Popen(
+        [sys.executable, "-m", "torch_impl.train", "--device", "cpu", "--out", str(out),
+         "--data-dir", str(data_dir), "--limit", "256", "--epochs", "1000"],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / ".lock").exists() or not (out / ".lock").read_text().strip():
+            assert first.poll() is None, first.stderr.read().decode()
+            assert time.monotonic() < deadline, "the first training never took its lock"
+            time.sleep(0.2)
+        assert (out / ".lock").read_text() == f"{first.pid}\n"
+        refused(capsys, main, ["--device", "cpu", "--out", out, "--data-dir", data_dir],
+                f"{out}: another run (pid {first.pid}) is writing to this folder; "
+                "wait for it to end or choose another --out")  # fmt: skip
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    assert first.returncode == -signal.SIGKILL
+    assert (out / ".lock").exists(), "SIGKILL runs no cleanup: the file stays, the flock not"
+
+    assert main(["--device", "cpu", "--out", str(out), "--data-dir", str(data_dir),
+                 "--limit", "256", "--epochs", "1"]) == 0  # fmt: skip
+    assert "epochs run: 1" in capsys.readouterr().out
+    assert (out / "best-cnn-model.pt").exists() and (out / "last.pt").exists()
+    assert not (out / ".lock").exists() and not temp_files(out)
