@@ -391,3 +391,165 @@ def test_the_lock_dies_with_a_killed_training(capsys, tmp_path, data_dir):
     assert "epochs run: 1" in capsys.readouterr().out
     assert (out / "best-cnn-model.pt").exists() and (out / "last.pt").exists()
     assert not (out / ".lock").exists() and not temp_files(out)
+
+
+# --- --resume: a malformed last.pt is refused before anything is applied -------------------------
+
+
+@pytest.fixture(scope="module")
+def real_last(book_data, tmp_path_factory) -> bytes:
+    """last.pt of a short real run (256 images, 1 epoch)."""
+    from torch_impl import train as train_mod
+
+    out = tmp_path_factory.mktemp("real-last")
+    train_mod.train(train_mod.TrainConfig(device="cpu", out=out, limit=256, epochs=1),
+                    data=book_data)  # fmt: skip
+    return (out / "last.pt").read_bytes()
+
+
+class Payload:
+    """Unpickling this would create a file: a payload torch.load(weights_only=True) must refuse."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def _set(keys, value):
+    """An edit of last.pt: set last[k1][k2]… to value (a function of the old one)."""
+
+    def edit(last):
+        *above, key = keys
+        for k in above:
+            last = last[k]
+        last[key] = value(last[key])
+
+    return edit
+
+
+def _delete(*keys):
+    def edit(last):
+        *above, key = keys
+        for k in above:
+            last = last[k]
+        del last[key]
+
+    return edit
+
+
+# (edit of the loaded dict, the problem the one line must state after "{path}: ")
+BAD_LASTS = {
+    "format": (_set(["format"], lambda _: 2), "not a last.pt written by torch_impl.train"),
+    "missing-key": (_delete("optimizer"), "the checkpoint lacks 'optimizer'"),
+    "extra-key": (lambda last: last.update(scheduler={}),
+                  "the checkpoint has unexpected 'scheduler'"),
+    "model-shape": (_set(["model", "conv1.weight"], lambda _: __import__("torch").zeros(3)),
+                    "model: conv1.weight has shape (3,), expected (32, 1, 3, 3)"),
+    "model-missing": (_delete("model", "dense2.bias"),
+                      "model: not the book's CNN: missing dense2.bias"),
+    "best-dtype": (_set(["best_weights", "conv1.bias"], lambda t: t.double()),
+                   "best_weights: conv1.bias has dtype torch.float64, expected torch.float32"),
+    "string-for-tensor": (_set(["rng", "torch_cpu"], lambda _: "seed 42"),
+                          "rng.torch_cpu is a str, expected a torch.uint8 tensor"),
+    "rng-size": (_set(["rng", "shuffle"], lambda t: t[:100]),
+                 "rng.shuffle is torch.uint8 (100,), expected torch.uint8 (5056,)"),
+    "adam-shape": (_set(["optimizer", "state", 4, "exp_avg"], lambda t: t[:, :10]),
+                   "optimizer.state[4].exp_avg is torch.float32 (100, 10), expected "
+                   "torch.float32 (100, 3136)"),
+    "adam-missing": (_delete("optimizer", "state", 7),
+                     "optimizer.state lacks 7"),
+    "adam-lr": (_set(["optimizer", "param_groups", 0, "lr"], lambda _: 0.5),
+                "optimizer.param_groups[0].lr is 0.5, expected 0.001"),
+    "early-stopping-type": (_set(["early_stopping", "wait"], lambda _: "0"),
+                            "early_stopping.wait is a str, expected int"),
+    "epoch-bool": (_set(["run", "epoch"], lambda _: True), "run.epoch is a bool, expected int"),
+    "history-length": (_set(["run", "history", "val_loss"], lambda v: v * 2),
+                       "run.history.val_loss holds 2 values, expected one per epoch run (1)"),
+    "history-value": (_set(["run", "history", "loss"], lambda _: ["2.1"]),
+                      "run.history.loss[0] is a str, expected float"),
+    "numpy-state": (_set(["rng", "numpy"], lambda s: [s[0], s[1][:10], *s[2:]]),
+                    "rng.numpy keys are not a list of 624 whole numbers"),
+    "numpy-position": (_set(["rng", "numpy"], lambda s: [*s[:2], 10**6, *s[3:]]),
+                       "rng.numpy position is 1000000, expected 0 … 624"),
+    "numpy-name": (_set(["rng", "numpy"], lambda s: ["PCG64", *s[1:]]),
+                   "rng.numpy is not numpy's state ("),
+    "python-state": (_set(["rng", "python"], lambda s: [s[0], [*s[1][:-1], 10**6], s[2]]),
+                     "rng.python is not random's state"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_LASTS))
+def test_resume_refuses_a_malformed_last_pt(capsys, real_last, tmp_path, no_data, case):
+    """Each file is the real last.pt, loaded, changed in one place, saved back. The refusal
+    comes before the data is read (--data-dir is empty) and before anything is applied: the
+    global RNGs, which a resumed run seeds and then restores from last.pt, are untouched."""
+    import torch
+
+    edit, problem = BAD_LASTS[case]
+    last = torch.load(_bytes_file(tmp_path, real_last), weights_only=True)
+    edit(last)
+    out = tmp_path / "run"
+    out.mkdir()
+    torch.save(last, out / "last.pt")
+    _refused_resume(capsys, out, no_data, problem)
+
+
+def _bytes_file(tmp_path: Path, data: bytes) -> Path:
+    path = tmp_path / "original-last.pt"
+    path.write_bytes(data)
+    return path
+
+
+def _refused_resume(capsys, out: Path, no_data: Path, problem: str) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    from torch_impl.train import main
+
+    torch.manual_seed(1234), np.random.seed(1234), random.seed(1234)
+    rngs = torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
+    before = (out / "last.pt").read_bytes()
+    code = main(["--device", "cpu", "--out", str(out), "--data-dir", str(no_data), "--resume",
+                 "--limit", "256", "--epochs", "2"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err, err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {out / 'last.pt'}: {problem}"), lines
+    assert (out / "last.pt").read_bytes() == before, "the refused resume touched last.pt"
+    assert sorted(p.name for p in out.iterdir()) == ["last.pt"], "the refused resume wrote"
+    assert torch.equal(torch.get_rng_state(), rngs[0]), "torch's RNG was touched"
+    assert np.array_equal(np.random.get_state()[1], rngs[1]), "numpy's RNG was touched"
+    assert random.getstate() == rngs[2], "random's RNG was touched"
+
+
+def test_resume_refuses_a_truncated_last_pt(capsys, real_last, tmp_path, no_data):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "last.pt").write_bytes(real_last[: len(real_last) // 2])
+    _refused_resume(capsys, out, no_data, "not a readable training checkpoint (")
+
+
+def test_resume_refuses_a_pickle_payload_and_never_runs_it(capsys, real_last, tmp_path, no_data):
+    import torch
+
+    marker = tmp_path / "payload-ran"
+    last = torch.load(_bytes_file(tmp_path, real_last), weights_only=True)
+    last["run"]["history"]["loss"] = [Payload(str(marker))]
+    out = tmp_path / "run"
+    out.mkdir()
+    torch.save(last, out / "last.pt")
+    _refused_resume(capsys, out, no_data, "refused: the pickle holds more than tensors and plain "
+                    "types (weights_only=True)")  # fmt: skip
+    assert not marker.exists(), "the pickle's payload ran"
+
+
+def test_resume_accepts_the_real_last_pt(real_last, tmp_path):
+    """The validation passes the file the trainer wrote (the other tests are not vacuous)."""
+    from torch_impl.resume import load_last
+
+    path = _bytes_file(tmp_path, real_last)
+    assert load_last(path)["run"]["epoch"] == 1
