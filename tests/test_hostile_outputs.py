@@ -553,3 +553,58 @@ def test_resume_accepts_the_real_last_pt(real_last, tmp_path):
 
     path = _bytes_file(tmp_path, real_last)
     assert load_last(path)["run"]["epoch"] == 1
+
+
+# --- visualize (PyTorch and Keras): --out checked before the checkpoint or the data is read ------
+
+VISUALIZERS = ["torch_impl.visualize", "keras_ref.visualize"]
+
+
+def visualize_refused(capsys, module: str, out: Path, message: str, no_data: Path, tmp_path):
+    """A garbage checkpoint and an empty --data-dir: reaching either gives another message."""
+    import importlib
+
+    ckpt = tmp_path / ("model.pt" if module.startswith("torch") else "model.keras")
+    ckpt.write_bytes(b"not a checkpoint")
+    main = importlib.import_module(module).main
+    refused(capsys, main, [ckpt, "--out", out, "--data-dir", no_data], message)
+
+
+@pytest.mark.parametrize("module", VISUALIZERS)
+def test_visualize_out_a_file(capsys, tmp_path, no_data, module):
+    out = tmp_path / "pictures"
+    out.write_text("mine")
+    visualize_refused(capsys, module, out, f"{out}: is a file, not a folder", no_data, tmp_path)
+    assert out.read_text() == "mine"
+
+
+@pytest.mark.parametrize("module", VISUALIZERS)
+def test_visualize_out_under_a_file(capsys, tmp_path, no_data, module):
+    (tmp_path / "file").write_text("mine")
+    out = tmp_path / "file" / "pictures"
+    visualize_refused(capsys, module, out, f"{out}: {tmp_path / 'file'} is a file, not a folder",
+                      no_data, tmp_path)  # fmt: skip
+
+
+@pytest.mark.parametrize("module", VISUALIZERS)
+def test_visualize_out_read_only(capsys, tmp_path, read_only, no_data, module):
+    out = read_only / "pictures"
+    visualize_refused(capsys, module, out,
+                      f"{out}: cannot create the folder: Read-only file system", no_data, tmp_path)
+    visualize_refused(capsys, module, read_only,
+                      f"{read_only}: cannot write in the folder: Read-only file system", no_data,
+                      tmp_path)  # fmt: skip
+
+
+@pytest.mark.parametrize("module", VISUALIZERS)
+def test_visualize_refused_on_its_checkpoint_leaves_no_folder(capsys, tmp_path, no_data, module):
+    """Past the folder checks the checkpoint is refused: the folders it made are removed."""
+    import importlib
+
+    ckpt = tmp_path / ("model.pt" if module.startswith("torch") else "model.keras")
+    ckpt.write_bytes(b"not a checkpoint")
+    out = tmp_path / "new" / "pictures"
+    assert importlib.import_module(module).main([str(ckpt), "--out", str(out)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {ckpt}: "), err
+    assert not (tmp_path / "new").exists()
