@@ -608,3 +608,45 @@ def test_visualize_refused_on_its_checkpoint_leaves_no_folder(capsys, tmp_path, 
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {ckpt}: "), err
     assert not (tmp_path / "new").exists()
+
+
+def test_train_disk_filling_up_mid_run(tmp_path, data_dir):
+    """A real full disk at write time: the run passes its checks on a tmpfs with room, then the
+    disk is filled while it trains (once it holds its lock, the checks are behind it). Its
+    first checkpoint fails with ENOSPC: one line, exit 1, no temporary file, no folder left."""
+    import sys
+    import time
+
+    from torch_impl.train import RUN_BYTES
+
+    disk = tmp_path / "disk"
+    _mount_tmpfs(disk, str(RUN_BYTES + 2**20))
+    run = None
+    try:
+        out = disk / "run"
+        run = subprocess.Popen(
+            [sys.executable, "-m", "torch_impl.train", "--device", "cpu", "--out", str(out),
+             "--data-dir", str(data_dir), "--limit", "256", "--epochs", "1"],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while not (out / ".lock").exists() or not (out / ".lock").read_text().strip():
+            assert run.poll() is None, run.stderr.read()
+            assert time.monotonic() < deadline, "the training never took its lock"
+            time.sleep(0.1)
+        with open(disk / "filler", "wb") as f, pytest.raises(OSError, match="No space left"):
+            while True:
+                f.write(b"\0" * 65536)
+        _, err = run.communicate(timeout=600)
+        assert run.returncode == 1, err
+        assert err.splitlines() == [
+            f"error: {out / 'best-cnn-model.pt'}: cannot write: No space left on device"
+        ]
+        assert not out.exists(), "the failed run left its folder"
+        assert sorted(p.name for p in disk.iterdir()) == ["filler"]
+    finally:
+        if run is not None and run.poll() is None:
+            run.kill()
+            run.wait()
+        _umount(disk)
