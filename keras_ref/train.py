@@ -30,10 +30,14 @@ from fashion_cnn.cli import (  # noqa: E402
     seed_int,
 )
 from fashion_cnn.errors import cli_entry  # noqa: E402
-from fashion_cnn.files import atomic_write  # noqa: E402
+from fashion_cnn.files import atomic_write, output_folder, writing  # noqa: E402
 from fashion_cnn.history import History, plot_history  # noqa: E402
 from keras_ref.data import CLASS_NAMES, CLASS_NAMES_KO, load_book_data  # noqa: E402
 from keras_ref.model import build_model  # noqa: E402
+
+# Room a run needs in DIR: best-cnn-model.keras and best-cnn-model.h5, each the book's 333,526
+# float32 weights and Adam's two moments of them (3 W), and the history files.
+RUN_BYTES = 2 * 3 * 4 * 333_526 + 2**20
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -50,9 +54,13 @@ class EpochTimer(keras.callbacks.Callback):
 
 
 def train(args: argparse.Namespace) -> dict:
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    # The folder first, before the data or the model: a file in the way, a read-only or full
+    # file system, or another run holding its lock is refused now, not after an epoch.
+    with output_folder(args.out, lock=True, need_bytes=RUN_BYTES) as out:
+        return _train(args, out)
 
+
+def _train(args: argparse.Namespace, out: Path) -> dict:
     # Seeded as the book seeds it.
     keras.utils.set_random_seed(args.seed)
     tf.config.experimental.enable_op_determinism()
@@ -76,20 +84,22 @@ def train(args: argparse.Namespace) -> dict:
     # Keras calls the book's .h5 "legacy" at every save; we write it on purpose.
     absl.logging.set_verbosity(absl.logging.ERROR)
     timer = EpochTimer()
-    history = model.fit(
-        train_scaled,
-        train_target,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        validation_data=(val_scaled, val_target),
-        callbacks=[checkpoint_cb, early_stopping_cb, timer],
-        verbose=args.verbose,
-    )
+    with writing(out / "best-cnn-model.keras"):  # ModelCheckpoint writes it in place
+        history = model.fit(
+            train_scaled,
+            train_target,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            validation_data=(val_scaled, val_target),
+            callbacks=[checkpoint_cb, early_stopping_cb, timer],
+            verbose=args.verbose,
+        )
 
     # The book's legacy best-cnn-model.h5: the restored best weights, written once after fit.
     # (Not a second ModelCheckpoint: Keras 3.15.1's h5 writer pops "optimizer" from the model's
     # live compile config, so every .keras saved after it would reload with RMSprop.)
-    model.save(out / "best-cnn-model.h5")
+    with writing(out / "best-cnn-model.h5"):
+        model.save(out / "best-cnn-model.h5")
 
     # The book's loss plot.
     hist = {k: [float(v) for v in vs] for k, vs in history.history.items()}

@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 
 from fashion_cnn.cli import add_data_dir, non_negative_int, seed_int  # noqa: E402
 from fashion_cnn.errors import UserError, cli_entry, first_line  # noqa: E402
+from fashion_cnn.files import atomic_write, output_folder  # noqa: E402
 from keras_ref.data import load_data  # noqa: E402
 
 DPI = 80  # small PNGs for the README
@@ -94,6 +95,14 @@ def print_conv_weights(label: str, conv: keras.layers.Layer) -> np.ndarray:
 # --- the book's figures -----------------------------------------------------------------------
 
 
+def _save(fig, path: Path) -> None:
+    """The PNG written whole or not at all (a disk that fills up is one line, no half file)."""
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=DPI, format="png"), force=True)
+    finally:
+        plt.close(fig)
+
+
 def plot_histogram(conv_weights: np.ndarray, title: str, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.hist(conv_weights.reshape(-1, 1))
@@ -101,8 +110,7 @@ def plot_histogram(conv_weights: np.ndarray, title: str, path: Path) -> None:
     ax.set_ylabel("count")
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_kernels(conv_weights: np.ndarray, title: str, path: Path) -> None:
@@ -114,8 +122,7 @@ def plot_kernels(conv_weights: np.ndarray, title: str, path: Path) -> None:
                              interpolation="nearest")  # fmt: skip
             axs[i, j].axis("off")
     fig.suptitle(title)
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_input(image: np.ndarray, title: str, path: Path) -> None:
@@ -124,8 +131,7 @@ def plot_input(image: np.ndarray, title: str, path: Path) -> None:
     ax.axis("off")
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_maps(maps: np.ndarray, rows: int, cols: int, title: str, path: Path) -> None:
@@ -137,17 +143,20 @@ def plot_maps(maps: np.ndarray, rows: int, cols: int, title: str, path: Path) ->
             axs[i, j].imshow(maps[0, :, :, i * cols + j], interpolation="nearest")
             axs[i, j].axis("off")
     fig.suptitle(title)
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def visualize(args: argparse.Namespace) -> None:
+    # The folder first: a file in the way or a read-only place is refused before any reading.
+    with output_folder(args.out) as out:
+        _visualize(args, out)
+
+
+def _visualize(args: argparse.Namespace, out: Path) -> None:
     # Load the best checkpoint of 8-2 and the image (checked before anything is written).
     model = load_book_model(args.keras_file)
     (train_input, _), _ = load_data(args.data_dir)
     inputs = book_input(train_input, args.index)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
 
     # The first convolution layer's weights.
     conv = model.layers[0]

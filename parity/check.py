@@ -21,7 +21,7 @@ import torch
 
 from fashion_cnn.cli import add_data_dir, add_device, int_range
 from fashion_cnn.errors import UserError, cli_entry
-from fashion_cnn.files import atomic_write
+from fashion_cnn.files import atomic_write, check_destination
 from parity.compare import ATOL, compare, format_table, real_disagreements
 from parity.keras_files import keras_kind
 from parity.runners import (
@@ -150,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.json:  # before the work: the report is written over an existing file
+        check_destination(args.json, force=True)
     report = run_check(
         args.keras_file,
         args.torch_file,

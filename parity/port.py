@@ -20,6 +20,7 @@ import torch
 
 from fashion_cnn.cli import add_data_dir, int_range
 from fashion_cnn.errors import UserError, cli_entry
+from fashion_cnn.files import check_destination
 from parity.compare import ATOL
 from parity.keras_files import write_keras_file
 from parity.mapping import TABLE
@@ -28,6 +29,8 @@ from parity.weights import EXTENSIONS, Agreement, framework_of, read_weights, ve
 from torch_impl.checkpoint import save_state_dict
 
 DEFAULT_SAMPLES = 1000
+# Room DST needs: the float32 weights plus 64 KiB for the file's own structure (zip, HDF5).
+DST_BYTES = 4 * sum(int(np.prod(row.torch_shape)) for row in TABLE) + 2**16
 
 
 def port(
@@ -39,15 +42,14 @@ def port(
     samples: int = DEFAULT_SAMPLES,
     data_dir: str | None = None,
 ) -> Agreement:
-    """Read SRC, check both models agree on real test images, write DST. Raises UserError."""
+    """Check DST can be written, read SRC, check both models agree on real test images, write
+    DST. Raises UserError."""
     framework_of(src)
     dst_framework = framework_of(dst)
     if src.resolve() == dst.resolve() or (dst.exists() and src.exists() and src.samefile(dst)):
         raise UserError(f"{dst}: the destination is the source file; choose another name")
-    if dst.exists() and not force:
-        raise UserError(f"{dst}: already exists (use --force to overwrite)")
-    if not dst.parent.is_dir():
-        raise UserError(f"{dst}: folder {dst.parent} does not exist")
+    # DST is checked (and its folder probed) before SRC is read and the models are run.
+    check_destination(dst, force=force, need_bytes=DST_BYTES)
     weights = read_weights(src, allow_nonfinite=allow_nonfinite)
     images, _ = load_test_images(data_dir)
     result = verify(weights, images[:samples], allow_nonfinite=allow_nonfinite)

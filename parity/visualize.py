@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 from fashion_cnn.cli import add_data_dir, non_negative_int
 from fashion_cnn.errors import UserError, cli_entry
 from fashion_cnn.fashion_mnist import load_data
+from fashion_cnn.files import atomic_write, output_folder
 from parity.runners import KerasSide, torch_model, torch_outputs
 from parity.weights import read_weights
 from torch_impl.visualize import DPI, GRIDS, book_image, draw_grid
@@ -90,24 +91,28 @@ def plot_side_by_side(maps: SideBySide, title: str, path: Path) -> Path:
     right.colorbar(im, ax=ax, shrink=0.8, label=f"max |diff| (tolerance {MAPS_TOLERANCE:g})")
     right.suptitle("max |diff| of each map", fontsize=10)
     fig.suptitle(title)
-    fig.savefig(path, dpi=DPI)
+    fig.savefig(path, dpi=DPI, format="png")
     return path
 
 
 def visualize(args: argparse.Namespace) -> list[SideBySide]:
     """Compare, print each layer's max |diff|, draw; refuse (after drawing) maps that differ."""
-    found = compare_feature_maps(args.keras_file, args.torch_file, args.index, args.data_dir)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    where = f"train_input[{args.index}]"
-    for maps in found:
-        worst = float(maps.diffs.max())
-        print(
-            f"Keras vs PyTorch {maps.name} feature maps: max |diff| {worst:.2e} "
-            f"over {len(maps.diffs)} maps (tolerance {MAPS_TOLERANCE:g})"
-        )
-        title = f"{maps.name} feature maps of {where}: Keras | PyTorch | max |diff| {worst:.1e}"
-        plot_side_by_side(maps, title, out / f"keras-vs-torch-{maps.name}.png")
+    # The folder first: a file in the way or a read-only place is refused before any reading.
+    with output_folder(args.out) as out:
+        found = compare_feature_maps(args.keras_file, args.torch_file, args.index, args.data_dir)
+        where = f"train_input[{args.index}]"
+        for maps in found:
+            worst = float(maps.diffs.max())
+            print(
+                f"Keras vs PyTorch {maps.name} feature maps: max |diff| {worst:.2e} "
+                f"over {len(maps.diffs)} maps (tolerance {MAPS_TOLERANCE:g})"
+            )
+            title = f"{maps.name} feature maps of {where}: Keras | PyTorch | max |diff| {worst:.1e}"
+            atomic_write(
+                out / f"keras-vs-torch-{maps.name}.png",
+                lambda tmp, m=maps, t=title: plot_side_by_side(m, t, tmp),
+                force=True,
+            )
     print(f"wrote {len(found)} images to {out}")
     worst = max(found, key=lambda m: float(m.diffs.max()))
     if float(worst.diffs.max()) > MAPS_TOLERANCE:

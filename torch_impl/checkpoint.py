@@ -9,6 +9,7 @@ are written to a temporary name in the destination folder, then renamed.
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import zipfile
@@ -132,14 +133,25 @@ def load_model(
 def save_state_dict(
     state: Mapping[str, torch.Tensor] | nn.Module, dst: str | os.PathLike, *, force: bool = False
 ) -> Path:
-    """Write a validated state_dict as .pt/.pth (torch.save) or .safetensors, atomically."""
+    """Write a validated state_dict as .pt/.pth (torch.save) or .safetensors, atomically.
+
+    The bytes are made in memory first and written by Python, so a full disk is an OSError that
+    names its errno (torch.save's own writer reports it as a bare RuntimeError)."""
     if isinstance(state, nn.Module):
         state = state.state_dict()
     state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     validate_state_dict(state, dst, allow_nonfinite=True)
-    kind = checkpoint_kind(dst)
-    if kind == "safetensors":
-        from safetensors.torch import save_file
+    if checkpoint_kind(dst) == "safetensors":
+        from safetensors.torch import save
 
-        return atomic_write(dst, lambda tmp: save_file(state, str(tmp)), force=force)
-    return atomic_write(dst, lambda tmp: torch.save(state, tmp), force=force)
+        data = save(state)
+    else:
+        data = torch_bytes(state)
+    return atomic_write(dst, lambda tmp: tmp.write_bytes(data), force=force)
+
+
+def torch_bytes(obj: object) -> bytes:
+    """torch.save's bytes of `obj`, made in memory."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()

@@ -41,10 +41,10 @@ from fashion_cnn.cli import (
 )
 from fashion_cnn.errors import cli_entry
 from fashion_cnn.fashion_mnist import CLASS_NAMES
-from fashion_cnn.files import atomic_write
+from fashion_cnn.files import atomic_write, output_folder
 from fashion_cnn.history import History, plot_history
 from torch_impl.callbacks import EarlyStopping, ModelCheckpoint
-from torch_impl.checkpoint import save_state_dict
+from torch_impl.checkpoint import EXPECTED_SHAPES, save_state_dict
 from torch_impl.data import BookData, load_book_data
 from torch_impl.device import (
     device_name,
@@ -74,6 +74,10 @@ from torch_impl.resume import (
 BEST_FILE = "best-cnn-model.pt"
 HISTORY_FILE = "history.json"
 PLOT_FILE = "history.png"
+# Room a run needs in DIR: best-cnn-model.pt (the float32 weights, W) and last.pt (weights, Adam's
+# two moments, best weights: 4 W) — twice while each is replaced — and the history files.
+WEIGHT_BYTES = 4 * sum(math.prod(shape) for shape in EXPECTED_SHAPES.values())
+RUN_BYTES = 2 * 5 * WEIGHT_BYTES + 2**20
 
 
 @dataclass(frozen=True)
@@ -161,17 +165,18 @@ def train(config: TrainConfig, data: BookData | None = None) -> dict:
 
     `data` is the book's split already in memory (default: loaded from `config.data_dir`).
     """
-    device = resolve_device(config.device)
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    threads = torch.get_num_threads()
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    try:
-        with numerics(device):
-            return _train(config, out, device, data)
-    finally:
-        torch.set_num_threads(threads)
+    # The folder first, before the data or a model: a file in the way, a read-only or full file
+    # system, or another run holding its lock is refused now, not after an epoch.
+    with output_folder(config.out, lock=True, need_bytes=RUN_BYTES) as out:
+        device = resolve_device(config.device)
+        threads = torch.get_num_threads()
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        try:
+            with numerics(device):
+                return _train(config, out, device, data)
+        finally:
+            torch.set_num_threads(threads)
 
 
 def _train(config: TrainConfig, out: Path, device: torch.device, data: BookData | None) -> dict:

@@ -34,6 +34,7 @@ from torchvision.models.feature_extraction import create_feature_extractor
 from fashion_cnn.cli import add_data_dir, non_negative_int, seed_int
 from fashion_cnn.errors import UserError, cli_entry
 from fashion_cnn.fashion_mnist import CLASS_NAMES, CLASS_NAMES_KO, book_split, load_data
+from fashion_cnn.files import atomic_write, output_folder
 from fashion_cnn.history import History, plot_history, read_history
 from torch_impl.checkpoint import load_model
 from torch_impl.model import BookCNN
@@ -137,8 +138,8 @@ def korean_font() -> str | None:
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    fig.savefig(path, dpi=DPI)
-    return path
+    """The PNG written whole or not at all (a disk that fills up is one line, no half file)."""
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=DPI, format="png"), force=True)
 
 
 def plot_histograms(stats: list[ConvStats], path: Path) -> Path:
@@ -320,10 +321,12 @@ def draw(r: Results, args: argparse.Namespace, names: tuple[str, ...], font: str
 
 def visualize(args: argparse.Namespace) -> Results:
     """Compute (checking every input first), print the numbers, draw the pictures."""
-    results = compute(args)
-    names, font = class_names(args.lang)
-    report(results, args, names)
-    written = draw(results, args, names, font, Path(args.out))
+    # The folder first: a file in the way or a read-only place is refused before any reading.
+    with output_folder(args.out) as out:
+        results = compute(args)
+        names, font = class_names(args.lang)
+        report(results, args, names)
+        written = draw(results, args, names, font, out)
     print(f"wrote {len(written)} images to {args.out}")
     return results
 
