@@ -13,9 +13,11 @@ peak RSS (os.wait4) under 1.5 GB. Big-endian float32, which is valid data, must 
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import secrets
+import struct
 import subprocess
 import sys
 import time
@@ -211,6 +213,64 @@ def test_hostile_history_json(good_pt, data_dir, tmp_path, refuse, kind):
         fragments=(fragment,),
     )
     assert not out.exists() or not any(out.iterdir())
+
+
+# --- data folders -------------------------------------------------------------------------------
+
+
+def data_folder(data_dir: Path, tmp_path: Path, name: str, content: bytes) -> Path:
+    """The three real files linked, and `content` as the fourth."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for real in Path(data_dir).glob("*.gz"):
+        if real.name != name:
+            (folder / real.name).symlink_to(real)
+    (folder / name).write_bytes(content)
+    return folder
+
+
+def gzip_bomb(total: int = 2 << 30) -> bytes:
+    """A valid train-images header, then `total` bytes of zeros: gzip members of 64 MB of
+    zeros each (~64 KB compressed), so 2 GB inflate from 2 MB of file."""
+    header = struct.pack(">IIII", 0x803, 60_000, 28, 28)
+    member = gzip.compress(bytes(64 << 20), compresslevel=9, mtime=0)
+    return gzip.compress(header, mtime=0) + member * (total // (64 << 20))
+
+
+def test_gzip_bomb_in_a_data_folder(data_dir, tmp_path, refuse):
+    bomb = gzip_bomb()
+    assert len(bomb) < 4 << 20
+    folder = data_folder(data_dir, tmp_path, "train-images-idx3-ubyte.gz", bomb)
+    refuse(
+        "fashion_cnn.fashion_mnist",
+        "--data-dir",
+        folder,
+        fragments=("train-images-idx3-ubyte.gz: has trailing bytes: more than the 47040000 bytes",),
+    )
+
+
+def test_gzip_with_trailing_data(data_dir, tmp_path, refuse):
+    real = gzip.decompress((Path(data_dir) / "t10k-labels-idx1-ubyte.gz").read_bytes())
+    folder = data_folder(
+        data_dir, tmp_path, "t10k-labels-idx1-ubyte.gz", gzip.compress(real + b"\x01" * 16)
+    )
+    refuse(
+        "fashion_cnn.fashion_mnist",
+        "--data-dir",
+        folder,
+        fragments=("t10k-labels-idx1-ubyte.gz: has trailing bytes",),
+    )
+
+
+def test_garbage_after_the_gzip_stream(data_dir, tmp_path, refuse):
+    raw = (Path(data_dir) / "t10k-labels-idx1-ubyte.gz").read_bytes()
+    folder = data_folder(data_dir, tmp_path, "t10k-labels-idx1-ubyte.gz", raw + b"garbage!")
+    refuse(
+        "fashion_cnn.fashion_mnist",
+        "--data-dir",
+        folder,
+        fragments=("t10k-labels-idx1-ubyte.gz: corrupt .gz",),
+    )
 
 
 # --- the one-line edge, in-process ------------------------------------------------------------
