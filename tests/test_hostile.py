@@ -14,6 +14,7 @@ peak RSS (os.wait4) under 1.5 GB. Big-endian float32, which is valid data, must 
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import os
 import secrets
@@ -21,6 +22,7 @@ import struct
 import subprocess
 import sys
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -213,6 +215,74 @@ def test_hostile_history_json(good_pt, data_dir, tmp_path, refuse, kind):
         fragments=(fragment,),
     )
     assert not out.exists() or not any(out.iterdir())
+
+
+# --- images --------------------------------------------------------------------------------------
+
+
+def _tiff() -> bytearray:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(buffer, format="TIFF")
+    return bytearray(buffer.getvalue())
+
+
+def corrupt_tiff() -> bytes:
+    """StripOffsets (tag 273) retyped as ASCII: Pillow raises TypeError (a traceback before)."""
+    data = _tiff()
+    (ifd,) = struct.unpack("<I", data[4:8])
+    (count,) = struct.unpack("<H", data[ifd : ifd + 2])
+    for i in range(count):
+        entry = ifd + 2 + 12 * i
+        if struct.unpack("<H", data[entry : entry + 2])[0] == 273:
+            data[entry + 2 : entry + 4] = struct.pack("<H", 2)
+    return bytes(data)
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def png_bomb() -> bytes:
+    """A valid PNG header declaring 100,000 × 100,000 pixels (10 GB as 8-bit gray)."""
+    ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 100_001)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", idat)
+        + (_png_chunk(b"IEND", b""))
+    )
+
+
+def corrupt_png() -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    body = data.index(b"IDAT") + 4
+    data[body + 2 : body + 10] = b"\xff" * 8  # the deflate stream, after its 2-byte header
+    return bytes(data)
+
+
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 28 28\nshowpage\n%%EOF\n"
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "fragment"),
+    [
+        ("corrupt.tiff", corrupt_tiff, "not a readable image (TypeError: "),
+        ("corrupt.png", corrupt_png, "not a readable image ("),
+        ("bomb.png", png_bomb, "not a readable image (DecompressionBombError: "),
+        ("ghostscript.eps", lambda: EPS, "not a readable image (UnidentifiedImageError: "),
+    ],
+)
+def test_hostile_images(good_pt, tmp_path, refuse, name, make, fragment):
+    image = tmp_path / name
+    image.write_bytes(make())
+    refuse("torch_impl.predict", good_pt, image, fragments=(f"{image}: {fragment}",))
 
 
 # --- data folders -------------------------------------------------------------------------------
