@@ -217,6 +217,86 @@ def test_hostile_history_json(good_pt, data_dir, tmp_path, refuse, kind):
     assert not out.exists() or not any(out.iterdir())
 
 
+# --- PyTorch files ----------------------------------------------------------------------------
+
+
+def _with(good_pt: Path, key: str, make) -> dict:
+    state = torch.load(good_pt, weights_only=True)
+    state[key] = make(state[key])
+    return state
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize(
+    ("kind", "key", "make", "fragment"),
+    [
+        ("sparse", "dense2.bias", lambda t: t.to_sparse(), "is a sparse_coo tensor"),
+        ("csr", "dense1.weight", lambda t: t.to_sparse_csr(), "is a sparse_csr tensor"),
+        ("meta", "dense2.bias", lambda t: t.to("meta"), "is a meta tensor"),
+        (
+            "quantized",
+            "dense2.bias",
+            lambda t: torch.quantize_per_tensor(t, 0.01, 0, torch.qint8),
+            "is a quantized tensor",
+        ),
+        (
+            "nested",
+            "dense2.bias",
+            lambda t: torch.nested.nested_tensor([t[:5], t[5:]]),
+            "is a nested tensor",
+        ),
+    ],
+)
+def test_tensors_that_are_not_dense(good_pt, tmp_path, refuse, kind, key, make, fragment):
+    src = tmp_path / f"{kind}.pt"
+    torch.save(_with(good_pt, key, make), src)
+    refuse(
+        "torch_impl.evaluate",
+        src,
+        fragments=(f"{src}: {key} {fragment}", "only dense float32 tensors"),
+    )
+
+
+class Payload:
+    """Unpickling this would call os.system: a marker file appears if it is ever run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pickle_payload_gets_our_line(good_pt, tmp_path, refuse):
+    """Our own line, naming the global: never torch's advice to rerun with weights_only=False,
+    never its ANSI bold."""
+    marker = tmp_path / "payload-ran"
+    state = torch.load(good_pt, weights_only=True)
+    state["conv1.extra"] = Payload(marker)
+    src = tmp_path / "payload.pt"
+    torch.save(state, src)
+    line = refuse(
+        "parity.port",
+        src,
+        tmp_path / "out.keras",
+        fragments=(
+            f"{src}: refused: the pickle holds more than tensors and containers",
+            "GLOBAL 'posix.system'",
+            "nothing from the file was run",
+        ),
+    )
+    assert "weights_only" not in line and "\x1b" not in line
+    assert not marker.exists(), "the payload ran"
+
+
+def test_key_with_a_newline_prints_one_line(good_pt, tmp_path, refuse):
+    state = torch.load(good_pt, weights_only=True)
+    state["conv1.weight\nerror: all fine \x1b[32mOK\x1b[0m"] = torch.zeros(1)
+    src = tmp_path / "newline.pt"
+    torch.save(state, src)
+    refuse("torch_impl.evaluate", src, fragments=(r"unexpected conv1.weight\nerror: all fine OK",))
+
+
 # --- images --------------------------------------------------------------------------------------
 
 
