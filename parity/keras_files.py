@@ -694,6 +694,20 @@ def _read_h5_file(path: Path, source: str) -> tuple[KerasCheckpoint, dict]:
     )
 
 
+# What h5py raises on a damaged or unexpectedly shaped file (found by tests/test_fuzz.py).
+_MALFORMED = (
+    KeyError,
+    TypeError,
+    AttributeError,
+    ValueError,
+    OSError,
+    RuntimeError,
+    IndexError,
+    OverflowError,
+    NotImplementedError,
+)
+
+
 def read_keras(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> KerasCheckpoint:
     """Read and validate a `.keras`, `.h5` or `.weights.h5` file of the book's CNN.
 
@@ -711,9 +725,10 @@ def read_keras(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> Ker
         raise UserError(f"{source}: no such file")
     try:
         ckpt, where = (_read_keras_zip if kind == "keras" else _read_h5_file)(path, source)
-    except (KeyError, TypeError, AttributeError, ValueError, OSError, zlib.error) as err:
+    except (*_MALFORMED, zlib.error) as err:
         # h5py's answers to an HDF5 tree of unexpected shape (a dataset where a group should be,
-        # an attribute of another type): the file is malformed, whichever way.
+        # an attribute of another type) or to damaged metadata (HDF5's "bad symbol table node
+        # signature" is a RuntimeError): the file is malformed, whichever way.
         first = first_line(err)
         raise UserError(f"{source}: malformed Keras file ({first})") from None
     ckpt.weights = _check_weights(ckpt.weights, where, source, allow_nonfinite)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import struct
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -116,9 +117,18 @@ def _read_raw(path: Path) -> Mapping[str, object]:
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
         msg = first_line(err)
         raise UserError(f"{path}: not a readable PyTorch checkpoint ({msg})") from None
-    except (IndexError, KeyError, TypeError, AttributeError, AssertionError) as err:
+    except (
+        IndexError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        AssertionError,
+        OverflowError,
+        struct.error,
+    ) as err:
         # What the weights-only unpickler raises on bytes that are no pickle at all (random
-        # bytes, a cut legacy-format file): its stack or memo runs out.
+        # bytes, a cut legacy-format file, a damaged record; found by tests/test_fuzz.py): its
+        # stack or memo runs out, an opcode's argument is cut short.
         msg = first_line(err)
         raise UserError(f"{path}: not a readable PyTorch checkpoint ({msg})") from None
     if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
