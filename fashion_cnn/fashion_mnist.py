@@ -96,33 +96,57 @@ def _find(directory: Path, spec: IdxFile) -> Path | None:
     return None
 
 
-def _read_bytes(path: Path, compressed: bool) -> bytes:
-    try:
-        raw = path.read_bytes()
-    except OSError as err:
-        raise UserError(f"{path}: cannot read: {err.strerror}") from None
-    if not compressed:
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except EOFError:
-        raise UserError(
-            f"{path}: truncated .gz (the download stopped early?); {HOW_TO_FIX}"
-        ) from None
-    except (gzip.BadGzipFile, zlib.error, OSError) as err:
-        raise UserError(f"{path}: corrupt .gz ({err}); {HOW_TO_FIX}") from None
+class _Reader:
+    """An IDX file read as a stream (inflated on the fly when gzip'd), never past what is asked
+    for, hashing every byte read: a gzip bomb is stopped one byte past the expected size."""
+
+    def __init__(self, path: Path, compressed: bool) -> None:
+        self.path = path
+        self.digest = hashlib.sha256()
+        try:
+            self._raw = path.open("rb")
+        except OSError as err:
+            raise UserError(f"{path}: cannot read: {err.strerror}") from None
+        self._file = gzip.GzipFile(fileobj=self._raw, mode="rb") if compressed else self._raw
+
+    def read(self, size: int) -> bytes:
+        """Up to `size` bytes (fewer only at the end of the data)."""
+        try:
+            data = self._file.read(size)
+        except EOFError:
+            raise UserError(
+                f"{self.path}: truncated .gz (the download stopped early?); {HOW_TO_FIX}"
+            ) from None
+        except (gzip.BadGzipFile, zlib.error, OSError) as err:
+            raise UserError(f"{self.path}: corrupt .gz ({err}); {HOW_TO_FIX}") from None
+        self.digest.update(data)
+        return data
+
+    def close(self) -> None:
+        self._file.close()
+        self._raw.close()
 
 
 def parse_idx(path: Path, spec: IdxFile, *, compressed: bool | None = None) -> np.ndarray:
     """Read and verify one IDX file (gzip'd when its name ends in .gz); return its uint8 array.
 
     Shapes: images (N, 28, 28), labels (N,). Raises UserError naming the file and the defect.
+    The header is read first; then exactly the payload it announces, plus one byte to detect
+    trailing data, so no more than that is ever inflated or held in memory.
     """
-    data = _read_bytes(path, path.suffix == ".gz" if compressed is None else compressed)
+    reader = _Reader(path, path.suffix == ".gz" if compressed is None else compressed)
+    try:
+        return _parse(reader, path, spec)
+    finally:
+        reader.close()
+
+
+def _parse(reader: _Reader, path: Path, spec: IdxFile) -> np.ndarray:
     want_dims = 3 if spec.magic == IMAGE_MAGIC else 1
-    if len(data) < 8:
-        raise UserError(f"{path}: too short for an IDX header ({len(data)} bytes); {HOW_TO_FIX}")
-    (magic,) = struct.unpack(">I", data[:4])
+    head = reader.read(8)
+    if len(head) < 8:
+        raise UserError(f"{path}: too short for an IDX header ({len(head)} bytes); {HOW_TO_FIX}")
+    (magic,) = struct.unpack(">I", head[:4])
     if magic != spec.magic:
         kinds = {IMAGE_MAGIC: "an image file", LABEL_MAGIC: "a label file"}
         found = kinds.get(magic, "not an unsigned-byte IDX file")
@@ -131,9 +155,10 @@ def parse_idx(path: Path, spec: IdxFile, *, compressed: bool | None = None) -> n
             f"({kinds[spec.magic]}); this is {found} — are the image and label files swapped?"
         )
     header_len = 4 + 4 * want_dims
-    if len(data) < header_len:
+    head += reader.read(header_len - len(head))
+    if len(head) < header_len:
         raise UserError(f"{path}: truncated IDX header; {HOW_TO_FIX}")
-    dims = struct.unpack(f">{want_dims}I", data[4:header_len])
+    dims = struct.unpack(f">{want_dims}I", head[4:header_len])
     want = (spec.count, 28, 28) if want_dims == 3 else (spec.count,)
     if dims != want:
         if want_dims == 1:
@@ -142,18 +167,22 @@ def parse_idx(path: Path, spec: IdxFile, *, compressed: bool | None = None) -> n
                 f"{HOW_TO_FIX}"
             )
         raise UserError(f"{path}: IDX dimensions {dims}, expected {want}; {HOW_TO_FIX}")
-    payload = len(data) - header_len
     expected = int(np.prod(want))
-    if payload != expected:
-        what = "truncated" if payload < expected else "has trailing bytes"
+    data = reader.read(expected + 1)  # one byte more than announced: trailing data, or a bomb
+    if len(data) != expected:
+        if len(data) < expected:
+            raise UserError(
+                f"{path}: truncated: {len(data)} bytes of data, expected {expected}; {HOW_TO_FIX}"
+            )
         raise UserError(
-            f"{path}: {what}: {payload} bytes of data, expected {expected}; {HOW_TO_FIX}"
+            f"{path}: has trailing bytes: more than the {expected} bytes of data its header "
+            f"announces; {HOW_TO_FIX}"
         )
-    array = np.frombuffer(data, dtype=np.uint8, offset=header_len).reshape(want)
+    array = np.frombuffer(data, dtype=np.uint8).reshape(want)
     if want_dims == 1 and array.max() >= 10:
         bad = int(np.argmax(array >= 10))
         raise UserError(f"{path}: label {array[bad]} at index {bad} is out of range 0-9")
-    digest = hashlib.sha256(data).hexdigest()
+    digest = reader.digest.hexdigest()
     if digest != spec.sha256:
         raise UserError(
             f"{path}: content differs from the official Fashion-MNIST "

@@ -6,7 +6,6 @@ draw the same plot through this module, and `torch_impl.visualize --history` rea
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,10 @@ from matplotlib.figure import Figure
 
 from fashion_cnn.errors import UserError
 from fashion_cnn.files import atomic_write
+from fashion_cnn.jsonfile import read_json
+
+# A 20-epoch history.json is 3 KB; this allows thousands of epochs.
+MAX_HISTORY_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -31,12 +34,8 @@ def read_history(path: str | os.PathLike) -> History:
     """loss and val_loss per epoch from either trainer's history.json (under "history", or at
     the top level)."""
     path = Path(path)
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"{path}: not a readable history.json ({err})") from None
+    # Bounded in size and depth: a history.json is a few KB, three levels deep.
+    doc = read_json(path, max_bytes=MAX_HISTORY_BYTES)
     hist = doc.get("history", doc) if isinstance(doc, dict) else None
     if not isinstance(hist, dict) or not all(
         isinstance(hist.get(k), list) and hist[k] for k in ("loss", "val_loss")
@@ -44,7 +43,7 @@ def read_history(path: str | os.PathLike) -> History:
         raise UserError(f"{path}: no loss and val_loss lists (expected a trainer's history.json)")
     try:
         loss, val_loss = ([float(v) for v in hist[k]] for k in ("loss", "val_loss"))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise UserError(f"{path}: loss and val_loss must be lists of numbers") from None
     framework = doc.get("framework") if isinstance(doc.get("framework"), str) else path.name
     return History(loss, val_loss, framework)

@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import zipfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -37,6 +39,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from fashion_cnn import jsonfile
 from fashion_cnn.errors import UserError, first_line
 from fashion_cnn.files import atomic_write
 from parity.mapping import TABLE
@@ -311,25 +314,193 @@ def _check_weights(
     return {name: weights[name] for name in KERAS_SHAPES}
 
 
-def _read_dataset(dataset: object, path: str, source: str) -> np.ndarray:
-    if not isinstance(dataset, h5py.Dataset):
-        raise UserError(f"{source}: {path} is not a dataset")
-    if dataset.dtype.kind != "f":
-        raise UserError(f"{source}: {path} has dtype {dataset.dtype}, expected float32")
-    return np.asarray(dataset[()])
+# --- reading HDF5 that trusts nothing ----------------------------------------------------------
+#
+# HDF5 can make a file read other files: an external link names an object in another file (a
+# FIFO there blocks forever), "external raw storage" takes a dataset's bytes from any local file
+# (/proc/self/environ), a virtual dataset maps other files' datasets. Soft links can loop, hard
+# links can make a group its own child, a filter pipeline can load a plugin, a deflate chunk can
+# inflate without bound inside HDF5, and a declared shape or chunk count can ask for terabytes.
+# Keras writes none of it (hard links, contiguous float32 datasets), so the whole tree is walked
+# first without following any link, every dataset's storage is checked, and a weight is read only
+# after its shape and dtype match the config, into an array allocated here.
+
+MAX_H5_OBJECTS = 10_000  # groups and datasets in one file (the book's with Adam: 46)
+MAX_ATTR_ITEMS = 10_000  # strings in a name-list attribute (the book's: 8)
+MAX_ATTR_BYTES = MAX_JSON_BYTES  # bytes of one attribute (the legacy model_config: 5 KB)
+_LAYOUTS = {h5py.h5d.COMPACT: "compact", h5py.h5d.CONTIGUOUS: "contiguous", h5py.h5d.CHUNKED: "c"}
 
 
-def _datasets(group: h5py.Group) -> list[str]:
-    found = []
-    group.visititems(
-        lambda name, obj: found.append(name) if isinstance(obj, h5py.Dataset) else None
-    )
-    return found
+def _chunk_bound(elements: int) -> int:
+    """The most chunks a dataset of `elements` values may be split into."""
+    return elements // 1024 + 64
 
 
-def _read_keras3_h5(h5: h5py.File, source: str) -> tuple[dict, dict, list[str]]:
+@dataclass
+class _H5Tree:
+    """Every group and dataset of a checked file by path ("" is the root, no leading slash)."""
+
+    groups: dict[str, h5py.Group]
+    datasets: dict[str, h5py.Dataset]
+
+
+def _check_storage(dataset: h5py.Dataset, path: str, source: str) -> None:
+    """Refuse storage that reads outside the file, runs a filter other than deflate, or is
+    split into more chunks than its size warrants — from the metadata, before any data."""
+    plist = dataset.id.get_create_plist()
+    layout = plist.get_layout()
+    if layout == h5py.h5d.VIRTUAL:
+        raise UserError(
+            f"{source}: {path} is a virtual dataset (its data lives in other files); refused"
+        )
+    if layout not in _LAYOUTS:
+        raise UserError(f"{source}: {path} has an unknown storage layout ({layout}); refused")
+    if plist.get_external_count():
+        name = plist.get_external(0)[0].decode("utf8", "replace")
+        raise UserError(
+            f"{source}: {path} has external raw storage (its bytes come from {name!r}); "
+            f"refused, no file outside the checkpoint is read"
+        )
+    filters = [plist.get_filter(i) for i in range(plist.get_nfilters())]
+    if filters and (len(filters) > 1 or filters[0][0] != h5py.h5z.FILTER_DEFLATE):
+        names = ", ".join(f[3].decode("utf8", "replace") or f"#{f[0]}" for f in filters)
+        raise UserError(
+            f"{source}: {path} is stored with the filter(s) {names}; only uncompressed or "
+            f"deflate (gzip) data is read"
+        )
+    if layout == h5py.h5d.CHUNKED:
+        shape, chunks = dataset.shape, plist.get_chunk()
+        if len(chunks) != len(shape) or any(
+            c > max(n, 1) for c, n in zip(chunks, shape, strict=True)
+        ):
+            raise UserError(
+                f"{source}: {path} has chunks {chunks} larger than its shape {shape}; refused"
+            )
+        count = math.prod(-(-n // c) for n, c in zip(shape, chunks, strict=True))
+        elements = math.prod(shape)
+        if count > _chunk_bound(elements):
+            raise UserError(
+                f"{source}: {path} is split into {count} chunks for {elements} values, more "
+                f"than {_chunk_bound(elements)} allowed"
+            )
+
+
+def _walk(h5: h5py.File, source: str) -> _H5Tree:
+    """Every object of the file, reached through hard links only, each once; any soft or
+    external link, any object reached twice, anything but a group or a dataset is refused.
+    Links are looked at (`getlink=True`), never followed; no dataset is read."""
+    tree = _H5Tree({"": h5}, {})
+    stack = [("", h5)]
+    seen = 0
+    while stack:
+        prefix, group = stack.pop()
+        for name in group:  # the link names: nothing is resolved
+            path = f"{prefix}{name}"
+            seen += 1
+            if seen > MAX_H5_OBJECTS:
+                raise UserError(f"{source}: more than {MAX_H5_OBJECTS} HDF5 objects; refused")
+            link = group.get(name, getlink=True)
+            if isinstance(link, h5py.ExternalLink):
+                raise UserError(
+                    f"{source}: {path} is an external link (to {link.path!r} in "
+                    f"{link.filename!r}); refused, no file outside the checkpoint is read"
+                )
+            if isinstance(link, h5py.SoftLink):
+                raise UserError(
+                    f"{source}: {path} is a soft link (to {link.path!r}); refused: Keras "
+                    f"never writes links"
+                )
+            if not isinstance(link, h5py.HardLink):
+                raise UserError(f"{source}: {path} is a link of unknown kind; refused")
+            obj = group[name]
+            refs = h5py.h5o.get_info(obj.id).rc
+            if refs != 1:
+                raise UserError(
+                    f"{source}: {path} is one object under {refs} names (hard links); refused: "
+                    f"Keras never writes them"
+                )
+            if isinstance(obj, h5py.Group):
+                tree.groups[path] = obj
+                stack.append((f"{path}/", obj))
+            elif isinstance(obj, h5py.Dataset):
+                _check_storage(obj, path, source)
+                tree.datasets[path] = obj
+            else:
+                raise UserError(f"{source}: {path} is a {type(obj).__name__}; refused")
+    return tree
+
+
+def _inflate_chunks(dataset: h5py.Dataset, out: np.ndarray, path: str, source: str) -> None:
+    """Read a deflate-compressed dataset chunk by chunk, inflating each here with a cap of its
+    declared size (HDF5's own deflate filter inflates without bound)."""
+    chunks = dataset.chunks
+    file_dtype = dataset.dtype
+    chunk_bytes = math.prod(chunks) * file_dtype.itemsize
+    stored = dataset.id.get_num_chunks()
+    if stored > _chunk_bound(out.size):
+        raise UserError(f"{source}: {path} stores {stored} chunks; refused")
+    out[...] = dataset.fillvalue  # what HDF5 returns for chunks never written
+    for i in range(stored):
+        info = dataset.id.get_chunk_info(i)
+        offset = info.chunk_offset
+        if len(offset) != out.ndim or any(
+            o % c or o >= n for o, c, n in zip(offset, chunks, out.shape, strict=True)
+        ):
+            raise UserError(f"{source}: {path} has a chunk at {offset}, off its grid; refused")
+        if info.size > 2 * chunk_bytes + 1024:  # deflate never grows data that much
+            raise UserError(f"{source}: {path} has a chunk of {info.size} bytes; refused")
+        mask, raw = dataset.id.read_direct_chunk(offset)
+        if mask & 1:  # the filter was skipped for this chunk: stored as is
+            data = raw
+        else:
+            inflater = zlib.decompressobj()
+            try:
+                data = inflater.decompress(raw, chunk_bytes)
+                if len(data) == chunk_bytes and not inflater.eof:
+                    data += inflater.decompress(inflater.unconsumed_tail, 1)
+            except zlib.error as err:
+                raise UserError(f"{source}: {path} has a corrupt deflate chunk ({err})") from None
+            if not inflater.eof:
+                data = b""  # more than declared, or cut short: the size check below refuses
+        if len(data) != chunk_bytes:
+            raise UserError(
+                f"{source}: {path} has a chunk that does not inflate to its {chunk_bytes} bytes"
+            )
+        block = np.frombuffer(data, dtype=file_dtype).reshape(chunks)
+        region = tuple(
+            slice(o, min(o + c, n)) for o, c, n in zip(offset, chunks, out.shape, strict=True)
+        )
+        out[region] = block[tuple(slice(0, r.stop - r.start) for r in region)]
+
+
+def _read_weight(tree: _H5Tree, h5path: str, name: str, source: str) -> np.ndarray:
+    """The weight `name` (conv2d/kernel, …) stored at `h5path`: its declared shape and dtype
+    are checked against the config first, then it is read into a preallocated native float32
+    array (big-endian float32 is valid data and is converted)."""
+    if h5path not in tree.datasets:
+        if h5path in tree.groups:
+            raise UserError(f"{source}: {h5path} is not a dataset")
+        raise UserError(f"{source}: missing tensor {h5path} ({name})")
+    dataset = tree.datasets[h5path]
+    shape = KERAS_SHAPES[name]
+    if dataset.shape != shape:
+        raise UserError(
+            f"{source}: {h5path} ({name}) has shape {dataset.shape}, but the "
+            f"model's config implies {shape}"
+        )
+    if dataset.dtype.kind != "f" or dataset.dtype.itemsize != 4:
+        raise UserError(f"{source}: {h5path} ({name}) has dtype {dataset.dtype}, expected float32")
+    out = np.empty(shape, np.float32)
+    if dataset.compression is not None:  # deflate: the only filter _check_storage lets by
+        _inflate_chunks(dataset, out, h5path, source)
+    else:
+        dataset.read_direct(out)
+    return out
+
+
+def _read_keras3_h5(tree: _H5Tree, source: str) -> tuple[dict, dict, list[str]]:
     """Keras 3 layout: `layers/<positional path>/vars/<i>`; `optimizer/…` skipped, never read."""
-    if "layers" not in h5 or not isinstance(h5["layers"], h5py.Group):
+    if "layers" not in tree.groups:
         raise UserError(f"{source}: no 'layers' group: not a Keras 3 weights file")
     weights, where = {}, {}
     expected = set()
@@ -338,13 +509,12 @@ def _read_keras3_h5(h5: h5py.File, source: str) -> tuple[dict, dict, list[str]]:
             continue
         for i, var in enumerate(("kernel", "bias")):
             h5path = f"layers/{path}/vars/{i}"
+            name = f"{spec.weights}/{var}"
             expected.add(h5path)
-            if h5path not in h5:
-                raise UserError(f"{source}: missing tensor {h5path} ({spec.weights}/{var})")
-            weights[f"{spec.weights}/{var}"] = _read_dataset(h5[h5path], h5path, source)
-            where[f"{spec.weights}/{var}"] = h5path
+            weights[name] = _read_weight(tree, h5path, name, source)
+            where[name] = h5path
     skipped = []
-    for name in _datasets(h5):
+    for name in sorted(tree.datasets):
         if name.startswith("optimizer/"):
             skipped.append(name)
         elif name not in expected:
@@ -352,40 +522,73 @@ def _read_keras3_h5(h5: h5py.File, source: str) -> tuple[dict, dict, list[str]]:
     return weights, where, skipped
 
 
-def _attr_list(group: h5py.Group, name: str) -> list[str] | None:
+def _read_attr(group: h5py.Group, name: str, where: str, source: str) -> object:
+    """A string attribute (fixed or variable length, scalar or 1-D), its size checked from the
+    metadata before it is read (and, for variable-length strings, after)."""
+    attr = h5py.h5a.open(group.id, name.encode("utf8"))
+    count = attr.get_space().get_simple_extent_npoints()
+    if count == 0:
+        return []  # Keras writes an empty name list as an empty float64 array
+    if count > MAX_ATTR_ITEMS:
+        raise UserError(f"{source}: attribute {where} holds {count} items; refused")
+    dtype = attr.dtype
+    if h5py.check_string_dtype(dtype) is None:
+        raise UserError(f"{source}: attribute {where} has type {dtype}, not strings")
+    if dtype.kind == "S" and dtype.itemsize * count > MAX_ATTR_BYTES:
+        raise UserError(
+            f"{source}: attribute {where} is {dtype.itemsize * count} bytes, more than "
+            f"{MAX_ATTR_BYTES} allowed"
+        )
+    value = group.attrs[name]
+    size = sum(len(x) for x in np.atleast_1d(value))
+    if size > MAX_ATTR_BYTES:
+        raise UserError(
+            f"{source}: attribute {where} is {size} bytes, more than {MAX_ATTR_BYTES} allowed"
+        )
+    return value
+
+
+def _attr_list(group: h5py.Group, name: str, where: str, source: str) -> list[str] | None:
     """A list-of-strings attribute as Keras writes it (possibly split into name0, name1, …)."""
     if name in group.attrs:
-        chunks = [group.attrs[name]]
+        chunks = [_read_attr(group, name, f"{where}@{name}", source)]
     elif f"{name}0" in group.attrs:
         chunks, k = [], 0
         while f"{name}{k}" in group.attrs:
-            chunks.append(group.attrs[f"{name}{k}"])
+            if k >= MAX_ATTR_ITEMS:
+                raise UserError(f"{source}: attribute {where}@{name} has too many parts")
+            chunks.append(_read_attr(group, f"{name}{k}", f"{where}@{name}{k}", source))
             k += 1
     else:
         return None
-    return [
+    names = [
         x.decode("utf8") if isinstance(x, bytes) else str(x)
         for chunk in chunks
         for x in np.atleast_1d(chunk)
     ]
+    if len(names) > MAX_ATTR_ITEMS:
+        raise UserError(f"{source}: attribute {where}@{name} holds {len(names)} items; refused")
+    return names
 
 
 def _read_legacy_h5(
-    group: h5py.Group, layer_names: list[str] | None, source: str, prefix: str
+    tree: _H5Tree, layer_names: list[str] | None, source: str, prefix: str
 ) -> tuple[dict, dict]:
     """Legacy layout: per layer, the datasets listed by `weight_names`, kernel then bias.
 
     With a config (`layer_names` given) each weighted layer is found under its config name; without
     one, the layers that hold weights are taken in the file's order, as Keras's loader does.
     """
-    stored = _attr_list(group, "layer_names")
+    group = tree.groups[prefix.rstrip("/")]
+    stored = _attr_list(group, "layer_names", prefix or "/", source)
     if stored is None:
         raise UserError(f"{source}: {prefix or '/'} has no layer_names attribute")
     holding = []  # (layer name, [weight names]) for the layers that hold weights, in file order
     for name in stored:
-        if name not in group:
+        layer_group = tree.groups.get(f"{prefix}{name}")
+        if layer_group is None:
             raise UserError(f"{source}: layer {name} is listed but has no group in the file")
-        names = _attr_list(group[name], "weight_names") or []
+        names = _attr_list(layer_group, "weight_names", f"{prefix}{name}", source) or []
         if names:
             holding.append((name, names))
     specs = [spec for spec in BOOK_LAYERS if spec.weights]
@@ -416,27 +619,22 @@ def _read_legacy_h5(
             )
         for var, wname in zip(("kernel", "bias"), names, strict=True):
             h5path = f"{prefix}{layer}/{wname}"
-            if wname not in group[layer]:
-                raise UserError(f"{source}: missing tensor {h5path}")
-            weights[f"{spec.weights}/{var}"] = _read_dataset(group[layer][wname], h5path, source)
+            weights[f"{spec.weights}/{var}"] = _read_weight(
+                tree, h5path, f"{spec.weights}/{var}", source
+            )
             where[f"{spec.weights}/{var}"] = h5path
     return weights, where
 
 
 def _json(raw: bytes | str, what: str, source: str) -> object:
-    try:
-        return json.loads(raw)
-    except (TypeError, ValueError) as err:  # UnicodeDecodeError is a ValueError
-        raise UserError(f"{source}: {what} is not valid JSON ({err})") from None
+    return jsonfile.loads(raw, what, source, max_bytes=MAX_JSON_BYTES)
 
 
 def _open_h5(file: object, source: str) -> h5py.File:
     try:
         return h5py.File(file, "r")
     except OSError as err:
-        raise UserError(
-            f"{source}: not a readable HDF5 file ({first_line(err)})"
-        ) from None
+        raise UserError(f"{source}: not a readable HDF5 file ({first_line(err)})") from None
 
 
 def _read_keras_zip(path: Path, source: str) -> tuple[KerasCheckpoint, dict]:
@@ -464,30 +662,50 @@ def _read_keras_zip(path: Path, source: str) -> tuple[KerasCheckpoint, dict]:
     if not isinstance(_json(metadata, METADATA_MEMBER, source), Mapping):
         raise UserError(f"{source}: {METADATA_MEMBER} is not a JSON object")
     names = check_config(_json(config, CONFIG_MEMBER, source), source)
+    # Opened from memory: nothing in it can name a path that resolves outside the archive.
     with _open_h5(io.BytesIO(weights_bytes), f"{source}: {WEIGHTS_MEMBER}") as h5:
-        weights, where, skipped = _read_keras3_h5(h5, source)
+        weights, where, skipped = _read_keras3_h5(_walk(h5, source), source)
     return KerasCheckpoint(weights, "keras", names, skipped), where
 
 
 def _read_h5_file(path: Path, source: str) -> tuple[KerasCheckpoint, dict]:
+    size = path.stat().st_size
+    if size > MAX_WEIGHTS_BYTES:
+        raise UserError(f"{source}: {size} bytes, more than {MAX_WEIGHTS_BYTES} allowed")
     with _open_h5(path, source) as h5:
-        if "model_weights" in h5:  # legacy full model: config + weights (+ optimizer_weights)
-            raw = h5.attrs.get("model_config")
-            if raw is None:
+        tree = _walk(h5, source)
+        if "model_weights" in tree.groups:  # legacy full model: config + weights (+ optimizer)
+            if "model_config" not in h5.attrs:
                 raise UserError(f"{source}: legacy .h5 model without a model_config attribute")
+            raw = _read_attr(h5, "model_config", "/@model_config", source)
             names = check_config(_json(raw, "model_config", source), source)
-            weights, where = _read_legacy_h5(h5["model_weights"], names, source, "model_weights/")
-            skipped = _datasets(h5["optimizer_weights"]) if "optimizer_weights" in h5 else []
+            weights, where = _read_legacy_h5(tree, names, source, "model_weights/")
+            opt = "optimizer_weights/"
+            skipped = sorted(p.removeprefix(opt) for p in tree.datasets if p.startswith(opt))
             return KerasCheckpoint(weights, "legacy-h5", names, skipped), where
         if "layer_names" in h5.attrs or "layer_names0" in h5.attrs:  # TF 2.x save_weights('.h5')
-            weights, where = _read_legacy_h5(h5, None, source, "")
+            weights, where = _read_legacy_h5(tree, None, source, "")
             return KerasCheckpoint(weights, "legacy-weights-h5"), where
-        if "layers" in h5:  # Keras 3 save_weights, whatever the suffix
-            weights, where, skipped = _read_keras3_h5(h5, source)
+        if "layers" in tree.groups:  # Keras 3 save_weights, whatever the suffix
+            weights, where, skipped = _read_keras3_h5(tree, source)
             return KerasCheckpoint(weights, "keras3-weights.h5", None, skipped), where
     raise UserError(
         f"{source}: no Keras weights found (neither model_weights, layer_names nor layers)"
     )
+
+
+# What h5py raises on a damaged or unexpectedly shaped file (found by tests/test_fuzz.py).
+_MALFORMED = (
+    KeyError,
+    TypeError,
+    AttributeError,
+    ValueError,
+    OSError,
+    RuntimeError,
+    IndexError,
+    OverflowError,
+    NotImplementedError,
+)
 
 
 def read_keras(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> KerasCheckpoint:
@@ -507,9 +725,10 @@ def read_keras(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> Ker
         raise UserError(f"{source}: no such file")
     try:
         ckpt, where = (_read_keras_zip if kind == "keras" else _read_h5_file)(path, source)
-    except (KeyError, TypeError, AttributeError, ValueError, OSError) as err:
+    except (*_MALFORMED, zlib.error) as err:
         # h5py's answers to an HDF5 tree of unexpected shape (a dataset where a group should be,
-        # an attribute of another type): the file is malformed, whichever way.
+        # an attribute of another type) or to damaged metadata (HDF5's "bad symbol table node
+        # signature" is a RuntimeError): the file is malformed, whichever way.
         first = first_line(err)
         raise UserError(f"{source}: malformed Keras file ({first})") from None
     ckpt.weights = _check_weights(ckpt.weights, where, source, allow_nonfinite)

@@ -12,6 +12,9 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import re
+import struct
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fashion_cnn.errors import UserError, first_line
+from fashion_cnn.errors import UserError, first_line, one_line
 from fashion_cnn.files import atomic_write
 from torch_impl.model import BookCNN
 
@@ -45,32 +48,88 @@ def checkpoint_kind(path: str | os.PathLike) -> str:
     )
 
 
+# The book's CNN takes 1.3 MB; a training checkpoint (model, Adam's moments, best weights) 5 MB.
+# Anything much larger is no checkpoint of it, and is refused before it is read.
+MAX_CHECKPOINT_BYTES = 256 << 20
+
+_GLOBAL = re.compile(r"GLOBAL ([\w.<>]+)")
+
+
+def _check_size(path: Path) -> None:
+    size = path.stat().st_size
+    if size > MAX_CHECKPOINT_BYTES:
+        raise UserError(
+            f"{path}: {size} bytes, more than {MAX_CHECKPOINT_BYTES} allowed for a checkpoint "
+            f"of the book's CNN (1.3 MB)"
+        )
+    if zipfile.is_zipfile(path):
+        # torch's zip format: records are inflated to their declared sizes; bound their sum.
+        try:
+            with zipfile.ZipFile(path) as zf:
+                declared = sum(info.file_size for info in zf.infolist())
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError) as err:
+            raise UserError(f"{path}: not a readable PyTorch checkpoint ({err})") from None
+        if declared > MAX_CHECKPOINT_BYTES:
+            raise UserError(
+                f"{path}: its zip records declare {declared} bytes, more than "
+                f"{MAX_CHECKPOINT_BYTES} allowed"
+            )
+
+
+def _refused_pickle(path: Path, err: Exception) -> UserError:
+    """Our own line for a pickle the weights-only unpickler refused: what it references, never
+    torch's advice (rerun with weights_only=False) nor its terminal colours."""
+    text = str(err)
+    found = _GLOBAL.search(text)
+    if found:
+        why = f"it references GLOBAL {found.group(1)!r}"
+    else:
+        detail = text.split("WeightsUnpickler error:", 1)[-1].strip()
+        why = one_line(detail.split(". ", 1)[0].strip() or type(err).__name__)
+    return UserError(
+        f"{path}: refused: the pickle holds more than tensors and containers ({why}); "
+        f"only tensors and containers are loaded, nothing from the file was run"
+    )
+
+
 def _read_raw(path: Path) -> Mapping[str, object]:
     kind = checkpoint_kind(path)
     if not path.is_file():
         raise UserError(f"{path}: no such file")
+    _check_size(path)
     if kind == "safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         try:
             return load_file(str(path), device="cpu")
-        except (SafetensorError, OSError, ValueError) as err:
-            raise UserError(f"{path}: not a valid .safetensors file ({err})") from None
+        except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as err:
+            msg = first_line(err)
+            raise UserError(f"{path}: not a valid .safetensors file ({msg})") from None
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns on stderr while it loads (sparse invariants, TypedStorage): a refused
+            # file must print one line, and a good one nothing.
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        # The weights-only unpickler met a global it does not allow: a payload, never run.
-        first = first_line(err, "unsafe pickle")
-        raise UserError(
-            f"{path}: refused: the pickle holds more than tensors (weights_only=True): {first}"
-        ) from None
+        # The weights-only unpickler met a global or an opcode it does not allow: never run.
+        raise _refused_pickle(path, err) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
         msg = first_line(err)
         raise UserError(f"{path}: not a readable PyTorch checkpoint ({msg})") from None
-    except (IndexError, KeyError, TypeError, AttributeError, AssertionError) as err:
+    except (
+        IndexError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        AssertionError,
+        OverflowError,
+        struct.error,
+    ) as err:
         # What the weights-only unpickler raises on bytes that are no pickle at all (random
-        # bytes, a cut legacy-format file): its stack or memo runs out.
+        # bytes, a cut legacy-format file, a damaged record; found by tests/test_fuzz.py): its
+        # stack or memo runs out, an opcode's argument is cut short.
         msg = first_line(err)
         raise UserError(f"{path}: not a readable PyTorch checkpoint ({msg})") from None
     if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
@@ -79,6 +138,29 @@ def _read_raw(path: Path) -> Mapping[str, object]:
     if not isinstance(obj, Mapping):
         raise UserError(f"{path}: holds a {type(obj).__name__}, not a state_dict")
     return obj
+
+
+def _tensor_kind(tensor: torch.Tensor) -> str | None:
+    """What makes a tensor other than a plain dense CPU one, or None when it is one."""
+    if type(tensor) not in (torch.Tensor, nn.Parameter):
+        return f"a {type(tensor).__name__} (a tensor subclass)"
+    if tensor.is_nested:
+        return "a nested tensor"
+    if tensor.layout != torch.strided:
+        return f"a {str(tensor.layout).removeprefix('torch.')} tensor (not dense)"
+    if tensor.is_meta:
+        return "a meta tensor (no data)"
+    if tensor.is_quantized:
+        return f"a quantized tensor ({tensor.dtype})"
+    if tensor.device.type != "cpu":
+        return f"a tensor on {tensor.device}"
+    return None
+
+
+def _some(keys: list, shown: int = 8) -> str:
+    """The first few keys, and how many more: a file with a million keys is still one line."""
+    text = ", ".join(map(str, keys[:shown]))
+    return text + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
 
 
 def validate_state_dict(
@@ -93,15 +175,21 @@ def validate_state_dict(
     if missing or extra:
         parts = []
         if missing:
-            parts.append(f"missing {', '.join(missing)}")
+            parts.append(f"missing {_some(missing)}")
         if extra:
-            parts.append(f"unexpected {', '.join(map(str, extra))}")
+            parts.append(f"unexpected {_some(extra)}")
         raise UserError(f"{source}: not the book's CNN: {'; '.join(parts)}")
     out = {}
     for key, shape in EXPECTED_SHAPES.items():
         tensor = state[key]
         if not isinstance(tensor, torch.Tensor):
             raise UserError(f"{source}: {key} is a {type(tensor).__name__}, not a tensor")
+        kind = _tensor_kind(tensor)
+        if kind is not None:
+            raise UserError(
+                f"{source}: {key} is {kind}; only dense float32 tensors (strided, on the CPU) "
+                f"are loaded"
+            )
         if tuple(tensor.shape) != shape:
             raise UserError(f"{source}: {key} has shape {tuple(tensor.shape)}, expected {shape}")
         if tensor.dtype != torch.float32:

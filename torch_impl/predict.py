@@ -45,40 +45,51 @@ class Prediction:
     probabilities: list[float]  # (10,) softmax output, class order 0..9
 
 
+# Raster formats Pillow decodes itself. Others it knows are left out on purpose: EPS is rendered
+# by running Ghostscript, and nothing named by a downloaded file should run a program.
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
+
+
 def load_image(path: str | Path) -> torch.Tensor:
     """An image file → (1, 28, 28) float32 in [0, 1], as the data set scales its uint8 pixels.
 
     Converted to 8-bit grayscale; other sizes are resized to 28×28 (Lanczos). Not inverted:
-    the model expects a light garment on a dark background, like Fashion-MNIST.
+    the model expects a light garment on a dark background, like Fashion-MNIST. Any failure
+    of Pillow's on the file (whatever its exception type) and a decompression bomb (an image of
+    more than Pillow's MAX_IMAGE_PIXELS) are a UserError naming the file.
     """
-    from PIL import Image, UnidentifiedImageError
+    import warnings
+
+    from PIL import Image
 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such image file")
     try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode.startswith(("I", "F")):
-                # Pillow's conversion to 8-bit clips 16-bit and float pixels instead of scaling.
-                raise UserError(
-                    f"{path}: {image.mode} pixels (16-bit or float) are not supported; "
-                    f"save the image with 8-bit pixels"
-                )
-            gray = image.convert("L")
-    except (
-        UnidentifiedImageError,
-        Image.DecompressionBombError,
-        OSError,
-        ValueError,
-        SyntaxError,
-    ) as err:
+        with warnings.catch_warnings():
+            # Pillow only warns between MAX_IMAGE_PIXELS and twice that: refuse there too.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path, formats=IMAGE_FORMATS) as image:
+                image.load()
+                if image.mode.startswith(("I", "F")):
+                    # Pillow's conversion to 8-bit clips 16-bit and float pixels instead of
+                    # scaling them.
+                    raise UserError(
+                        f"{path}: {image.mode} pixels (16-bit or float) are not supported; "
+                        f"save the image with 8-bit pixels"
+                    )
+                gray = image.convert("L")
+                if gray.size != IMAGE_SIZE[::-1]:
+                    gray = gray.resize(IMAGE_SIZE[::-1], Image.Resampling.LANCZOS)
+                # uint8 / 255.0 in float64, then float32: the data set's `x / 255.0` values.
+                pixels = np.asarray(gray, dtype=np.float64) / 255.0  # (28, 28)
+    except UserError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a decoder's failure on a bad file, of any type
         msg = first_line(err)
-        raise UserError(f"{path}: not a readable image ({msg})") from None
-    if gray.size != IMAGE_SIZE[::-1]:
-        gray = gray.resize(IMAGE_SIZE[::-1], Image.Resampling.LANCZOS)
-    # uint8 / 255.0 in float64, then float32: the same values as the data set's `x / 255.0`.
-    pixels = np.asarray(gray, dtype=np.float64) / 255.0  # (28, 28)
+        raise UserError(f"{path}: not a readable image ({type(err).__name__}: {msg})") from None
+    if pixels.shape != IMAGE_SIZE:
+        raise UserError(f"{path}: not a readable image (decoded to shape {pixels.shape})")
     return torch.from_numpy(pixels.astype(np.float32)).unsqueeze(0)
 
 
@@ -136,9 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Class and probabilities that a checkpoint of the book's CNN gives for data "
         "set images (by index) or image files. Without --index or IMAGE: the first validation "
         "image, the book's example.",
-        epilog="Image files: any format Pillow reads (PNG recommended); converted to grayscale "
-        "and resized to 28x28 when needed. Like Fashion-MNIST they should show a light garment "
-        "on a dark background; they are never inverted.",
+        epilog="Image files: PNG (recommended), JPEG, BMP, GIF, TIFF, WebP or PPM; converted to "
+        "grayscale and resized to 28x28 when needed. Like Fashion-MNIST they should show a light "
+        "garment on a dark background; they are never inverted.",
     )
     parser.add_argument(
         "checkpoint",

@@ -1,0 +1,236 @@
+"""A seeded mutation fuzz of every reader of untrusted files: nothing but UserError escapes.
+
+About 2,000 mutants of real files — `.keras`, legacy `.h5`, `.weights.h5`, `.pt`, `.safetensors`,
+PNG and TIFF — made by bit flips, byte overwrites, truncations, insertions, duplicated chunks
+and corrupted zip members (re-zipped with a good CRC, so the damage reaches the HDF5, pickle or
+JSON parser inside), fed in-process to `parity.keras_files.read_keras`,
+`torch_impl.checkpoint.load_state_dict` and `torch_impl.predict.load_image`. Each must either
+refuse with UserError or return what a good file gives: float32 weights of the book's shapes, all
+finite, or a (1, 28, 28) float32 image in [0, 1]. How many loaded and how many were refused is
+printed (run with -s), not asserted.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import warnings
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from fashion_cnn.errors import UserError
+from parity.keras_files import KERAS_SHAPES, read_keras
+from parity.mapping import keras_to_torch
+from parity.testdata import session_checkpoints
+from torch_impl.checkpoint import EXPECTED_SHAPES, load_state_dict, save_state_dict
+from torch_impl.predict import load_image
+
+SEED = 20240612
+
+
+@pytest.fixture(scope="session")
+def keras_ckpts(tmp_path_factory, data_dir):
+    pytest.importorskip("keras")
+    return session_checkpoints(tmp_path_factory, data_dir)
+
+
+# --- mutations -----------------------------------------------------------------------------------
+
+
+def _metadata_spans(data: bytes) -> list[tuple[int, int]] | None:
+    """The byte ranges of an HDF5 file that are not dataset values (superblock, object headers,
+    B-trees, heaps, attributes): where a mutation reaches the parser rather than a weight."""
+    try:
+        with h5py.File(io.BytesIO(data), "r") as h5:
+            stored = []
+            h5.visititems(
+                lambda _, o: (
+                    stored.append((o.id.get_offset(), o.id.get_storage_size()))
+                    if isinstance(o, h5py.Dataset) and o.id.get_offset() is not None
+                    else None
+                )
+            )
+    except OSError:
+        return None
+    spans, at = [], 0
+    for offset, size in sorted(stored):
+        if offset > at:
+            spans.append((at, offset))
+        at = max(at, offset + size)
+    spans.append((at, len(data)))
+    return [(a, b) for a, b in spans if b > a]
+
+
+def _position(rng: np.random.Generator, data: bytes, spans) -> int:
+    if spans and rng.random() < 0.8:
+        a, b = spans[int(rng.integers(len(spans)))]
+        return int(rng.integers(a, b))
+    return int(rng.integers(len(data)))
+
+
+def mutate(rng: np.random.Generator, data: bytes, spans=None) -> bytes:
+    """One to three mutations of `data`."""
+    out = bytearray(data)
+    for _ in range(int(rng.integers(1, 4))):
+        if not out:
+            break
+        kind = int(rng.integers(6))
+        at = min(_position(rng, bytes(out), spans), len(out) - 1)
+        if kind == 0:  # flip a few bits
+            for _ in range(int(rng.integers(1, 5))):
+                out[at] ^= 1 << int(rng.integers(8))
+        elif kind == 1:  # overwrite bytes with random or extreme values
+            n = int(rng.integers(1, 9))
+            fill = rng.choice([b"\x00", b"\xff", b"\x7f", b"\x80"])
+            new = rng.bytes(n) if rng.random() < 0.5 else fill * n
+            out[at : at + n] = new
+        elif kind == 2:  # truncate
+            del out[at:]
+        elif kind == 3:  # insert random bytes
+            out[at:at] = rng.bytes(int(rng.integers(1, 17)))
+        elif kind == 4:  # duplicate a chunk somewhere else
+            n = int(rng.integers(1, 513))
+            piece = out[at : at + n]
+            to = int(rng.integers(len(out) + 1))
+            out[to:to] = piece
+        else:  # delete a chunk
+            del out[at : at + int(rng.integers(1, 65))]
+    return bytes(out)
+
+
+def zip_members(data: bytes) -> dict[str, bytes]:
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        return {info.filename: zf.read(info) for info in zf.infolist()}
+
+
+def rezip(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buffer.getvalue()
+
+
+def mutate_member(rng: np.random.Generator, data: bytes) -> bytes:
+    """Corrupt one member of a zip (a .keras, a torch .pt) and zip it again, CRCs recomputed."""
+    members = zip_members(data)
+    name = list(members)[int(rng.integers(len(members)))]
+    spans = _metadata_spans(members[name]) if name.endswith(".h5") else None
+    members[name] = mutate(rng, members[name], spans)
+    return rezip(members)
+
+
+# --- what a file that still loads must give ------------------------------------------------------
+
+
+def check_keras(path: Path) -> None:
+    weights = read_keras(path).weights
+    assert set(weights) == set(KERAS_SHAPES)
+    for name, shape in KERAS_SHAPES.items():
+        array = weights[name]
+        assert array.shape == shape and array.dtype == np.float32, name
+        assert array.dtype.isnative and np.isfinite(array).all(), name
+
+
+def check_torch(path: Path) -> None:
+    state = load_state_dict(path)
+    assert list(state) == list(EXPECTED_SHAPES)
+    for key, shape in EXPECTED_SHAPES.items():
+        tensor = state[key]
+        assert tuple(tensor.shape) == shape and tensor.dtype == torch.float32, key
+        assert tensor.layout == torch.strided and tensor.device.type == "cpu", key
+        assert torch.isfinite(tensor).all(), key
+
+
+def check_image(path: Path) -> None:
+    image = load_image(path)
+    assert tuple(image.shape) == (1, 28, 28) and image.dtype == torch.float32
+    assert float(image.min()) >= 0.0 and float(image.max()) <= 1.0
+
+
+# --- the fuzz ----------------------------------------------------------------------------------
+
+
+def _image_bytes(rng: np.random.Generator, fmt: str) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    pixels = (rng.random((28, 28)) * 255).astype(np.uint8)
+    Image.fromarray(pixels).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def test_mutated_files_load_or_are_refused(keras_ckpts, tmp_path, capsys):
+    rng = np.random.default_rng(SEED)
+    random = keras_ckpts["random"]
+    pt = tmp_path / "base.pt"
+    save_state_dict({k: torch.from_numpy(v) for k, v in keras_to_torch(random.weights).items()}, pt)
+    st = tmp_path / "base.safetensors"
+    save_state_dict(load_state_dict(pt), st)
+    keras_bytes = random.files[".keras"].read_bytes()
+    h5_bytes = random.files[".h5"].read_bytes()
+    tf2_bytes = keras_ckpts["trained"].files["tf2.h5"].read_bytes()
+    weights_h5 = random.files[".weights.h5"].read_bytes()
+    pt_bytes, st_bytes = pt.read_bytes(), st.read_bytes()
+    png, tiff = _image_bytes(rng, "PNG"), _image_bytes(rng, "TIFF")
+
+    spans = {id(b): _metadata_spans(b) for b in (h5_bytes, tf2_bytes, weights_h5)}
+
+    def raw(base: bytes) -> Callable[[], bytes]:
+        return lambda: mutate(rng, base, spans.get(id(base)))
+
+    # (name, suffix, cases, make a mutant, check it)
+    plan = [
+        ("keras/zip", ".keras", 200, raw(keras_bytes), check_keras),
+        ("keras/member", ".keras", 350, lambda: mutate_member(rng, keras_bytes), check_keras),
+        ("h5/keras3", ".h5", 250, raw(h5_bytes), check_keras),
+        ("h5/tf2", ".h5", 150, raw(tf2_bytes), check_keras),
+        ("weights.h5", ".weights.h5", 150, raw(weights_h5), check_keras),
+        ("pt/zip", ".pt", 150, raw(pt_bytes), check_torch),
+        ("pt/member", ".pt", 200, lambda: mutate_member(rng, pt_bytes), check_torch),
+        ("safetensors", ".safetensors", 250, raw(st_bytes), check_torch),
+        ("png", ".png", 150, raw(png), check_image),
+        ("tiff", ".tiff", 150, raw(tiff), check_image),
+    ]
+    start = time.monotonic()
+    totals = {"cases": 0, "loaded": 0, "refused": 0}
+    lines, escapes = [], []
+    for name, suffix, cases, make, check in plan:
+        loaded = refused = 0
+        for i in range(cases):
+            path = tmp_path / f"mutant-{name.replace('/', '-')}-{i}{suffix}"
+            path.write_bytes(make())
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    check(path)
+                loaded += 1
+            except UserError as err:
+                assert str(err).startswith(str(path)), f"the file is not named: {err}"
+                refused += 1
+            except Exception as err:  # noqa: BLE001 - the point: report any other escape
+                escapes.append(f"{name} case {i}: {type(err).__name__}: {str(err)[:200]}")
+            path.unlink()
+        lines.append(f"{name:14s} {cases:5d} cases: {loaded:4d} loaded, {refused:4d} refused")
+        totals["cases"] += cases
+        totals["loaded"] += loaded
+        totals["refused"] += refused
+    seconds = time.monotonic() - start
+    with capsys.disabled():
+        print("\nfuzz:\n  " + "\n  ".join(lines))
+        print(
+            f"  total {totals['cases']} cases: {totals['loaded']} loaded, "
+            f"{totals['refused']} refused, {seconds:.1f} s"
+        )
+    assert totals["cases"] == 2000
+    kinds = sorted({e.split(": ")[0].split(" case")[0] + ": " + e.split(": ")[1] for e in escapes})
+    assert not escapes, (
+        f"{len(escapes)} mutants raised something else than UserError ({', '.join(kinds)}):\n"
+        + "\n".join(escapes[:30])
+    )
