@@ -21,23 +21,16 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import pytest
 import torch
 
 from fashion_cnn.errors import UserError
 from parity.keras_files import KERAS_SHAPES, read_keras
 from parity.mapping import keras_to_torch
-from parity.testdata import session_checkpoints
 from torch_impl.checkpoint import EXPECTED_SHAPES, load_state_dict, save_state_dict
 from torch_impl.predict import load_image
 
 SEED = 20240612
 
-
-@pytest.fixture(scope="session")
-def keras_ckpts(tmp_path_factory, data_dir):
-    pytest.importorskip("keras")
-    return session_checkpoints(tmp_path_factory, data_dir)
 
 
 # --- mutations -----------------------------------------------------------------------------------

@@ -34,7 +34,6 @@ import pytest
 import torch
 
 from parity.mapping import keras_to_torch
-from parity.testdata import session_checkpoints
 from torch_impl.checkpoint import load_state_dict, save_state_dict
 from torch_impl.model import BookCNN
 
@@ -171,11 +170,6 @@ def refuse(tmp_path, canary):
 
 # --- real checkpoints to start from ---------------------------------------------------------------
 
-
-@pytest.fixture(scope="session")
-def keras_ckpts(tmp_path_factory, data_dir):
-    pytest.importorskip("keras")
-    return session_checkpoints(tmp_path_factory, data_dir)
 
 
 @pytest.fixture(scope="session")
