@@ -8,7 +8,7 @@ DATA_STAMP := $(VENV)/.data-verified
 export TF_CPP_MIN_LOG_LEVEL := 3
 DEBIAN_DATA := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup data train train-keras test test-fast bench bench-accuracy docs lint clean
+.PHONY: setup data train train-keras test test-fast bench bench-accuracy docs notebooks lint clean
 
 setup: $(STAMP)
 
@@ -51,11 +51,20 @@ bench: $(DATA_STAMP)
 bench-accuracy: $(DATA_STAMP)
 	$(BIN)/python -m bench.accuracy --out bench/results/accuracy.json
 
+# The book's 8-2 and 8-3 as notebooks, executed in place, outputs written into the .ipynb files:
+# 08-2 trains the full recipe (a few minutes on 2 CPU cores) into notebooks/runs/, which 08-3
+# reads. Edits to either side of a pair (.ipynb, py:percent .py) are synced first.
+NOTEBOOKS := notebooks/08-2.ipynb notebooks/08-3.ipynb
+notebooks: $(DATA_STAMP)
+	$(BIN)/jupytext --sync $(NOTEBOOKS:.ipynb=.py)
+	$(BIN)/jupyter-execute --inplace $(NOTEBOOKS)
+	$(BIN)/jupytext --sync $(NOTEBOOKS)
+
 lint: $(STAMP)
-	$(BIN)/ruff check fashion_cnn torch_impl keras_ref parity tests bench conftest.py
+	$(BIN)/ruff check fashion_cnn torch_impl keras_ref parity tests bench notebooks conftest.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs notebooks/runs .pytest_cache
 
 # The README's 8-3 pictures: docs/keras/*.png (the book's cells in Keras) and docs/torch/*.png
 # (the same from the PyTorch port, Keras's feature maps beside PyTorch's), with the printed
