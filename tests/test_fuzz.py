@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from fashion_cnn.errors import UserError
-from parity.keras_files import KERAS_SHAPES, read_keras
+from parity.keras_files import read_keras
+from parity.keras_spec import KERAS_SHAPES
 from parity.mapping import keras_to_torch
 from torch_impl.checkpoint import EXPECTED_SHAPES, load_state_dict, save_state_dict
 from torch_impl.predict import load_image
