@@ -13,9 +13,13 @@ here; `read_attr` and `attr_list` bound attributes before reading them.
 
 from __future__ import annotations
 
+import io
 import math
+import os
+import zipfile
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -259,3 +263,31 @@ def open_h5(file: object, source: str) -> h5py.File:
         return h5py.File(file, "r")
     except OSError as err:
         raise UserError(f"{source}: not a readable HDF5 file ({first_line(err)})") from None
+
+
+MAX_FILE_BYTES = 256 << 20  # an HDF5 file or a .keras archive member handed to HDF5
+
+
+def check_keras_file(path: str | os.PathLike) -> None:
+    """Refuse, before Keras opens it, a `.keras`/`.h5` whose HDF5 would read outside itself or
+    exhaust memory (links, external or virtual storage, filters, chunk counts): for callers that
+    hand the file to `keras.models.load_model` itself (Keras follows all of these)."""
+    path = Path(path)
+    source = str(path)
+    try:
+        if zipfile.is_zipfile(path):  # .keras: the weights member, checked from memory
+            with zipfile.ZipFile(path) as zf:
+                infos = [i for i in zf.infolist() if i.filename.endswith(".h5")]
+                if any(i.file_size > MAX_FILE_BYTES for i in infos):
+                    raise UserError(f"{source}: an HDF5 member is larger than {MAX_FILE_BYTES}")
+                members = [(f"{source}: {i.filename}", zf.read(i)) for i in infos]
+            for where, data in members:
+                with open_h5(io.BytesIO(data), where) as h5:
+                    walk(h5, where)
+        else:
+            if path.stat().st_size > MAX_FILE_BYTES:
+                raise UserError(f"{source}: larger than {MAX_FILE_BYTES} bytes")
+            with open_h5(path, source) as h5:
+                walk(h5, source)
+    except (zipfile.BadZipFile, OSError, RuntimeError, ValueError, KeyError) as err:
+        raise UserError(f"{source}: not a readable Keras file ({first_line(err)})") from None

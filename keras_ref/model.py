@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import keras
+from keras_ref.backend import keras
 
 
 def build_model() -> keras.Sequential:

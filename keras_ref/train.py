@@ -11,15 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
 import absl.logging  # noqa: E402
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
@@ -32,6 +28,7 @@ from fashion_cnn.cli import (  # noqa: E402
 from fashion_cnn.errors import cli_entry  # noqa: E402
 from fashion_cnn.files import atomic_write, output_folder, writing  # noqa: E402
 from fashion_cnn.history import History, plot_history  # noqa: E402
+from keras_ref.backend import keras  # noqa: E402
 from keras_ref.data import CLASS_NAMES, CLASS_NAMES_KO, load_book_data  # noqa: E402
 from keras_ref.model import build_model  # noqa: E402
 

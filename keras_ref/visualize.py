@@ -19,9 +19,6 @@ import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-import keras  # noqa: E402
 import matplotlib  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
@@ -29,6 +26,8 @@ import numpy as np  # noqa: E402
 from fashion_cnn.cli import add_data_dir, non_negative_int, seed_int  # noqa: E402
 from fashion_cnn.errors import UserError, cli_entry, first_line  # noqa: E402
 from fashion_cnn.files import atomic_write, output_folder  # noqa: E402
+from fashion_cnn.hdf5 import check_keras_file  # noqa: E402
+from keras_ref.backend import keras  # noqa: E402
 from keras_ref.data import load_data  # noqa: E402
 
 DPI = 80  # small PNGs for the README
@@ -40,6 +39,7 @@ def load_book_model(path: str | os.PathLike) -> keras.Model:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such file")
+    check_keras_file(path)  # Keras's h5py would follow external links and outside storage
     try:
         model = keras.models.load_model(path, compile=False)  # only predicting
     except Exception as err:  # Keras raises many types for a bad file; all mean the same here

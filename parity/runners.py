@@ -95,12 +95,11 @@ class KerasSide:
         self.model = None
         if use_keras:
             try:
-                import keras  # noqa: F401  (TensorFlow or any Keras 3 backend)
+                from keras_ref.backend import keras  # noqa: F401  (TF or any Keras 3 backend)
             except ImportError:
                 use_keras = False
         if use_keras:
-            import keras
-
+            from keras_ref.backend import keras
             from keras_ref.model import build_model
 
             self.model = build_model()
@@ -115,7 +114,7 @@ class KerasSide:
         images = np.asarray(images_nhwc, dtype=np.float32)
         if self.model is None:
             return _numpy_outputs(self.weights, images)
-        import keras
+        from keras_ref.backend import keras
 
         layers = self.model.layers  # conv, pool, conv, pool, flatten, dense, dropout, dense
         x = inputs = keras.Input(shape=images.shape[1:])

@@ -290,6 +290,27 @@ def test_external_link(keras_ckpts, tmp_path, canary, refuse, fmt, target):
     refuse("parity.port", src, tmp_path / "out.pt", fragments=(f"{BIAS} is an external link",))
 
 
+@pytest.mark.parametrize("fmt", [".h5", ".keras"])
+def test_keras_ref_visualize_checks_the_file_before_keras_opens_it(
+    keras_ckpts, tmp_path, canary, refuse, fmt
+):
+    """keras_ref.visualize hands the file to keras.models.load_model, whose h5py follows
+    external storage: the file's HDF5 is checked first (fashion_cnn.hdf5.check_keras_file)."""
+
+    def edit(h5, bias):
+        replace(
+            h5,
+            bias,
+            lambda h, p: h.create_dataset(p, (10,), "<f4", external=[(str(canary.path), 0, 40)]),
+        )
+
+    src = hostile_keras(keras_ckpts, tmp_path, fmt, edit)
+    refuse(
+        "keras_ref.visualize", src, "--out", tmp_path / "pictures",
+        fragments=(str(src), "has external raw storage"),
+    )  # fmt: skip
+
+
 def test_soft_link_loop(keras_ckpts, tmp_path, refuse):
     """A soft link to itself (h5py's visititems gave a traceback)."""
 
