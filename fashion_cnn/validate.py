@@ -3,13 +3,16 @@
 Like Hugging Face's loader, it reports every problem at once — missing names, unexpected names,
 shapes, dtypes, NaN/Inf — in one line that names the file, rather than stopping at the first.
 It looks at shapes and dtypes through small accessors, so numpy arrays, torch tensors and
-not-yet-read HDF5 datasets are checked by the same code; no framework is imported here.
+not-yet-read HDF5 datasets are checked by the same code; no framework is imported here (numpy
+only).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from fashion_cnn.errors import UserError
 
@@ -48,16 +51,19 @@ def check_tensors(
     source: str,
     *,
     shape_of: Callable[[object], tuple[int, ...] | None],
-    checks: Iterable[Callable[[str, object], str | None]] = (),
+    checks: Sequence[Callable[[str, object], str | None]] = (),
+    before_shape: Callable[[str, object], str | None] | None = None,
     label: Callable[[str], str] = str,
     what: str = "",
 ) -> None:
     """Raise one UserError listing every problem of `found` against `expected` (name → shape).
 
     `shape_of(value)` gives a value's shape, or None for a value that is not a tensor at all;
-    each of `checks(name, value)` returns a problem (dtype, NaN/Inf, …) or None, and runs only on
-    values of the right shape; `label(name)` says where a name sits in the file (an HDF5 path);
-    `what` prefixes the message ("not the book's CNN: ").
+    `checks(name, value)` return a problem (dtype, NaN/Inf, …) or None; they run in order on
+    values of the right shape, up to the first problem (`before_shape`, on every value, before its
+    shape is asked); `label(name)` says where a name sits in
+    the file (an HDF5 path); `what` prefixes a message that names missing or unexpected tensors
+    ("not the book's CNN: ").
     """
     problems = Problems()
     problems.missing = [label(n) for n in expected if n not in found]
@@ -66,6 +72,10 @@ def check_tensors(
         if name not in found:
             continue
         value = found[name]
+        problem = before_shape(name, value) if before_shape is not None else None
+        if problem is not None:  # a value whose shape cannot even be asked (a nested tensor)
+            problems.other.append(problem)
+            continue
         got = shape_of(value)
         if got is None:
             problems.other.append(f"{label(name)} is a {type(value).__name__}, not a tensor")
@@ -73,6 +83,23 @@ def check_tensors(
         if tuple(got) != tuple(want):
             problems.mismatched.append(f"{label(name)} has shape {tuple(got)}, expected {want}")
             continue
-        problems.other += [p for check in checks if (p := check(name, value)) is not None]
+        # The first problem of each tensor: later checks may assume the earlier ones passed.
+        problem = next((p for check in checks if (p := check(name, value)) is not None), None)
+        if problem is not None:
+            problems.other.append(problem)
     if problems:
-        raise UserError(f"{source}: {what}{problems.line()}")
+        prefix = what if problems.missing or problems.unexpected else ""
+        raise UserError(f"{source}: {prefix}{problems.line()}")
+
+
+def finite(allow_nonfinite: bool, label: Callable[[str], str] = str, hint: str = ""):
+    """A check: no NaN/Inf values (numpy arrays, or anything np.asarray reads without copying)."""
+
+    def check(name: str, value: object) -> str | None:
+        if allow_nonfinite:
+            return None
+        array = np.asarray(value)
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        return f"{label(name)} holds {bad} NaN/Inf values{hint}" if bad else None
+
+    return check

@@ -36,6 +36,7 @@ import numpy as np
 from fashion_cnn import jsonfile
 from fashion_cnn.errors import UserError, first_line
 from fashion_cnn.hdf5 import H5Tree, attr_list, open_h5, read_array, read_attr, walk
+from fashion_cnn.validate import check_tensors, finite
 from parity.keras_spec import (
     BOOK_LAYERS,
     CONFIG_MEMBER,
@@ -63,26 +64,19 @@ class KerasCheckpoint:
 def _check_weights(
     weights: Mapping[str, np.ndarray], where: Mapping[str, str], source: str, allow_nonfinite: bool
 ) -> dict[str, np.ndarray]:
-    """Shapes against the architecture the config described, then dtype and finiteness."""
-    for name, shape in KERAS_SHAPES.items():
-        array = weights[name]
-        if array.shape != shape:
-            raise UserError(
-                f"{source}: {where[name]} ({name}) has shape {array.shape}, but the "
-                f"model's config implies {shape}"
-            )
-    for name in KERAS_SHAPES:
-        array = weights[name]
-        if array.dtype != np.float32:
-            raise UserError(
-                f"{source}: {where[name]} ({name}) has dtype {array.dtype}, expected float32"
-            )
-        if not allow_nonfinite and not np.isfinite(array).all():
-            bad = int((~np.isfinite(array)).sum())
-            raise UserError(
-                f"{source}: {where[name]} ({name}) holds {bad} NaN/Inf values "
-                f"(use --allow-nonfinite to port them anyway)"
-            )
+    """Every weight against the architecture the config described: shape, dtype, NaN/Inf."""
+
+    def label(name: str) -> str:
+        return f"{where.get(name, name)} ({name})"
+
+    def float32(name: str, array: np.ndarray) -> str | None:
+        ok = array.dtype == np.float32
+        return None if ok else f"{label(name)} has dtype {array.dtype}, expected float32"
+
+    check_tensors(
+        weights, KERAS_SHAPES, source, shape_of=np.shape, label=label,
+        checks=[float32, finite(allow_nonfinite, label, " (use --allow-nonfinite to port them)")],
+    )
     return {name: weights[name] for name in KERAS_SHAPES}
 
 

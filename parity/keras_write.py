@@ -18,6 +18,7 @@ import numpy as np
 
 from fashion_cnn.errors import UserError
 from fashion_cnn.files import atomic_write
+from fashion_cnn.validate import check_tensors
 from parity.keras_spec import (
     BOOK_LAYERS,
     CONFIG_MEMBER,
@@ -168,20 +169,8 @@ def legacy_book_config() -> dict:
 
 
 def _check_for_writing(weights: Mapping[str, np.ndarray], dst: Path) -> dict[str, np.ndarray]:
-    out = {}
-    for name, shape in KERAS_SHAPES.items():
-        if name not in weights:
-            raise UserError(f"{dst}: cannot write: weight {name} is missing")
-        array = np.ascontiguousarray(weights[name], dtype=np.float32)
-        if array.shape != shape:
-            raise UserError(
-                f"{dst}: cannot write: {name} has shape {array.shape}, expected {shape}"
-            )
-        out[name] = array
-    extra = [n for n in weights if n not in KERAS_SHAPES]
-    if extra:
-        raise UserError(f"{dst}: cannot write: unexpected weight {extra[0]}")
-    return out
+    check_tensors(weights, KERAS_SHAPES, f"{dst}: cannot write", shape_of=np.shape)
+    return {name: np.ascontiguousarray(weights[name], dtype=np.float32) for name in KERAS_SHAPES}
 
 
 def _write_keras3_h5(h5: h5py.File, weights: Mapping[str, np.ndarray]) -> None:

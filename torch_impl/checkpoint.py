@@ -24,6 +24,7 @@ from torch import nn
 
 from fashion_cnn.errors import UserError, first_line, one_line
 from fashion_cnn.files import atomic_write
+from fashion_cnn.validate import check_tensors, finite
 from torch_impl.model import BookCNN
 
 TORCH_SUFFIXES = (".pt", ".pth")
@@ -157,48 +158,30 @@ def _tensor_kind(tensor: torch.Tensor) -> str | None:
     return None
 
 
-def _some(keys: list, shown: int = 8) -> str:
-    """The first few keys, and how many more: a file with a million keys is still one line."""
-    text = ", ".join(map(str, keys[:shown]))
-    return text + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
-
-
 def validate_state_dict(
     state: Mapping[str, object], source: str | os.PathLike, *, allow_nonfinite: bool = False
 ) -> dict[str, torch.Tensor]:
-    """Check keys, shapes, dtype and finiteness against the book's CNN; return a plain dict.
+    """Check keys, shapes, layout, dtype and finiteness against the book's CNN; return a plain
+    dict. Raises one UserError naming `source` and listing every problem."""
 
-    Raises UserError naming `source` and the first defect found.
-    """
-    missing = [k for k in EXPECTED_SHAPES if k not in state]
-    extra = [k for k in state if k not in EXPECTED_SHAPES]
-    if missing or extra:
-        parts = []
-        if missing:
-            parts.append(f"missing {_some(missing)}")
-        if extra:
-            parts.append(f"unexpected {_some(extra)}")
-        raise UserError(f"{source}: not the book's CNN: {'; '.join(parts)}")
-    out = {}
-    for key, shape in EXPECTED_SHAPES.items():
-        tensor = state[key]
-        if not isinstance(tensor, torch.Tensor):
-            raise UserError(f"{source}: {key} is a {type(tensor).__name__}, not a tensor")
+    def dense(key: str, tensor: torch.Tensor) -> str | None:
         kind = _tensor_kind(tensor)
-        if kind is not None:
-            raise UserError(
-                f"{source}: {key} is {kind}; only dense float32 tensors (strided, on the CPU) "
-                f"are loaded"
-            )
-        if tuple(tensor.shape) != shape:
-            raise UserError(f"{source}: {key} has shape {tuple(tensor.shape)}, expected {shape}")
-        if tensor.dtype != torch.float32:
-            raise UserError(f"{source}: {key} has dtype {tensor.dtype}, expected torch.float32")
-        if not allow_nonfinite and not torch.isfinite(tensor).all():
-            bad = int((~torch.isfinite(tensor)).sum())
-            raise UserError(f"{source}: {key} holds {bad} NaN/Inf values")
-        out[key] = tensor
-    return out
+        if kind is None:
+            return None
+        return f"{key} is {kind}; only dense float32 tensors (strided, on the CPU) are loaded"
+
+    def float32(key: str, tensor: torch.Tensor) -> str | None:
+        ok = tensor.dtype == torch.float32
+        return None if ok else f"{key} has dtype {tensor.dtype}, expected torch.float32"
+
+    check_tensors(
+        state, EXPECTED_SHAPES, str(source),
+        shape_of=lambda v: tuple(v.shape) if isinstance(v, torch.Tensor) else None,
+        checks=[float32, finite(allow_nonfinite)],
+        before_shape=lambda key, v: dense(key, v) if isinstance(v, torch.Tensor) else None,
+        what="not the book's CNN: ",
+    )
+    return {key: state[key] for key in EXPECTED_SHAPES}
 
 
 def load_state_dict(
