@@ -234,10 +234,14 @@ def _train(config: TrainConfig, out: Path, device: torch.device, data: BookData 
         print(f"resuming {out / LAST_FILE} after epoch {state.epoch}")
 
     forward: nn.Module = PoolFirst(model)
+    # Under torchrun DDP wraps the forward before it is compiled (PyTorch's order); validation
+    # runs the plain forward on each rank's shard.
+    train_forward = ddp.wrap(forward, device, world)
     if config.compile:
         forward = torch.compile(forward)
-    if world.distributed:  # DDP around the forward; validation runs the plain one on a shard
-        step_fn = ddp.make_train_step(ddp.wrap(forward, device, world), optimizer, world)
+        train_forward = torch.compile(train_forward) if world.distributed else forward
+    if world.distributed:
+        step_fn = ddp.make_train_step(train_forward, optimizer, world)
     else:
         step_fn = make_train_step(forward, optimizer)
     steps = math.ceil(len(train_x) / config.batch_size)
