@@ -8,7 +8,7 @@ DATA_STAMP := $(VENV)/.data-verified
 export TF_CPP_MIN_LOG_LEVEL := 3
 DEBIAN_DATA := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup data train train-keras test test-fast bench bench-accuracy docs notebooks lint clean
+.PHONY: setup data train train-ddp train-keras test test-fast bench bench-accuracy docs notebooks lint clean
 
 setup: $(STAMP)
 
@@ -35,6 +35,12 @@ $(DATA_STAMP): $(STAMP)
 train: $(DATA_STAMP)
 	$(BIN)/python -m torch_impl.train --out runs/torch
 
+# The same recipe on 2 CPU processes under torchrun (DistributedDataParallel, gloo; --batch-size
+# stays the global batch). On GPUs: --device cuda and one process per GPU (README, Scaling out).
+train-ddp: $(DATA_STAMP)
+	$(BIN)/torchrun --standalone --nproc-per-node 2 -m torch_impl.train --device cpu --threads 1 \
+	  --out runs/torch-ddp
+
 train-keras: $(DATA_STAMP)
 	$(BIN)/python -m keras_ref.train --out runs/keras
 
@@ -47,6 +53,7 @@ test-fast: $(DATA_STAMP)
 
 bench: $(DATA_STAMP)
 	$(BIN)/python -m bench.speed --out bench/results/speed.json
+	$(BIN)/python -m bench.ddp --out bench/results/ddp.json
 
 bench-accuracy: $(DATA_STAMP)
 	$(BIN)/python -m bench.accuracy --out bench/results/accuracy.json

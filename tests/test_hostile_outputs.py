@@ -462,6 +462,8 @@ BAD_LASTS = {
                      "optimizer.state lacks 7"),
     "adam-lr": (_set(["optimizer", "param_groups", 0, "lr"], lambda _: 0.5),
                 "optimizer.param_groups[0].lr is 0.5, expected 0.001"),
+    "world-size": (_set(["config", "world_size"], lambda _: 0),
+                   "config.world_size is 0, expected 1 or more"),
     "early-stopping-type": (_set(["early_stopping", "wait"], lambda _: "0"),
                             "early_stopping.wait is a str, expected int"),
     "epoch-bool": (_set(["run", "epoch"], lambda _: True), "run.epoch is a bool, expected int"),
@@ -553,6 +555,18 @@ def test_resume_accepts_the_real_last_pt(real_last, tmp_path):
 
     path = _bytes_file(tmp_path, real_last)
     assert load_last(path)["run"]["epoch"] == 1
+
+
+def test_resume_accepts_a_last_pt_from_before_torchrun(real_last, tmp_path):
+    """last.pt files written before the world size was recorded are one process's."""
+    import torch
+
+    from torch_impl.resume import load_last
+
+    last = torch.load(_bytes_file(tmp_path, real_last), weights_only=True)
+    assert last["config"].pop("world_size") == 1
+    torch.save(last, tmp_path / "old-last.pt")
+    assert load_last(tmp_path / "old-last.pt")["config"]["world_size"] == 1
 
 
 # --- visualize (PyTorch and Keras): --out checked before the checkpoint or the data is read ------

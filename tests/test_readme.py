@@ -29,7 +29,10 @@ def readme_commands() -> dict[str, set[str]]:
             match = COMMAND.match(line)
             if match:
                 module = match.group(1) or match.group(2)
-                found.setdefault(module, set()).update(FLAG.findall(line))
+                # A torchrun line: its own flags before `-m MODULE`, the module's after.
+                found.setdefault(module, set()).update(FLAG.findall(line[match.end() :]))
+                if line.startswith("torchrun "):
+                    found.setdefault("torchrun", set()).update(FLAG.findall(line[: match.end()]))
     return found
 
 
@@ -37,9 +40,11 @@ def readme_commands() -> dict[str, set[str]]:
 def help_texts() -> dict[str, str]:
     """Every module's --help, the interpreters started side by side (each imports a framework)."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
     procs = {
         module: subprocess.Popen(
-            [sys.executable, "-m", module, "--help"], cwd=ROOT, env=env, text=True,
+            [*([torchrun] if module == "torchrun" else [sys.executable, "-m", module]), "--help"],
+            cwd=ROOT, env=env, text=True,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )
         for module in COMMANDS

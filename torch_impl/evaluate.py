@@ -44,18 +44,19 @@ EVAL_BATCH_SIZE = 64
 
 
 @torch.inference_mode()
-def evaluate(
+def evaluate_sums(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE
-) -> EvalResult:
-    """Accuracy and mean cross-entropy of `model` (logits out) on images x (N, 1, 28, 28) with
-    labels y (N,) — what Keras's `model.evaluate` reports. The trainer's validation uses it too.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The summed cross-entropy (float32) and the count of correct predictions (int64) of
+    `model` (logits out) on images x (N, 1, 28, 28) with labels y (N,), as 0-d tensors on the
+    model's device; (0, 0) for no images. What `evaluate` divides, and what a distributed run
+    all-reduces (`torch_impl.distributed.evaluate`).
 
-    Runs in eval mode (dropout off) on the model's device. Sums stay on the device in float32, as
-    Keras's metrics keep them (and MPS has no float64), and are read once at the end: no host
-    synchronisation per batch.
+    Runs in eval mode (dropout off). Sums stay on the device in float32, as Keras's metrics keep
+    them (and MPS has no float64), and are read by the caller: no host synchronisation per batch.
     """
-    if len(x) != len(y) or len(x) == 0:
-        raise ValueError(f"need as many labels as images, and at least one: {len(x)} vs {len(y)}")
+    if len(x) != len(y):
+        raise ValueError(f"need as many labels as images: {len(x)} vs {len(y)}")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -70,11 +71,27 @@ def evaluate(
             correct += (logits.argmax(dim=1) == yb).sum()
     finally:
         model.train(was_training)
-    total = len(y)
-    n_correct = int(correct.item())
-    return EvalResult(
-        accuracy=n_correct / total, loss=loss_sum.item() / total, correct=n_correct, total=total
-    )
+    return loss_sum, correct
+
+
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE
+) -> EvalResult:
+    """Accuracy and mean cross-entropy of `model` (logits out) on images x (N, 1, 28, 28) with
+    labels y (N,) — what Keras's `model.evaluate` reports. The trainer's validation uses it too.
+
+    Runs in eval mode (dropout off) on the model's device; the sums are `evaluate_sums`'s, read
+    once at the end.
+    """
+    if len(x) != len(y) or len(x) == 0:
+        raise ValueError(f"need as many labels as images, and at least one: {len(x)} vs {len(y)}")
+    loss_sum, correct = evaluate_sums(model, x, y, batch_size)
+    return result_from_sums(loss_sum.item(), int(correct.item()), len(y))
+
+
+def result_from_sums(loss_sum: float, correct: int, total: int) -> EvalResult:
+    """Keras's two numbers from the sums: accuracy over examples, mean loss per example."""
+    return EvalResult(accuracy=correct / total, loss=loss_sum / total, correct=correct, total=total)
 
 
 def build_parser() -> argparse.ArgumentParser:

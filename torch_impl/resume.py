@@ -109,7 +109,8 @@ def load_last(path: Path) -> dict:
 LAST_KEYS = ("format", "config", "model", "optimizer", "early_stopping", "run", "best_weights",
              "rng")  # fmt: skip
 CONFIG_TYPES = {"seed": (int,), "batch_size": (int,), "lr": (float, int), "limit": (int,),
-                "init": (str,), "patience": (int,), "epochs": (int,)}  # fmt: skip
+                "init": (str,), "patience": (int,), "epochs": (int,),
+                "world_size": (int,)}  # fmt: skip
 INITS = ("keras", "torch")
 ADAM_STATE_KEYS = ("step", "exp_avg", "exp_avg_sq")
 RNG_KEYS = ("torch_cpu", "torch_cuda", "numpy", "python", "shuffle")
@@ -281,9 +282,13 @@ def validate_last(last, path: Path) -> None:
         raise UserError(f"{path}: not a last.pt written by torch_impl.train")
     try:
         _fields("the checkpoint", last, LAST_KEYS)
+        if isinstance(last["config"], dict):  # written before torchrun runs: one process
+            last["config"].setdefault("world_size", 1)
         config = _fields("config", last["config"], CONFIG_TYPES)
         for key, kinds in CONFIG_TYPES.items():
             _typed(f"config.{key}", config[key], *kinds)
+        if config["world_size"] < 1:
+            raise _Bad(f"config.world_size is {config['world_size']}, expected 1 or more")
         if config["init"] not in INITS:
             raise _Bad(f"config.init is {config['init']!r}, expected one of {INITS}")
         _weights("model", last["model"], path)
@@ -296,8 +301,14 @@ def validate_last(last, path: Path) -> None:
 
 
 def check_same_run(last: dict, config: dict, path: Path) -> None:
-    """Refuse to resume with other settings than the run was started with."""
+    """Refuse to resume with other settings than the run was started with, or with another
+    number of processes (torchrun's world size)."""
     saved = last["config"]
+    if saved["world_size"] != config["world_size"]:
+        raise UserError(
+            f"{path}: was trained by {saved['world_size']} process(es), not "
+            f"{config['world_size']}; resume with the same torchrun world size"
+        )
     for key in RESUME_KEYS:
         if saved[key] != config[key]:
             raise UserError(

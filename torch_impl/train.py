@@ -4,6 +4,8 @@
                                [--lr 1e-3] [--patience 2] [--seed 42] [--init keras|torch]
                                [--out DIR] [--resume] [--limit N] [--data-dir DIR] [--compile]
                                [--threads N]
+    torchrun --nproc-per-node N -m torch_impl.train …   (DistributedDataParallel; the same recipe
+                               with --batch-size the global batch: see torch_impl/distributed.py)
 
 The book's recipe, as `keras_ref/train.py` runs it: Adam with Keras's update rule
 (`torch_impl.optim.KerasAdam`), cross-entropy on logits (= sparse categorical cross-entropy on
@@ -43,6 +45,7 @@ from fashion_cnn.errors import cli_entry
 from fashion_cnn.fashion_mnist import CLASS_NAMES
 from fashion_cnn.files import atomic_write, output_folder
 from fashion_cnn.history import History, plot_history
+from torch_impl import distributed as ddp
 from torch_impl.callbacks import EarlyStopping, ModelCheckpoint
 from torch_impl.checkpoint import EXPECTED_SHAPES, save_state_dict
 from torch_impl.data import BookData, load_book_data
@@ -50,11 +53,9 @@ from torch_impl.device import (
     device_name,
     numerics,
     preferred_memory_format,
-    resolve_device,
     seed_everything,
     versions,
 )
-from torch_impl.evaluate import evaluate
 from torch_impl.model import BookCNN, PoolFirst
 from torch_impl.optim import KerasAdam
 from torch_impl.resume import (
@@ -160,29 +161,42 @@ def make_train_step(forward: nn.Module, optimizer: torch.optim.Optimizer):
 # The run
 
 
-def train(config: TrainConfig, data: BookData | None = None) -> dict:
+def train(config: TrainConfig, data: BookData | None = None,
+          world: ddp.World | None = None) -> dict:  # fmt: skip
     """Train with `config`; returns the history.json summary.
 
     `data` is the book's split already in memory (default: loaded from `config.data_dir`).
+    `world` is this process's rank among N (default: torchrun's environment, or one process).
     """
-    # The folder first, before the data or a model: a file in the way, a read-only or full file
+    world = ddp.world_from_env() if world is None else world
+    # Under torchrun the process group comes first (rank 0's checks below reach every rank).
+    # Then the folder, before the data or a model: a file in the way, a read-only or full file
     # system, or another run holding its lock is refused now, not after an epoch.
-    with output_folder(config.out, lock=True, need_bytes=RUN_BYTES) as out:
-        device = resolve_device(config.device)
+    with ddp.session(world, config.device) as device, ddp.main_only(
+        world, lambda: output_folder(config.out, lock=True, need_bytes=RUN_BYTES)
+    ) as out:
         threads = torch.get_num_threads()
         if config.threads:
             torch.set_num_threads(config.threads)
         try:
             with numerics(device):
-                return _train(config, out, device, data)
+                return _train(config, out, device, data, world)
         finally:
             torch.set_num_threads(threads)
 
 
-def _train(config: TrainConfig, out: Path, device: torch.device, data: BookData | None) -> dict:
-    last = load_last(out / LAST_FILE) if config.resume else None
+def _load_last(config: TrainConfig, path: Path, run_keys: dict) -> dict | None:
+    last = load_last(path) if config.resume else None
     if last is not None:
-        check_same_run(last, config.run_keys(), out / LAST_FILE)
+        check_same_run(last, run_keys, path)
+    return last
+
+
+def _train(config: TrainConfig, out: Path, device: torch.device, data: BookData | None,
+           world: ddp.World) -> dict:  # fmt: skip
+    run_keys = config.run_keys() | {"world_size": world.size}
+    # Rank 0 reads and checks last.pt; every rank gets it.
+    last = ddp.on_main(world, lambda: _load_last(config, out / LAST_FILE, run_keys))
 
     seed_everything(config.seed)
     shuffle = torch.Generator().manual_seed(config.seed)
@@ -220,9 +234,16 @@ def _train(config: TrainConfig, out: Path, device: torch.device, data: BookData 
         print(f"resuming {out / LAST_FILE} after epoch {state.epoch}")
 
     forward: nn.Module = PoolFirst(model)
+    # Under torchrun DDP wraps the forward before it is compiled (PyTorch's order); validation
+    # runs the plain forward on each rank's shard.
+    train_forward = ddp.wrap(forward, device, world)
     if config.compile:
         forward = torch.compile(forward)
-    step_fn = make_train_step(forward, optimizer)
+        train_forward = torch.compile(train_forward) if world.distributed else forward
+    if world.distributed:
+        step_fn = ddp.make_train_step(train_forward, optimizer, world)
+    else:
+        step_fn = make_train_step(forward, optimizer)
     steps = math.ceil(len(train_x) / config.batch_size)
     show_progress = sys.stdout.isatty()
 
@@ -231,10 +252,13 @@ def _train(config: TrainConfig, out: Path, device: torch.device, data: BookData 
         print(f"Epoch {epoch + 1}/{config.epochs}")
         start = time.perf_counter()
         with _progress(steps, show_progress) as bar:
-            loss, acc = train_epoch(
-                model, step_fn, train_x, train_y, config.batch_size, shuffle, bar
-            )
-        val = evaluate(forward, val_x, val_y)
+            batches = (model, step_fn, train_x, train_y, config.batch_size, shuffle)
+            if world.distributed:
+                ddp.reseed_dropout(world, config.seed, epoch)
+                loss, acc = ddp.train_epoch(*batches, world, bar)
+            else:
+                loss, acc = train_epoch(*batches, bar)
+        val = ddp.evaluate(forward, val_x, val_y, world)
         val_loss, val_acc = val.loss, val.accuracy
         seconds = time.perf_counter() - start
         for key, value in zip(HISTORY_KEYS, (loss, acc, val_loss, val_acc, seconds), strict=True):
@@ -248,7 +272,8 @@ def _train(config: TrainConfig, out: Path, device: torch.device, data: BookData 
         # ModelCheckpoint(save_best_only=True): strictly lower val_loss (the first epoch always).
         if checkpoint.update(val_loss):
             state.checkpoint_best = checkpoint.best
-            save_state_dict(model, out / BEST_FILE, force=True)
+            if world.is_main:
+                save_state_dict(model, out / BEST_FILE, force=True)
         # EarlyStopping(restore_best_weights=True) keeps the first epoch's weights from the start.
         if best_weights is None:
             best_weights = cpu_state_dict(model)
@@ -257,10 +282,12 @@ def _train(config: TrainConfig, out: Path, device: torch.device, data: BookData 
             best_weights = cpu_state_dict(model)
         state.epoch += 1
         state.stopped = stop
+        if not world.is_main:
+            continue
         save_last(
             out / LAST_FILE,
             format=LAST_FORMAT,
-            config=config.run_keys(),
+            config=run_keys,
             model=cpu_state_dict(model),
             optimizer=optimizer.state_dict(),
             early_stopping=asdict(stopper),
@@ -276,14 +303,16 @@ def _train(config: TrainConfig, out: Path, device: torch.device, data: BookData 
 
     # Evaluate the restored best weights on validation and test data.
     model.eval()
-    val, test = (evaluate(PoolFirst(model), x, y) for x, y in ((val_x, val_y), (test_x, test_y)))
+    val, test = (ddp.evaluate(PoolFirst(model), x, y, world)
+                 for x, y in ((val_x, val_y), (test_x, test_y)))  # fmt: skip
     val_loss, val_acc, test_loss, test_acc = val.loss, val.accuracy, test.loss, test.accuracy
     with torch.inference_mode():
         probs = model.predict_proba(val_x[:1])[0].cpu()
     first = int(probs.argmax())
 
-    plot_history(History(state.history["loss"], state.history["val_loss"], "PyTorch"),
-                 "PyTorch: loss per epoch", out / PLOT_FILE)
+    if world.is_main:
+        plot_history(History(state.history["loss"], state.history["val_loss"], "PyTorch"),
+                     "PyTorch: loss per epoch", out / PLOT_FILE)
     summary = {
         "framework": f"torch {torch.__version__}",
         "epochs_run": state.epoch,
@@ -305,14 +334,14 @@ def _train(config: TrainConfig, out: Path, device: torch.device, data: BookData 
         "device": str(device),
         "device_name": device_name(device),
         "threads": torch.get_num_threads(),
+        "world_size": world.size,
         "versions": versions(),
         "history": state.history,
     }  # fmt: skip
-    atomic_write(
-        out / HISTORY_FILE,
-        lambda tmp: tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False)),
-        force=True,
-    )
+    if world.is_main:
+        atomic_write(out / HISTORY_FILE,
+                     lambda tmp: tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False)),
+                     force=True)  # fmt: skip
     print(f"epochs run: {state.epoch}, best epoch: {summary['best_epoch']}")
     print(f"validation accuracy: {val_acc:.4f}  loss: {val_loss:.4f}")
     print(f"test accuracy: {test_acc:.4f}  loss: {test_loss:.4f}")
@@ -380,7 +409,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    train(config_from_args(build_parser().parse_args(argv)))
+    try:
+        train(config_from_args(build_parser().parse_args(argv)))
+    except ddp.MainFailed:
+        return 1  # rank 0 prints why
     return 0
 
 
