@@ -21,6 +21,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
 import torch
 
 from fashion_cnn.errors import UserError
@@ -29,6 +30,8 @@ from parity.keras_spec import KERAS_SHAPES
 from parity.mapping import keras_to_torch
 from torch_impl.checkpoint import EXPECTED_SHAPES, load_state_dict, save_state_dict
 from torch_impl.predict import load_image
+
+pytestmark = pytest.mark.slow  # 2,000 mutants
 
 SEED = 20240612
 

@@ -42,6 +42,8 @@ TIMEOUT_S = 60
 MAX_RSS_MB = 1536
 DEEP = 100_000  # nesting levels in the deep-JSON cases (json.loads alone overflows at ~1,000)
 
+pytestmark = pytest.mark.slow  # each case runs a real CLI in its own interpreter
+
 
 # --- running a CLI in its own process ------------------------------------------------------------
 

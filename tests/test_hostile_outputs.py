@@ -352,6 +352,7 @@ def test_a_second_training_in_a_locked_folder_is_refused(capsys, tmp_path, no_da
 
 REPO = Path(__file__).resolve().parents[1]
 
+@pytest.mark.slow
 
 def test_the_lock_dies_with_a_killed_training(capsys, tmp_path, data_dir):
     """A real training in a subprocess holds the lock: a second run is refused naming its pid.
@@ -482,6 +483,7 @@ BAD_LASTS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(BAD_LASTS))
 def test_resume_refuses_a_malformed_last_pt(capsys, real_last, tmp_path, no_data, case):
     """Each file is the real last.pt, loaded, changed in one place, saved back. The refusal
@@ -527,6 +529,7 @@ def _refused_resume(capsys, out: Path, no_data: Path, problem: str) -> None:
     assert np.array_equal(np.random.get_state()[1], rngs[1]), "numpy's RNG was touched"
     assert random.getstate() == rngs[2], "random's RNG was touched"
 
+@pytest.mark.slow
 
 def test_resume_refuses_a_truncated_last_pt(capsys, real_last, tmp_path, no_data):
     out = tmp_path / "run"
@@ -534,6 +537,7 @@ def test_resume_refuses_a_truncated_last_pt(capsys, real_last, tmp_path, no_data
     (out / "last.pt").write_bytes(real_last[: len(real_last) // 2])
     _refused_resume(capsys, out, no_data, "not a readable training checkpoint (")
 
+@pytest.mark.slow
 
 def test_resume_refuses_a_pickle_payload_and_never_runs_it(capsys, real_last, tmp_path, no_data):
     import torch
@@ -548,6 +552,7 @@ def test_resume_refuses_a_pickle_payload_and_never_runs_it(capsys, real_last, tm
                     "types (weights_only=True)")  # fmt: skip
     assert not marker.exists(), "the pickle's payload ran"
 
+@pytest.mark.slow
 
 def test_resume_accepts_the_real_last_pt(real_last, tmp_path):
     """The validation passes the file the trainer wrote (the other tests are not vacuous)."""
@@ -556,6 +561,7 @@ def test_resume_accepts_the_real_last_pt(real_last, tmp_path):
     path = _bytes_file(tmp_path, real_last)
     assert load_last(path)["run"]["epoch"] == 1
 
+@pytest.mark.slow
 
 def test_resume_accepts_a_last_pt_from_before_torchrun(real_last, tmp_path):
     """last.pt files written before the world size was recorded are one process's."""
@@ -623,6 +629,7 @@ def test_visualize_refused_on_its_checkpoint_leaves_no_folder(capsys, tmp_path, 
     assert len(err) == 1 and err[0].startswith(f"error: {ckpt}: "), err
     assert not (tmp_path / "new").exists()
 
+@pytest.mark.slow
 
 def test_train_disk_filling_up_mid_run(tmp_path, data_dir):
     """A real full disk at write time: the run passes its checks on a tmpfs with room, then the
