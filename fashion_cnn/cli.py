@@ -102,3 +102,45 @@ def add_data_dir(parser: argparse.ArgumentParser) -> None:
         help="Fashion-MNIST directory (default: $FASHION_MNIST_DIR, Debian's "
         "dataset-fashion-mnist, then the user cache; see README)",
     )
+
+
+def add_out(parser: argparse.ArgumentParser, default: str | None, what: str) -> None:
+    """--out DIR: the folder a command fills (checked before the work)."""
+    if default is None:
+        parser.add_argument("--out", required=True, metavar="DIR", help=what)
+    else:
+        parser.add_argument("--out", default=default, metavar="DIR",
+                            help=f"{what} (default: {default})")  # fmt: skip
+
+
+def add_image_index(parser: argparse.ArgumentParser) -> None:
+    """--index N: the training image whose feature maps 8-3 draws (the book's train_input[0])."""
+    parser.add_argument("--index", type=non_negative_int, default=0, metavar="N",
+                        help="train_input index for the feature maps (default: 0)")  # fmt: skip
+
+
+def add_seed(parser: argparse.ArgumentParser, what: str, default: int = 42) -> None:
+    """--seed: 0 … 2³²−1."""
+    parser.add_argument("--seed", type=seed_int, default=default,
+                        help=f"{what}, 0 … 2^32-1 (default: {default})")  # fmt: skip
+
+
+# The book's recipe (8-2), as both trainers take it.
+EPOCHS, BATCH_SIZE, PATIENCE, SEED = 20, 32, 2, 42
+
+
+def add_recipe(parser: argparse.ArgumentParser, out: str, seed_help: str = "random seed") -> None:
+    """The options both trainers share, with the book's values as defaults: --epochs,
+    --batch-size, --patience, --seed, --out, --limit (and --data-dir)."""
+    parser.add_argument("--epochs", type=positive_int, default=EPOCHS,
+                        help=f"maximum epochs (default: {EPOCHS})")  # fmt: skip
+    parser.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE,
+                        help=f"batch size (default: {BATCH_SIZE})")  # fmt: skip
+    parser.add_argument("--patience", type=non_negative_int, default=PATIENCE,
+                        help=f"early-stopping patience (default: {PATIENCE})")  # fmt: skip
+    add_seed(parser, seed_help, SEED)
+    add_out(parser, out, "output directory")
+    parser.add_argument("--limit", type=non_negative_int, default=0, metavar="N",
+                        help="train on the first N training examples only, for smoke runs "
+                             "(default: 0 = all 48,000)")  # fmt: skip
+    add_data_dir(parser)

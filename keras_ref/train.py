@@ -19,12 +19,7 @@ import absl.logging  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from fashion_cnn.cli import (  # noqa: E402
-    add_data_dir,
-    non_negative_int,
-    positive_int,
-    seed_int,
-)
+from fashion_cnn.cli import add_recipe  # noqa: E402
 from fashion_cnn.errors import cli_entry  # noqa: E402
 from fashion_cnn.files import atomic_write, output_folder, writing  # noqa: E402
 from fashion_cnn.history import History, plot_history  # noqa: E402
@@ -144,17 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m keras_ref.train",
         description="Train the book's CNN in Keras with the book's recipe (8-2).",
     )
-    p.add_argument("--epochs", type=positive_int, default=20, help="maximum epochs (default: 20)")
-    p.add_argument("--batch-size", type=positive_int, default=32, help="batch size (default: 32)")
-    p.add_argument("--patience", type=non_negative_int, default=2,
-                   help="early-stopping patience (default: 2)")
-    p.add_argument("--seed", type=seed_int, default=42,
-                   help="keras.utils.set_random_seed, 0 … 2^32-1 (default: 42)")
-    p.add_argument("--out", default="runs/keras", help="output directory (default: runs/keras)")
-    add_data_dir(p)
-    p.add_argument("--limit", type=non_negative_int, default=0, metavar="N",
-                   help="train on the first N training examples only, for smoke runs "
-                        "(default: 0 = all 48,000)")  # fmt: skip
+    add_recipe(p, "runs/keras", "keras.utils.set_random_seed")
     p.add_argument("--lang", choices=("en", "ko"), default="en",
                    help="class names in English or the book's Korean (default: en)")  # fmt: skip
     p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2),

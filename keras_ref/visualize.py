@@ -23,7 +23,7 @@ import matplotlib  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fashion_cnn.cli import add_data_dir, non_negative_int, seed_int  # noqa: E402
+from fashion_cnn.cli import add_data_dir, add_image_index, add_out, add_seed  # noqa: E402
 from fashion_cnn.errors import UserError, cli_entry, first_line  # noqa: E402
 from fashion_cnn.files import atomic_write, output_folder  # noqa: E402
 from fashion_cnn.hdf5 import check_keras_file  # noqa: E402
@@ -192,12 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="The book's 8-3 in Keras: conv1 weights, kernels and feature maps.",
     )
     p.add_argument("keras_file", help="the trained model (.keras or the book's .h5)")
-    p.add_argument("--out", default="runs/visualize-keras",
-                   help="folder for the PNGs (default: runs/visualize-keras)")  # fmt: skip
-    p.add_argument("--index", type=non_negative_int, default=0,
-                   help="train_input index for the feature maps (default: 0)")  # fmt: skip
-    p.add_argument("--seed", type=seed_int, default=42,
-                   help="seed of the untrained model's initialisation (default: 42)")  # fmt: skip
+    add_out(p, "runs/visualize-keras", "folder for the PNGs")
+    add_image_index(p)
+    add_seed(p, "seed of the untrained model's initialisation")
     add_data_dir(p)
     return p
 

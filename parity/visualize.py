@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from fashion_cnn.cli import add_data_dir, non_negative_int
+from fashion_cnn.cli import add_data_dir, add_image_index, add_out
 from fashion_cnn.errors import UserError, cli_entry
 from fashion_cnn.fashion_mnist import load_data
 from fashion_cnn.files import atomic_write, output_folder
@@ -132,9 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("keras_file", help="Keras checkpoint (.keras, .h5 or .weights.h5)")
     p.add_argument("torch_file", help="PyTorch checkpoint (.pt, .pth or .safetensors)")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder for the PNGs")
-    p.add_argument("--index", type=non_negative_int, default=0,
-                   help="train_input index for the feature maps (default: 0)")  # fmt: skip
+    add_out(p, None, "folder for the PNGs")
+    add_image_index(p)
     add_data_dir(p)
     return p
 

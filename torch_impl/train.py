@@ -33,14 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fashion_cnn.cli import (
-    add_data_dir,
-    add_device,
-    non_negative_int,
-    positive_float,
-    positive_int,
-    seed_int,
-)
+from fashion_cnn.cli import add_device, add_recipe, non_negative_int, positive_float
 from fashion_cnn.errors import cli_entry
 from fashion_cnn.fashion_mnist import CLASS_NAMES
 from fashion_cnn.files import atomic_write, output_folder
@@ -375,27 +368,14 @@ def build_parser() -> argparse.ArgumentParser:
         "batch 32, checkpoint on val_loss, early stopping with patience 2.",
     )
     add_device(p, d.device)
-    p.add_argument("--epochs", type=positive_int, default=d.epochs,
-                   help=f"maximum epochs (default: {d.epochs})")
-    p.add_argument("--batch-size", type=positive_int, default=d.batch_size,
-                   help=f"batch size (default: {d.batch_size})")
+    add_recipe(p, str(d.out))
     p.add_argument("--lr", type=positive_float, default=d.lr,
                    help=f"Adam learning rate (default: {d.lr:g})")
-    p.add_argument("--patience", type=non_negative_int, default=d.patience,
-                   help=f"early-stopping patience (default: {d.patience})")
-    p.add_argument("--seed", type=seed_int, default=d.seed,
-                   help=f"random seed, 0 … 2^32-1 (default: {d.seed})")
     p.add_argument("--init", choices=("keras", "torch"), default=d.init,
                    help="initial weights: Keras's Glorot-uniform kernels and zero biases, as the "
                         f"book starts, or PyTorch's defaults (default: {d.init})")
-    p.add_argument("--out", default=str(d.out), metavar="DIR",
-                   help=f"output directory (default: {d.out})")
     p.add_argument("--resume", action="store_true",
                    help="continue the run saved in OUT/last.pt (default: start afresh)")
-    p.add_argument("--limit", type=non_negative_int, default=d.limit, metavar="N",
-                   help="train on the first N training examples only, for smoke runs "
-                        "(default: 0 = all 48,000)")
-    add_data_dir(p)
     p.add_argument("--compile", action="store_true",
                    help="run the model through torch.compile (default: off)")
     p.add_argument("--threads", type=non_negative_int, default=d.threads, metavar="N",

@@ -31,7 +31,7 @@ from matplotlib.figure import Figure
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
-from fashion_cnn.cli import add_data_dir, non_negative_int, seed_int
+from fashion_cnn.cli import add_data_dir, add_image_index, add_out, add_seed, non_negative_int
 from fashion_cnn.errors import UserError, cli_entry
 from fashion_cnn.fashion_mnist import CLASS_NAMES, CLASS_NAMES_KO, book_split, load_data
 from fashion_cnn.files import atomic_write, output_folder
@@ -338,14 +338,11 @@ def build_parser() -> argparse.ArgumentParser:
         "and a prediction (Keras's maps beside PyTorch's: python -m parity.visualize).",
     )
     p.add_argument("checkpoint", help="PyTorch checkpoint (.pt, .pth or .safetensors)")
-    p.add_argument("--out", default="runs/visualize",
-                   help="folder for the PNGs (default: runs/visualize)")  # fmt: skip
-    p.add_argument("--index", type=non_negative_int, default=0,
-                   help="train_input index for the feature maps (default: 0)")  # fmt: skip
+    add_out(p, "runs/visualize", "folder for the PNGs")
+    add_image_index(p)
     p.add_argument("--val-index", type=non_negative_int, default=0,
                    help="validation image to predict (default: 0, a bag)")  # fmt: skip
-    p.add_argument("--seed", type=seed_int, default=42,
-                   help="seed of the untrained models' initialisation (default: 42)")  # fmt: skip
+    add_seed(p, "seed of the untrained models' initialisation")
     p.add_argument("--history", metavar="HISTORY_JSON",
                    help="a trainer's history.json: plot its losses (default: off)")  # fmt: skip
     p.add_argument("--lang", choices=("en", "ko"), default="en",
