@@ -148,3 +148,20 @@ def test_check_compares_any_model_layer_by_layer(bn_model, tmp_path, capsys, ker
     book = keras_ckpts["random"].files[".keras"]
     assert check_main([str(book), str(pt), "--samples", "50", "--test-images", "50"]) == 1
     assert "not the architecture of" in capsys.readouterr().err
+
+
+def test_a_shape_fashion_mnist_cannot_fill_uses_seeded_images_and_says_so(tmp_path, capsys):
+    import keras
+
+    L = keras.layers
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([
+        keras.Input((32, 32, 3)), L.Conv2D(4, 3, strides=2, padding="same", activation="relu"),
+        L.GlobalAveragePooling2D(), L.Dense(2, activation="softmax"),
+    ])  # fmt: skip
+    src = tmp_path / "rgb.keras"
+    model.save(src)
+    assert port_main([str(src), str(tmp_path / "rgb.pt"), "--generic", "--samples", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "20 seeded uniform [0, 1) images of shape (32, 32, 3)" in out
+    assert "(Fashion-MNIST does not fit it)" in out
