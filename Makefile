@@ -54,6 +54,7 @@ test-fast: $(DATA_STAMP)
 bench: $(DATA_STAMP)
 	$(BIN)/python -m bench.speed --out bench/results/speed.json
 	$(BIN)/python -m bench.ddp --out bench/results/ddp.json
+	$(BIN)/python -m bench.port_scale --out bench/results/port_scale.json
 
 bench-accuracy: $(DATA_STAMP)
 	$(BIN)/python -m bench.accuracy --out bench/results/accuracy.json

@@ -1,2 +1,27 @@
 """What relates the Keras reference and the PyTorch product: the mapping table, Keras and PyTorch
-checkpoint files, the port and check command lines, and the parity suite (`pytest parity/`)."""
+checkpoint files, the port and check command lines, and the parity suite (`pytest parity/`).
+
+The Python interface, loaded on first use so that `import parity.mapping` stays framework-free:
+
+- `parity.load_torch_model(path)`: a `.keras` or `.h5` of any supported Keras chain, or a
+  PyTorch file written by this port → an `nn.Module` in eval mode, weights loaded (NCHW images
+  in, Keras's outputs out);
+- `parity.save_keras(module, path, input_shape)`: an `nn.Sequential` of supported modules, or a
+  module built by this port → a `.keras` or `.h5` that `keras.models.load_model` opens.
+"""
+
+from __future__ import annotations
+
+__all__ = ["load_torch_model", "save_keras"]
+
+
+def __getattr__(name: str):
+    if name == "load_torch_model":
+        from parity.generic_files import load_torch_model
+
+        return load_torch_model
+    if name == "save_keras":
+        from parity.to_keras import save_keras
+
+        return save_keras
+    raise AttributeError(f"module 'parity' has no attribute {name!r}")

@@ -1,5 +1,8 @@
 """Layer-by-layer parity report of a Keras checkpoint against a PyTorch one, on real test images.
 
+With --generic (implied by a PyTorch file that carries its architecture, as `parity.port
+--generic` writes them) any supported Keras chain is compared, every Keras layer's output.
+
     python -m parity.check KERAS_FILE TORCH_FILE [--device cpu|cuda] [--samples N] [--json PATH]
                                                 [--test-images N]
 
@@ -47,11 +50,22 @@ def run_check(
     samples: int = DEFAULT_SAMPLES,
     test_images: int = TEST_IMAGES,
     data_dir: str | None = None,
+    generic: bool = False,
+    config: Path | None = None,
 ) -> dict:
     """The whole report as a dict (`passed`, `first_failure`, `layers`, `test_set`)."""
     if keras_kind(keras_file) is None:
         raise UserError(f"{keras_file}: not a Keras checkpoint (.keras, .h5 or .weights.h5)")
     checkpoint_kind(torch_file)  # .pt, .pth or .safetensors, else refused
+    from parity.generic_files import carries_architecture
+
+    if generic or config is not None or carries_architecture(torch_file):
+        from parity.generic_port import run_generic_check
+
+        return run_generic_check(
+            keras_file, torch_file, samples=samples, test_images=test_images,
+            data_dir=data_dir, config=config,
+        )  # fmt: skip
     dev = torch_device(device)
     keras_weights = read_weights(keras_file).keras
     torch_weights = read_weights(torch_file).torch
@@ -94,6 +108,11 @@ def run_check(
 
 def format_report(report: dict) -> str:
     from parity.compare import LayerDiff
+
+    if "keras_accuracy" not in report["test_set"]:  # the generic path's report
+        from parity.generic_port import format_generic_report
+
+        return format_generic_report(report)
 
     diffs = [LayerDiff(**{**d, "shape": tuple(d["shape"])}) for d in report["layers"]]
     t = report["test_set"]
@@ -143,6 +162,15 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"test images for prediction agreement and accuracy (default: all {TEST_IMAGES:,})",
     )
     p.add_argument("--json", type=Path, help="also write the report as JSON to this path")
+    p.add_argument(
+        "--generic",
+        action="store_true",
+        help="any supported Keras chain, not only the book's CNN (implied by a PyTorch file "
+        "that carries its architecture)",
+    )
+    p.add_argument(
+        "--config", type=Path, help="the architecture of a .weights.h5 KERAS_FILE (.keras/.json)"
+    )
     add_data_dir(p)
     return p
 
@@ -159,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         samples=args.samples,
         test_images=args.test_images,
         data_dir=args.data_dir,
+        generic=args.generic,
+        config=args.config,
     )
     print(format_report(report))
     if args.json:

@@ -85,15 +85,15 @@ def nchw_to_keras(name: str, array: np.ndarray) -> np.ndarray:
     return array
 
 
-def format_table(diffs: list[LayerDiff]) -> str:
+def format_table(diffs: list[LayerDiff], name_width: int = 14) -> str:
     """A fixed-width report, one line per layer."""
     lines = [
-        f"{'layer':<14}{'shape (Keras layout)':<22}{'max |diff|':>12}{'max rel':>12}"
+        f"{'layer':<{name_width}}{'shape (Keras layout)':<22}{'max |diff|':>12}{'max rel':>12}"
         f"{'atol':>9}{'rtol':>9}  result"
     ]
     for d in diffs:
         lines.append(
-            f"{d.name:<14}{str(d.shape):<22}{d.max_abs:>12.3e}{d.max_rel:>12.3e}"
+            f"{d.name:<{name_width}}{str(d.shape):<22}{d.max_abs:>12.3e}{d.max_rel:>12.3e}"
             f"{d.atol:>9.0e}{d.rtol:>9.0e}  {'pass' if d.passed else 'FAIL'}"
         )
     return "\n".join(lines)

@@ -1,0 +1,148 @@
+"""PyTorch files of a generically ported model, which carry their architecture, and
+`parity.load_torch_model` for every format.
+
+- `.pt` / `.pth`: a plain state_dict (`torch.save(module.state_dict())`), so that
+  `module.load_state_dict(torch.load(path, weights_only=True), strict=True)` works; the Keras
+  chain it was built from travels as JSON in the state_dict's own `_metadata[""]` entry
+  (`keras_config`), which `torch.load(weights_only=True)` keeps and `load_state_dict` ignores.
+- `.safetensors`: the same JSON in the header's metadata (`keras_config`).
+
+The book's CNN keeps its plain `BookCNN` state_dict with no architecture, as before; a file
+without one is read as the book's CNN.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from fashion_cnn.errors import UserError
+from fashion_cnn.files import atomic_write
+from fashion_cnn.validate import check_tensors
+from parity.generic import (
+    Built,
+    KerasSequential,
+    _json,
+    build,
+    load_keras_as_torch,
+    model_config,
+    parse_config,
+)
+from parity.keras_files import book_config
+from parity.keras_spec import MAX_JSON_BYTES, keras_kind
+from torch_impl.checkpoint import torch_bytes
+
+ARCH_KEY = "keras_config"
+
+
+def architecture(module: KerasSequential) -> str:
+    """The module's Keras chain as the config.json a `.keras` of it would hold."""
+    spec = module.keras_spec
+    return json.dumps(model_config(spec, [None] * len(spec.layers)))
+
+
+def save_torch_model(module: KerasSequential, dst: str | os.PathLike, *, force: bool = False):
+    """Write the module's weights and its architecture as `.pt`/`.pth` or `.safetensors`."""
+    dst = Path(dst)
+    suffix = dst.suffix.lower()
+    if suffix not in (".pt", ".pth", ".safetensors"):
+        raise UserError(f"{dst}: expected .pt, .pth or .safetensors")
+    state = OrderedDict((k, v.detach().cpu().contiguous()) for k, v in module.state_dict().items())
+    arch = architecture(module)
+    if suffix == ".safetensors":
+        from safetensors.torch import save
+
+        data = save(state, metadata={ARCH_KEY: arch})
+    else:
+        state._metadata = OrderedDict({"": {"version": 1, ARCH_KEY: arch}})  # type: ignore[attr-defined]
+        data = torch_bytes(state)
+    # made in memory, written by Python: a full disk is an OSError naming its errno
+    return atomic_write(dst, lambda tmp: tmp.write_bytes(data), force=force)
+
+
+def _read_torch(path: Path) -> tuple[dict, str | None]:
+    """The tensors and the architecture JSON (None when the file carries none)."""
+    from torch_impl.checkpoint import _read_raw  # weights_only=True, errors in one line
+
+    state = _read_raw(path)
+    if path.suffix.lower() == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            arch = (f.metadata() or {}).get(ARCH_KEY)
+    else:
+        meta = getattr(state, "_metadata", None) or {}
+        arch = meta.get("", {}).get(ARCH_KEY) if isinstance(meta.get(""), dict) else None
+    if arch is not None and (not isinstance(arch, str) or len(arch) > MAX_JSON_BYTES):
+        raise UserError(f"{path}: its {ARCH_KEY} is not a JSON text of at most {MAX_JSON_BYTES}")
+    return dict(state), arch
+
+
+def carries_architecture(path: str | os.PathLike) -> bool:
+    """A PyTorch file written by the generic port (its architecture stored beside the weights);
+    False for anything else, whose own reader reports what is wrong with it."""
+    path = Path(path)
+    if path.suffix.lower() not in (".pt", ".pth", ".safetensors") or not path.is_file():
+        return False
+    try:
+        return _read_torch(path)[1] is not None
+    except UserError:
+        return False
+
+
+def torch_built(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> Built:
+    """A PyTorch file → the rebuilt module (weights loaded, eval mode) with its rows. A file
+    with no architecture must be the book's CNN."""
+    path = Path(path)
+    source = str(path)
+    state, arch = _read_torch(path)
+    config = _json(arch, ARCH_KEY, source) if arch is not None else book_config()
+    built = build(parse_config(config, source), source)
+    expected = {r.torch: r.torch_shape for r in built.rows}
+    expected.update({k: f.value.shape for k, f in built.fixed.items()})
+    if arch is None:  # the book's plain state_dict holds no num_batches_tracked (no BN)
+        what = "not the book's CNN and no architecture stored: "
+    else:
+        what = "the tensors do not match the stored architecture: "
+
+    def dtype_ok(name: str, t: object) -> str | None:
+        want = torch.int64 if name in built.fixed else torch.float32
+        if t.dtype != want:  # type: ignore[attr-defined]
+            return f"{name} has dtype {t.dtype}, expected {want}"  # type: ignore[attr-defined]
+        if not allow_nonfinite and want == torch.float32 and not torch.isfinite(t).all():
+            return f"{name} holds NaN/Inf values"
+        return None
+
+    check_tensors(
+        state, expected, source, what=what, checks=[dtype_ok],
+        shape_of=lambda t: tuple(t.shape) if isinstance(t, torch.Tensor) else None,
+    )  # fmt: skip
+    for key, fix in built.fixed.items():
+        if fix.required and not np.array_equal(state[key].numpy(), fix.value):
+            raise UserError(f"{source}: {key} must be {fix.value.flat[0]:g} (the Keras layer "
+                            f"has center/scale off)")  # fmt: skip
+    built.module.load_state_dict(state, strict=True, assign=True)
+    built.module.eval()
+    return built
+
+
+def load_torch_model(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> nn.Module:
+    """Any supported file → `nn.Module` in eval mode with its weights loaded.
+
+    `.keras` / `.h5`: the module built from the file's Keras config. `.pt` / `.pth` /
+    `.safetensors` written by this port: rebuilt from the architecture they carry; a plain
+    state_dict of the book's CNN: the book's module. Images are NCHW (an (H, W) Keras input
+    stays (N, H, W)); the outputs are what Keras outputs (probabilities after a softmax).
+    """
+    kind = keras_kind(path)
+    if kind in ("keras", "h5"):
+        return load_keras_as_torch(path, allow_nonfinite=allow_nonfinite)
+    if kind == "weights.h5":
+        raise UserError(f"{path}: a .weights.h5 holds no architecture; use the .keras or .h5")
+    return torch_built(path, allow_nonfinite=allow_nonfinite).module

@@ -1,0 +1,430 @@
+"""`python -m parity.port --generic` and `parity.check` for any supported Keras chain: both sides
+run on the same images, every layer compared, a layer table, a readable PyTorch source file.
+
+The Keras side is a model Keras builds from the *checked* config this port writes (only the
+fields the converters read, for supported built-in layer classes) with the weights assigned by
+`set_weights` — never a model Keras deserialised from the source file.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import textwrap
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fashion_cnn.errors import UserError
+from fashion_cnn.hdf5 import open_h5
+from parity.compare import ATOL, LayerDiff, compare, real_disagreements
+from parity.generic import (
+    Built,
+    ModelSpec,
+    ModuleWeights,
+    _as_sequential,
+    _json,
+    _read_keras3,
+    build,
+    keras_to_torch,
+    model_config,
+    parse_config,
+    read_keras_model,
+    to_keras_layout,
+    write_keras_model,
+)
+from parity.generic_files import save_torch_model, torch_built
+from parity.keras_spec import CONFIG_MEMBER, MAX_JSON_BYTES, keras_kind
+from parity.layers import (
+    AvgPool2dSame,
+    Exponential,
+    FlattenHWC,
+    GlobalPool2d,
+    KerasReshape,
+    Rescale,
+)
+
+FASHION_SHAPE = (28, 28, 1)
+
+
+@dataclass
+class Source:
+    """A model read from any supported file: its chain, rebuilt module and Keras weights."""
+
+    spec: ModelSpec
+    built: Built  # module holds the weights, eval mode
+    weights: Mapping[str, np.ndarray]  # Keras layout, computed from the module on access
+    layout: str
+
+
+def _config_from(path: Path) -> object:
+    """`--config`: a `.keras` (its config.json) or a `.json` file."""
+    import zipfile
+
+    source = str(path)
+    if not path.is_file():
+        raise UserError(f"{source}: no such file")
+    if keras_kind(path) == "keras":
+        try:
+            with zipfile.ZipFile(path) as zf:
+                info = zf.getinfo(CONFIG_MEMBER)
+                if info.file_size > MAX_JSON_BYTES:
+                    raise UserError(
+                        f"{source}: {CONFIG_MEMBER} is more than {MAX_JSON_BYTES} bytes"
+                    )
+                return _json(zf.read(CONFIG_MEMBER), CONFIG_MEMBER, source)
+        except (zipfile.BadZipFile, KeyError) as err:
+            raise UserError(f"{source}: no readable {CONFIG_MEMBER} ({err})") from None
+    if path.suffix.lower() == ".json":
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise UserError(f"{source}: more than {MAX_JSON_BYTES} bytes")
+        return _json(path.read_bytes(), "the config", source)
+    raise UserError(f"{source}: --config takes a .keras or a .json file")
+
+
+def read_source(path: Path, *, config: Path | None = None, allow_nonfinite: bool = False) -> Source:
+    """Any supported file (a `.weights.h5` with `config`) → Source."""
+    source = str(path)
+    kind = keras_kind(path)
+    if kind in ("keras", "h5") and config is None:
+        model = read_keras_model(path, allow_nonfinite=allow_nonfinite)
+        model.built.module.load_state_dict(
+            keras_to_torch(model.built, model.weights, source), assign=True
+        )
+        model.weights.clear()  # the module holds them now; Keras layout is computed on access
+        return Source(model.spec, model.built, ModuleWeights(model.built), model.layout)
+    if kind is not None:
+        if config is None:
+            raise UserError(f"{source}: a .weights.h5 holds no config: give --config model.keras "
+                            f"(or .json)")  # fmt: skip
+        spec = parse_config(_config_from(config), str(config))
+        built = build(spec, source)
+        if not path.is_file():
+            raise UserError(f"{source}: no such file")
+        with open_h5(path, source) as h5:
+            if "layers" not in h5:
+                raise UserError(f"{source}: no 'layers' group: not a Keras 3 weights file")
+            weights = _read_keras3(h5, built, source)
+        if not allow_nonfinite and not all(np.isfinite(a).all() for a in weights.values()):
+            raise UserError(f"{source}: the weights hold NaN/Inf values")
+        built.module.load_state_dict(keras_to_torch(built, weights, source), assign=True)
+        weights.clear()
+        return Source(spec, built, ModuleWeights(built), f"keras3-weights.h5 + {config.name}")
+    built = torch_built(path, allow_nonfinite=allow_nonfinite)  # fixed values checked there
+    layout = "PyTorch state_dict + architecture"
+    return Source(built.module.keras_spec, built, ModuleWeights(built), layout)
+
+
+def images_for(shape: tuple[int, ...], n: int, data_dir: str | None) -> tuple[np.ndarray, str]:
+    """Test images of the model's input shape (Keras layout) and what they are."""
+    if int(np.prod(shape)) == int(np.prod(FASHION_SHAPE)):
+        from parity.runners import load_test_images
+
+        images, _ = load_test_images(data_dir)
+        return images[:n].reshape(-1, *shape), f"{min(n, len(images))} Fashion-MNIST test images"
+    rng = np.random.default_rng(0)
+    return (
+        rng.random((n, *shape), dtype=np.float32),
+        f"{n} seeded uniform [0, 1) images of shape {shape} (Fashion-MNIST does not fit it)",
+    )
+
+
+def torch_input(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(
+        np.ascontiguousarray(images.transpose(0, 3, 1, 2) if images.ndim == 4 else images)
+    )
+
+
+class KerasReference:
+    """The Keras model of a chain with its weights, built from the checked config."""
+
+    def __init__(self, spec: ModelSpec, built: Built, weights: Mapping[str, np.ndarray]) -> None:
+        import keras
+
+        seq = _as_sequential(spec)
+        config = model_config(seq, [None] * len(seq.layers))
+        for layer in config["config"]["layers"]:
+            if layer["class_name"] in ("Conv2D", "Dense"):  # overwritten below: no random init
+                layer["config"]["kernel_initializer"] = "zeros"
+        self.model = keras.Sequential.from_config(config["config"])
+        by_layer: dict[str, list[np.ndarray]] = {}
+        for row in built.rows:
+            by_layer.setdefault(row.keras.rsplit("/", 1)[0], []).append(weights[row.keras])
+        # layer by layer: one layer's values in flight at a time
+        for layer, original in zip(self.model.layers, spec.layers, strict=True):
+            if original.path in by_layer:
+                layer.set_weights(by_layer[original.path])
+        self.cut = keras.Model(self.model.inputs, [layer.output for layer in self.model.layers])
+        self.description = f"keras {keras.__version__} (CPU)"
+
+    def outputs(self, images: np.ndarray) -> list[np.ndarray]:
+        out = self.cut.predict(images, verbose=0, batch_size=250)
+        return [np.asarray(o) for o in (out if isinstance(out, list) else [out])]
+
+
+@torch.no_grad()
+def torch_layer_outputs(built: Built, images: np.ndarray) -> list[np.ndarray]:
+    """Each Keras layer's output computed by the module (Keras layout), read with hooks."""
+    module = built.module
+    captured: dict[str, torch.Tensor] = {}
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, o, n=n: captured.__setitem__(n, o))
+        for n, m in module.named_children()
+    ]
+    try:
+        x = torch_input(images)
+        module(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    outs, previous = [], x
+    for info in built.layers:
+        previous = captured[info.modules[-1]] if info.modules else previous
+        outs.append(to_keras_layout(info, previous.numpy()))
+    return outs
+
+
+@dataclass
+class GenericAgreement:
+    samples: int
+    images: str
+    layers: list[LayerDiff]
+    max_abs: float  # of the model's output
+    agreeing: int | None  # predictions agreeing (2-D outputs)
+    passed: bool
+    keras_side: str
+
+
+def verify(src: Source, images: np.ndarray, description: str) -> GenericAgreement:
+    """Both sides on the same images, every layer compared in Keras's layout."""
+    keras_side = KerasReference(src.spec, src.built, src.weights)
+    ko = keras_side.outputs(images)
+    to = torch_layer_outputs(src.built, images)
+    diffs = [
+        compare(info.keras.name, k, t) for info, k, t in zip(src.built.layers, ko, to, strict=True)
+    ]
+    last_k, last_t = ko[-1], to[-1]
+    agreeing = None
+    passed = all(d.passed for d in diffs)
+    if last_k.ndim == 2:
+        agreeing = int((last_k.argmax(1) == last_t.argmax(1)).sum())
+        passed = passed and real_disagreements(last_k, last_t).size == 0
+    return GenericAgreement(
+        len(images), description, diffs, diffs[-1].max_abs, agreeing, passed,
+        keras_side.description,
+    )  # fmt: skip
+
+
+def _torch_shape(shape: tuple[int, ...]) -> str:
+    dims = (shape[2], shape[0], shape[1]) if len(shape) == 3 else shape
+    return "(N, " + ", ".join(map(str, dims)) + ")"
+
+
+def layer_table(built: Built) -> str:
+    """Keras layer, PyTorch module(s), output shape (Keras order), parameters, transform."""
+    rows = [("Keras layer", "PyTorch module", "output shape", "params", "transform")]
+    for info in built.layers:
+        rows.append((
+            f"{info.keras.name} ({info.keras.class_name})",
+            ", ".join(info.modules) or "-",
+            str((None, *info.shape)),
+            f"{info.params:,}",
+            "; ".join(info.transforms) or "-",
+        ))  # fmt: skip
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    return "\n".join(
+        "  ".join(
+            c.ljust(w) if i != 3 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        ).rstrip()
+        for r in rows
+    )
+
+
+# --- a readable PyTorch source file of the module --------------------------------------------
+
+_HELPERS = (AvgPool2dSame, GlobalPool2d, Exponential, Rescale, KerasReshape, FlattenHWC)
+
+
+def _constructor(module: torch.nn.Module) -> str:
+    """A Python expression that builds `module` (torch.nn's reprs, where they are exact)."""
+    from torch import nn
+
+    if isinstance(module, nn.AvgPool2d):
+        return (f"nn.AvgPool2d({module.kernel_size}, {module.stride}, {module.padding}, "
+                f"count_include_pad={module.count_include_pad})")  # fmt: skip
+    if isinstance(module, nn.MaxPool2d) and module.dilation == 1 and not module.ceil_mode:
+        return f"nn.MaxPool2d({module.kernel_size}, {module.stride}, {module.padding})"
+    if type(module) is nn.ConstantPad2d:  # ZeroPad2d, its subclass, has an exact repr
+        return f"nn.ConstantPad2d({module.padding}, float('{module.value}'))"
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return (f"nn.{type(module).__name__}({module.num_features}, eps={module.eps!r}, "
+                f"momentum={module.momentum!r}, affine={module.affine})")  # fmt: skip
+    return f"nn.{module!r}"
+
+
+def _helper_call(module: torch.nn.Module) -> str:
+    args = {
+        AvgPool2dSame: lambda m: f"{m.kernel_size}, {m.stride}, {m.pad}",
+        GlobalPool2d: lambda m: f"{m.mode!r}, {m.keepdims}",
+        Exponential: lambda m: "",
+        Rescale: lambda m: f"{m.scale!r}, {m.offset!r}",
+        KerasReshape: lambda m: f"{m.target}, {m.image_in}",
+        FlattenHWC: lambda m: "",
+    }[type(module)](module)
+    return f"{type(module).__name__}({args})"
+
+
+def module_source(built: Built, class_name: str, origin: str) -> str:
+    """A Python file: the helper modules it needs, then one class with its layers in __init__
+    and `forward` with a shape comment per line."""
+    module = built.module
+    shape = module.keras_spec.input_shape
+    with torch.no_grad():  # the output shape of every module, from one zero image
+        shapes: dict[str, tuple[int, ...]] = {}
+        hooks = [
+            m.register_forward_hook(lambda _m, _i, o, n=n: shapes.__setitem__(n, tuple(o.shape)))
+            for n, m in module.named_children()
+        ]
+        module(torch.zeros(1, *((shape[2], shape[0], shape[1]) if len(shape) == 3 else shape)))
+        for h in hooks:
+            h.remove()
+    helpers = [h for h in _HELPERS if any(isinstance(m, h) for m in module.children())]
+    keras_layers = ", ".join(f"{i.keras.name} ({i.keras.class_name})" for i in built.layers)
+    lines = [
+        f'"""{class_name}: the Keras model {origin}, ported by `python -m parity.port`.',
+        "",
+        *textwrap.wrap(f"Keras layers: {keras_layers}.", 96),
+        "Input: "
+        + (f"NCHW images {_torch_shape(shape)}" if len(shape) == 3 else f"{_torch_shape(shape)}")
+        + "; the output is what the Keras model outputs.",
+        '"""',
+        "",
+        "import torch",
+        *(["import torch.nn.functional as F"] if AvgPool2dSame in helpers else []),
+        "from torch import nn",
+        "",
+    ]
+    for helper in helpers:
+        lines += ["", inspect.getsource(helper), ""]
+    lines += ["", f"class {class_name}(nn.Module):", "    def __init__(self) -> None:",
+              "        super().__init__()"]  # fmt: skip
+    for name, m in module.named_children():
+        expr = _helper_call(m) if isinstance(m, _HELPERS) else _constructor(m)
+        lines.append(f"        self.{name} = {expr}")
+    lines += ["", "    def forward(self, x: torch.Tensor) -> torch.Tensor:"]
+    for name, _ in module.named_children():
+        dims = ", ".join(map(str, shapes[name][1:]))
+        lines.append(f"        x = self.{name}(x)  # (N, {dims})")
+    lines += ["        return x", ""]
+    text = "\n".join(lines)
+    return re.sub(r"\n{4,}", "\n\n\n", text)
+
+
+def write_module_py(built: Built, dst: Path, origin: str, *, force: bool = False) -> Path:
+    from fashion_cnn.files import atomic_write
+
+    stem = re.sub(r"\W", "_", dst.stem.title().replace("_", "")) or "Ported"
+    name = stem if stem[0].isalpha() else f"Model{stem}"
+    text = module_source(built, name, origin)
+    compile(text, str(dst), "exec")  # a generated file that does not parse is never written
+    return atomic_write(dst, lambda tmp: tmp.write_text(text), force=force)
+
+
+def port_generic(
+    src: Path, dst: Path, *, force: bool = False, allow_nonfinite: bool = False,
+    samples: int = 1000, data_dir: str | None = None, config: Path | None = None,
+    module_py: Path | None = None,
+) -> tuple[Source, GenericAgreement]:  # fmt: skip
+    """Read any supported chain, check both sides layer by layer, write DST (and module_py)."""
+    source = read_source(src, config=config, allow_nonfinite=allow_nonfinite)
+    images, description = images_for(source.spec.input_shape, samples, data_dir)
+    result = verify(source, images, description)
+    if not result.passed:
+        bad = next((d for d in result.layers if not d.passed), result.layers[-1])
+        raise UserError(
+            f"{src}: refused to write {dst}: the two models disagree on {description} "
+            f"(first at {bad.name}: max |diff| {bad.max_abs:.3e} > {ATOL:g})"
+        )
+    if keras_kind(dst) is not None:
+        write_keras_model(source.spec, source.weights, dst, force=force)
+    else:
+        save_torch_model(source.built.module, dst, force=force)
+    if module_py is not None:
+        write_module_py(source.built, module_py, str(Path(src).name), force=force)
+    return source, result
+
+
+def run_generic_check(
+    keras_file: Path, torch_file: Path, *, samples: int, test_images: int,
+    data_dir: str | None = None, config: Path | None = None,
+) -> dict:  # fmt: skip
+    """`parity.check` for any supported chain: the Keras file's model (built from its checked
+    config) against the PyTorch file's module, layer by layer, then predictions on the test set."""
+    keras_src = read_source(keras_file, config=config)
+    torch_src = read_source(torch_file)
+    k_layers = [(i.keras.class_name, i.shape) for i in keras_src.built.layers]
+    t_layers = [(i.keras.class_name, i.shape) for i in torch_src.built.layers]
+    if k_layers != t_layers:
+        raise UserError(
+            f"{torch_file}: not the architecture of {keras_file} "
+            f"({len(t_layers)} vs {len(k_layers)} layers, or other shapes)"
+        )
+    images, description = images_for(keras_src.spec.input_shape, test_images, data_dir)
+    keras_side = KerasReference(keras_src.spec, keras_src.built, keras_src.weights)
+    ko = keras_side.outputs(images[:samples])
+    to = torch_layer_outputs(torch_src.built, images[:samples])
+    layers = [
+        compare(i.keras.name, k, t) for i, k, t in zip(torch_src.built.layers, ko, to, strict=True)
+    ]
+    first = next((d.name for d in layers if not d.passed), None)
+    test_set: dict = {"images": description}
+    final_k = np.concatenate([keras_side.outputs(images[i : i + 1000])[-1]
+                              for i in range(0, len(images), 1000)])  # fmt: skip
+    with torch.no_grad():
+        final_t = torch.cat([torch_src.built.module(torch_input(images[i : i + 1000]))
+                             for i in range(0, len(images), 1000)]).numpy()  # fmt: skip
+    test_set["outputs"] = compare("outputs (all)", final_k, final_t).as_dict()
+    if final_k.ndim == 2:
+        real = real_disagreements(final_k, final_t)
+        test_set["predictions_agreeing"] = int((final_k.argmax(1) == final_t.argmax(1)).sum())
+        test_set["real_disagreements"] = int(real.size)
+        if first is None and real.size:
+            first = "predictions"
+    if first is None and not test_set["outputs"]["passed"]:
+        first = "outputs (all)"
+    return {
+        "keras_file": str(keras_file),
+        "torch_file": str(torch_file),
+        "keras_side": keras_side.description,
+        "torch_side": f"torch {torch.__version__} on cpu",
+        "samples": int(min(samples, len(images))),
+        "layers": [d.as_dict() for d in layers],
+        "test_set": test_set,
+        "passed": first is None,
+        "first_failure": first,
+    }
+
+
+def format_generic_report(report: dict) -> str:
+    from parity.compare import format_table
+
+    diffs = [LayerDiff(**{**d, "shape": tuple(d["shape"])}) for d in report["layers"]]
+    t = report["test_set"]
+    agree = (
+        f"; predictions agreeing {t['predictions_agreeing']}" if "predictions_agreeing" in t else ""
+    )
+    lines = [
+        f"Keras:   {report['keras_file']}  [{report['keras_side']}]",
+        f"PyTorch: {report['torch_file']}  [{report['torch_side']}]",
+        f"layer outputs on the first {report['samples']} images:",
+        format_table(diffs, name_width=max(14, 2 + max(len(d.name) for d in diffs))),
+        f"all {t['images']}: outputs max |diff| {t['outputs']['max_abs']:.3e}{agree}",
+        "PASS: every layer within tolerance, predictions agree"
+        if report["passed"]
+        else f"FAIL: first differing: {report['first_failure']}",
+    ]
+    return "\n".join(lines)
