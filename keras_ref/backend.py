@@ -1,4 +1,5 @@
-"""Keras, imported for the reference with TensorFlow's start-up chatter kept off stderr.
+"""Keras (and TensorFlow, its backend here), imported for the reference with TensorFlow's
+start-up chatter kept off stderr.
 
 TensorFlow 2.21 prints "oneDNN custom operations are on …" from C++ before its logging is set
 up, whatever TF_CPP_MIN_LOG_LEVEL says; a command's refusal must stay one line on stderr. So
@@ -31,5 +32,6 @@ def native_stderr_silenced() -> Iterator[None]:
 
 with native_stderr_silenced():
     import keras  # noqa: E402
+    import tensorflow as tf  # noqa: E402  (the book's backend: op determinism, thread settings)
 
-__all__ = ["keras", "native_stderr_silenced"]
+__all__ = ["keras", "native_stderr_silenced", "tf"]

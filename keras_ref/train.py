@@ -15,17 +15,16 @@ import sys
 import time
 from pathlib import Path
 
-import absl.logging  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import absl.logging
+import numpy as np
 
-from fashion_cnn.cli import add_recipe  # noqa: E402
-from fashion_cnn.errors import cli_entry  # noqa: E402
-from fashion_cnn.files import atomic_write, output_folder, writing  # noqa: E402
-from fashion_cnn.history import History, plot_history  # noqa: E402
-from keras_ref.backend import keras  # noqa: E402
-from keras_ref.data import CLASS_NAMES, CLASS_NAMES_KO, load_book_data  # noqa: E402
-from keras_ref.model import build_model  # noqa: E402
+from fashion_cnn.cli import add_recipe
+from fashion_cnn.errors import cli_entry
+from fashion_cnn.files import atomic_write, output_folder, writing
+from fashion_cnn.history import History, plot_history
+from keras_ref.backend import keras, tf
+from keras_ref.data import CLASS_NAMES, CLASS_NAMES_KO, load_book_data
+from keras_ref.model import build_model
 
 # Room a run needs in DIR: best-cnn-model.keras and best-cnn-model.h5, each the book's 333,526
 # float32 weights and Adam's two moments of them (3 W), and the history files.

@@ -19,16 +19,16 @@ import os
 import sys
 from pathlib import Path
 
-import matplotlib  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-from fashion_cnn.cli import add_data_dir, add_image_index, add_out, add_seed  # noqa: E402
-from fashion_cnn.errors import UserError, cli_entry, first_line  # noqa: E402
-from fashion_cnn.files import atomic_write, output_folder  # noqa: E402
-from fashion_cnn.hdf5 import check_keras_file  # noqa: E402
-from keras_ref.backend import keras  # noqa: E402
-from keras_ref.data import load_data  # noqa: E402
+from fashion_cnn.cli import add_data_dir, add_image_index, add_out, add_seed
+from fashion_cnn.errors import UserError, cli_entry, first_line
+from fashion_cnn.files import atomic_write, output_folder
+from fashion_cnn.hdf5 import check_keras_file
+from keras_ref.backend import keras
+from keras_ref.data import load_data
 
 DPI = 80  # small PNGs for the README
 
