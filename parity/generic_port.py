@@ -25,18 +25,14 @@ from parity.generic import (
     Built,
     ModelSpec,
     ModuleWeights,
-    _as_sequential,
-    _json,
-    _read_keras3,
     build,
     keras_to_torch,
-    model_config,
     parse_config,
-    read_keras_model,
     to_keras_layout,
-    write_keras_model,
 )
 from parity.generic_files import save_torch_model, torch_built
+from parity.generic_read import _json, _read_keras3, read_keras_model
+from parity.generic_write import _as_sequential, model_config, write_keras_model
 from parity.keras_spec import CONFIG_MEMBER, MAX_JSON_BYTES, keras_kind
 from parity.layers import (
     AvgPool2dSame,

@@ -29,8 +29,8 @@ from parity.generic import (
     keras_to_torch,
     to_snake_case,
     torch_to_keras,
-    write_keras_model,
 )
+from parity.generic_write import write_keras_model
 from parity.layers import flat_dense, flat_vector
 from parity.mapping import CONV, DENSE
 
