@@ -76,7 +76,12 @@ def port(
         )  # fmt: skip
     # DST is checked (and its folder probed) before SRC is read and the models are run.
     check_destination(dst, force=force, need_bytes=DST_BYTES)
-    weights = read_weights(src, allow_nonfinite=allow_nonfinite)
+    try:
+        weights = read_weights(src, allow_nonfinite=allow_nonfinite)
+    except UserError as err:
+        if "the book's CNN has" in str(err):  # another architecture: say how to port it
+            raise UserError(f"{err} (another supported Keras chain ports with --generic)") from None
+        raise
     images, _ = load_test_images(data_dir)
     result = verify(weights, images[:samples], allow_nonfinite=allow_nonfinite)
     if not result.passed:
