@@ -39,7 +39,7 @@ def run_one(framework: str, seed: int, out: Path, extra: list[str]) -> dict:
     print(f"$ {' '.join(cmd[1:])}", flush=True)
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})  # fmt: skip
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr[-4000:])
@@ -52,7 +52,7 @@ def run_one(framework: str, seed: int, out: Path, extra: list[str]) -> dict:
     result["framework"] = summary["framework"]
     print(f"  {framework} seed {seed}: epochs {result['epochs_run']} "
           f"(best {result['best_epoch']}), val {result['val_accuracy']:.4f}, "
-          f"test {result['test_accuracy']:.4f}, {wall:.0f}s")  # fmt: skip
+          f"test {result['test_accuracy']:.4f}, {wall:.0f}s")
     return result
 
 
@@ -85,12 +85,12 @@ def markdown(report: dict) -> str:
     for framework, runs in report["runs"].items():
         for seed, r in runs.items():
             lines.append(f"| {framework} | {seed} | {r['epochs_run']} ({r['best_epoch']}) | "
-                         f"{r['val_accuracy']:.4f} | {r['test_accuracy']:.4f} |")  # fmt: skip
+                         f"{r['val_accuracy']:.4f} | {r['test_accuracy']:.4f} |")
     for framework, s in report["summary"].items():
         lines.append(f"| **{framework} mean** | | | **{s['val_accuracy_mean']:.4f}** | "
-                     f"**{s['test_accuracy_mean']:.4f}** |")  # fmt: skip
+                     f"**{s['test_accuracy_mean']:.4f}** |")
     lines.append(f"| the book (11 runs) | | 7–11 | {BOOK_VAL_RANGE[0]}–{BOOK_VAL_RANGE[1]} | "
-                 f"{BOOK_TEST_RANGE[0]}–{BOOK_TEST_RANGE[1]} |")  # fmt: skip
+                 f"{BOOK_TEST_RANGE[0]}–{BOOK_TEST_RANGE[1]} |")
     return "\n".join(lines)
 
 
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="where each run writes its files (default: runs/bench-accuracy)")
     p.add_argument("--device", default="cpu",
                    help="--device for the PyTorch trainer (default: cpu, the machine Keras uses)")
-    args = p.parse_args(argv)  # fmt: skip
+    args = p.parse_args(argv)
 
     runs: dict[str, dict[int, dict]] = {f: {} for f in args.frameworks}
     for seed in args.seeds:
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {f: summarise(r) for f, r in runs.items()}
     report = {"seeds": args.seeds, "runs": runs, "summary": summary,
               "book": {"val_accuracy": BOOK_VAL_RANGE, "test_accuracy": BOOK_TEST_RANGE},
-              "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}  # fmt: skip
+              "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     if {"keras", "torch"} <= summary.keys():
         gap = summary["torch"]["val_accuracy_mean"] - summary["keras"]["val_accuracy_mean"]
         report["torch_minus_keras_val_accuracy"] = gap
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     print(report["markdown"])
     if "torch_minus_keras_val_accuracy" in report:
         print(f"PyTorch − Keras mean validation accuracy: "
-              f"{report['torch_minus_keras_val_accuracy'] * 100:+.2f} points")  # fmt: skip
+              f"{report['torch_minus_keras_val_accuracy'] * 100:+.2f} points")
     print(f"written: {out}")
     return 0
 

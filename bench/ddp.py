@@ -67,13 +67,13 @@ def worker(args: argparse.Namespace) -> dict | None:
     if not world.is_main:
         return None
     return {"world_size": world.size, "threads": torch.get_num_threads(), "images": len(x),
-            "epoch_seconds_all": seconds}  # fmt: skip
+            "epoch_seconds_all": seconds}
 
 
 def run_side(name: str, args: argparse.Namespace) -> dict:
     kind, threads = SIDES[name]
     tail = ["-m", "bench.ddp", "--worker", "--threads", str(threads), "--epochs", str(args.epochs),
-            "--limit", str(args.limit)]  # fmt: skip
+            "--limit", str(args.limit)]
     if kind == "ddp":
         torchrun = Path(sys.executable).with_name("torchrun")
         cmd = [str(torchrun), "--standalone", "--nproc-per-node", "2", *tail]
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         "median_epoch_seconds": medians,
         "ddp_over_single": two / single,
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-    }  # fmt: skip
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")

@@ -41,7 +41,7 @@ m.save({str(path)!r})
 print(m.count_params())
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))  # fmt: skip
+                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     return int(out.stdout.strip().splitlines()[-1])
 
 
@@ -57,7 +57,7 @@ def measured(argv: list[str]) -> dict:
         "sys.stderr.write(p.stderr[-2000:])\n"
     )
     out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
-                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))  # fmt: skip
+                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     rc, seconds, rss = out.stdout.split()
     if int(rc) != 0:
         raise RuntimeError(f"{' '.join(argv)} failed: {out.stderr[-1000:]}")
@@ -75,9 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m bench.port_scale", description=__doc__.split("\n\n")[0]
     )
     p.add_argument("--out", default="bench/results/port_scale.json",
-                   help="JSON report (default: bench/results/port_scale.json)")  # fmt: skip
+                   help="JSON report (default: bench/results/port_scale.json)")
     p.add_argument("--params", type=float, default=50.0,
-                   help="largest model, in millions of parameters (default: 50)")  # fmt: skip
+                   help="largest model, in millions of parameters (default: 50)")
     args = p.parse_args(argv)
     py = sys.executable
     rows = []
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             "cpu": platform.processor() or platform.machine(),
             "cores": os.cpu_count(),
             "python": platform.python_version(),
-        },  # fmt: skip
+        },
         "baseline_rss_mib": {
             "import parity.generic (torch, h5py)": baseline("parity.generic"),
             "import parity.generic_port, keras": baseline("parity.generic_port, keras"),
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|")
     for r in rows:
         cells = [f"{r[k]['seconds']:.1f} s, {r[k]['peak_rss_mib']} MiB"
-                 for k in ("keras_to_torch", "torch_to_keras", "load_torch_model")]  # fmt: skip
+                 for k in ("keras_to_torch", "torch_to_keras", "load_torch_model")]
         print(f"| {r['parameters'] / 1e6:.1f} M | {r['weights_mib']} MiB | " + " | ".join(cells))
     return 0
 

@@ -75,7 +75,7 @@ def keras_worker(args: argparse.Namespace) -> dict:
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     timer = EpochTimer()
     model.fit(train_scaled, train_target, epochs=args.epochs, batch_size=BATCH_SIZE, verbose=0,
-              callbacks=[timer])  # fmt: skip
+              callbacks=[timer])
 
     inference = {}
     test32 = test_scaled.astype(np.float32)
@@ -120,7 +120,7 @@ def torch_worker(args: argparse.Namespace) -> dict:
         "threads": {"intra_op": torch.get_num_threads(),
                     "inter_op": torch.get_num_interop_threads()},
         "images": {"train": len(data.train_x), "test": len(data.test_x)},
-    }  # fmt: skip
+    }
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for name in devices:
         device = torch.device(name)
@@ -175,11 +175,11 @@ def run_worker(name: str, args: argparse.Namespace) -> dict:
     """Run one framework's worker in a fresh interpreter; returns its JSON result."""
     cmd = [sys.executable, "-m", "bench.speed", "--worker", name, "--epochs", str(args.epochs),
            "--repeats", str(args.repeats), "--threads", str(args.threads),
-           "--rounds", "1"]  # fmt: skip
+           "--rounds", "1"]
     load_before = os.getloadavg()
     print(f"running {name} ({args.epochs} epochs, {args.repeats} inference repeats) …", flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})  # fmt: skip
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr[-4000:])
         raise SystemExit(f"bench.speed: the {name} worker failed (exit {proc.returncode})")
@@ -197,7 +197,7 @@ def pool_rounds(results: list[dict]) -> dict:
         pooled[key] = summarise([x for r in results for x in r[key]["samples"]])
     for key in [k for k in pooled if k.startswith("inference_seconds")]:
         pooled[key] = {bs: summarise([x for r in results for x in r[key][bs]["samples"]])
-                       for bs in pooled[key]}  # fmt: skip
+                       for bs in pooled[key]}
     pooled["load_average_before"] = [r["load_average_before"] for r in results]
     pooled["load_average_after"] = [r["load_average_after"] for r in results]
     return pooled
@@ -218,7 +218,7 @@ def compare(keras: dict, torch: dict) -> dict:
         plain = test_images / torch["inference_seconds_plain_module"][bs]["median"]
         inference[f"batch_{bs}"] = {"keras_predict": k, "torch": t, "ratio_torch_over_keras": t / k,
                                     "torch_plain_module": plain,
-                                    "ratio_torch_plain_module_over_keras": plain / k}  # fmt: skip
+                                    "ratio_torch_plain_module_over_keras": plain / k}
     # The target: Keras's predict as the book calls it (default batch 32) against the PyTorch
     # evaluation as the trainer runs it (EVAL_BATCH_SIZE).
     headline = inference["batch_32"]["keras_predict"], inference["batch_64"]["torch"]
@@ -235,7 +235,7 @@ def compare(keras: dict, torch: dict) -> dict:
             "target_at_least": INFERENCE_RATIO_TARGET,
             "met": headline[1] / headline[0] >= INFERENCE_RATIO_TARGET,
         },
-    }  # fmt: skip
+    }
 
 
 def markdown(report: dict) -> str:
@@ -245,7 +245,7 @@ def markdown(report: dict) -> str:
     rounds = report["settings"]["rounds"]
     loads = [x[0] for f in ("keras", "torch")
              for key in ("load_average_before", "load_average_after")
-             for x in report[f][key]]  # fmt: skip
+             for x in report[f][key]]
     load = (min(loads), max(loads))
     lines = [
         f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} cores; "
@@ -267,13 +267,13 @@ def markdown(report: dict) -> str:
         row = i[f"batch_{bs}"]
         lines.append(f"| inference at the same batch {bs} (images/s) | "
                      f"{row['keras_predict']:,.0f} | {row['torch']:,.0f} | "
-                     f"{row['ratio_torch_over_keras']:.2f}× | |")  # fmt: skip
+                     f"{row['ratio_torch_over_keras']:.2f}× | |")
         lines.append(f"| … plain `model(x)` at batch {bs} (images/s) | | "
                      f"{row['torch_plain_module']:,.0f} | "
-                     f"{row['ratio_torch_plain_module_over_keras']:.2f}× | |")  # fmt: skip
+                     f"{row['ratio_torch_plain_module_over_keras']:.2f}× | |")
     if "epoch_seconds_cuda" in report["torch"]:
         lines.append(f"| training epoch on {report['torch']['cuda_device']} (s) | | "
-                     f"{report['torch']['epoch_seconds_cuda']['median']:.2f} | | |")  # fmt: skip
+                     f"{report['torch']['epoch_seconds_cuda']['median']:.2f} | | |")
     return "\n".join(lines)
 
 
@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch,
         "comparison": compare(keras, torch),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-    }  # fmt: skip
+    }
     report["markdown"] = markdown(report)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

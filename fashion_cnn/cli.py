@@ -110,19 +110,19 @@ def add_out(parser: argparse.ArgumentParser, default: str | None, what: str) -> 
         parser.add_argument("--out", required=True, metavar="DIR", help=what)
     else:
         parser.add_argument("--out", default=default, metavar="DIR",
-                            help=f"{what} (default: {default})")  # fmt: skip
+                            help=f"{what} (default: {default})")
 
 
 def add_image_index(parser: argparse.ArgumentParser) -> None:
     """--index N: the training image whose feature maps 8-3 draws (the book's train_input[0])."""
     parser.add_argument("--index", type=non_negative_int, default=0, metavar="N",
-                        help="train_input index for the feature maps (default: 0)")  # fmt: skip
+                        help="train_input index for the feature maps (default: 0)")
 
 
 def add_seed(parser: argparse.ArgumentParser, what: str, default: int = 42) -> None:
     """--seed: 0 … 2³²−1."""
     parser.add_argument("--seed", type=seed_int, default=default,
-                        help=f"{what}, 0 … 2^32-1 (default: {default})")  # fmt: skip
+                        help=f"{what}, 0 … 2^32-1 (default: {default})")
 
 
 # The book's recipe (8-2), as both trainers take it.
@@ -133,14 +133,14 @@ def add_recipe(parser: argparse.ArgumentParser, out: str, seed_help: str = "rand
     """The options both trainers share, with the book's values as defaults: --epochs,
     --batch-size, --patience, --seed, --out, --limit (and --data-dir)."""
     parser.add_argument("--epochs", type=positive_int, default=EPOCHS,
-                        help=f"maximum epochs (default: {EPOCHS})")  # fmt: skip
+                        help=f"maximum epochs (default: {EPOCHS})")
     parser.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE,
-                        help=f"batch size (default: {BATCH_SIZE})")  # fmt: skip
+                        help=f"batch size (default: {BATCH_SIZE})")
     parser.add_argument("--patience", type=non_negative_int, default=PATIENCE,
-                        help=f"early-stopping patience (default: {PATIENCE})")  # fmt: skip
+                        help=f"early-stopping patience (default: {PATIENCE})")
     add_seed(parser, seed_help, SEED)
     add_out(parser, out, "output directory")
     parser.add_argument("--limit", type=non_negative_int, default=0, metavar="N",
                         help="train on the first N training examples only, for smoke runs "
-                             "(default: 0 = all 48,000)")  # fmt: skip
+                             "(default: 0 = all 48,000)")
     add_data_dir(parser)

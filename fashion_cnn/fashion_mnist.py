@@ -45,11 +45,11 @@ MIRRORS = (
 CLASS_NAMES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)  # fmt: skip
+)
 # The names the book prints (8-2).
 CLASS_NAMES_KO = (
     "티셔츠", "바지", "스웨터", "드레스", "코트", "샌달", "셔츠", "스니커즈", "가방", "앵클 부츠",
-)  # fmt: skip
+)
 
 IMAGE_MAGIC = 0x00000803  # unsigned byte, 3 dimensions
 LABEL_MAGIC = 0x00000801  # unsigned byte, 1 dimension
@@ -76,7 +76,7 @@ FILES = {
     "test_labels": IdxFile(
         "t10k-labels-idx1-ubyte", LABEL_MAGIC, 10_000,
         "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"),
-}  # fmt: skip
+}
 
 HOW_TO_FIX = (
     "get a good copy: `sudo apt-get install dataset-fashion-mnist`, or delete it and run "
@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--download", action="store_true",
         help="if no local copy is found, download into the user cache (default: off)",
-    )  # fmt: skip
+    )
     args = parser.parse_args(argv)
     try:
         directory = locate(args.data_dir)

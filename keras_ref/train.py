@@ -122,7 +122,7 @@ def _train(args: argparse.Namespace, out: Path) -> dict:
         "batch_size": args.batch_size,
         "limit": args.limit,
         "history": hist,
-    }  # fmt: skip
+    }
     text = json.dumps(summary, indent=2, ensure_ascii=False)
     atomic_write(out / "history.json", lambda tmp: tmp.write_text(text), force=True)
 
@@ -140,9 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_recipe(p, "runs/keras", "keras.utils.set_random_seed")
     p.add_argument("--lang", choices=("en", "ko"), default="en",
-                   help="class names in English or the book's Korean (default: en)")  # fmt: skip
+                   help="class names in English or the book's Korean (default: en)")
     p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2),
-                   help="Keras fit verbosity (default: 1)")  # fmt: skip
+                   help="Keras fit verbosity (default: 1)")
     return p
 
 

@@ -119,7 +119,7 @@ def plot_kernels(conv_weights: np.ndarray, title: str, path: Path) -> None:
     for i in range(2):
         for j in range(16):
             axs[i, j].imshow(conv_weights[:, :, 0, i * 16 + j], vmin=-0.5, vmax=0.5,
-                             interpolation="nearest")  # fmt: skip
+                             interpolation="nearest")
             axs[i, j].axis("off")
     fig.suptitle(title)
     _save(fig, path)
@@ -137,7 +137,7 @@ def plot_input(image: np.ndarray, title: str, path: Path) -> None:
 def plot_maps(maps: np.ndarray, rows: int, cols: int, title: str, path: Path) -> None:
     """maps (1, H, W, C) in a rows×cols grid, channel i*cols + j at row i, column j."""
     fig, axs = plt.subplots(rows, cols, figsize=(cols * 1.1, rows * 1.1 + 0.4),
-                            layout="compressed")  # fmt: skip
+                            layout="compressed")
     for i in range(rows):
         for j in range(cols):
             axs[i, j].imshow(maps[0, :, :, i * cols + j], interpolation="nearest")
@@ -163,16 +163,16 @@ def _visualize(args: argparse.Namespace, out: Path) -> None:
     conv_weights = print_conv_weights("trained", conv)
     plot_histogram(conv_weights, "Keras: trained conv1 weights", out / "conv1-hist.png")
     plot_kernels(conv_weights, "Keras: trained conv1 kernels (vmin -0.5, vmax 0.5)",
-                 out / "conv1-kernels.png")  # fmt: skip
+                 out / "conv1-kernels.png")
 
     # An untrained Conv2D: Glorot-uniform kernels, spread narrower than the trained ones.
     keras.utils.set_random_seed(args.seed)
     no_training_conv = untrained_model().layers[0]
     no_training_weights = print_conv_weights("untrained (Glorot uniform)", no_training_conv)
     plot_histogram(no_training_weights, "Keras: untrained conv1 weights (Glorot uniform)",
-                   out / "untrained-conv1-hist.png")  # fmt: skip
+                   out / "untrained-conv1-hist.png")
     plot_kernels(no_training_weights, "Keras: untrained conv1 kernels (vmin -0.5, vmax 0.5)",
-                 out / "untrained-conv1-kernels.png")  # fmt: skip
+                 out / "untrained-conv1-kernels.png")
     print(f"trained std {conv_weights.std():.6f} vs untrained std {no_training_weights.std():.6f}")
 
     # Feature maps of the first training image (the book: an ankle boot).
@@ -180,9 +180,9 @@ def _visualize(args: argparse.Namespace, out: Path) -> None:
     conv1_maps, conv2_maps = feature_maps(model, inputs)
     print(f"conv1 feature maps {conv1_maps.shape}, conv2 feature maps {conv2_maps.shape}")
     plot_maps(conv1_maps, 4, 8, f"Keras: conv1 feature maps of train_input[{args.index}]",
-              out / "conv1-maps.png")  # fmt: skip
+              out / "conv1-maps.png")
     plot_maps(conv2_maps, 8, 8, f"Keras: conv2 feature maps of train_input[{args.index}]",
-              out / "conv2-maps.png")  # fmt: skip
+              out / "conv2-maps.png")
     print(f"wrote 7 images to {out}")
 
 

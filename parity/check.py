@@ -65,7 +65,7 @@ def run_check(
         return run_generic_check(
             keras_file, torch_file, samples=samples, test_images=test_images,
             data_dir=data_dir, config=config,
-        )  # fmt: skip
+        )
     dev = torch_device(device)
     keras_weights = read_weights(keras_file).keras
     torch_weights = read_weights(torch_file).torch

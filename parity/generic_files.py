@@ -116,11 +116,11 @@ def torch_built(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> Bu
     check_tensors(
         state, expected, source, what=what, checks=[dtype_ok],
         shape_of=lambda t: tuple(t.shape) if isinstance(t, torch.Tensor) else None,
-    )  # fmt: skip
+    )
     for key, fix in built.fixed.items():
         if fix.required and not np.array_equal(state[key].numpy(), fix.value):
             raise UserError(f"{source}: {key} must be {fix.value.flat[0]:g} (the Keras layer "
-                            f"has center/scale off)")  # fmt: skip
+                            f"has center/scale off)")
     built.module.load_state_dict(state, strict=True, assign=True)
     built.module.eval()
     return built

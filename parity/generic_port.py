@@ -95,7 +95,7 @@ def read_source(path: Path, *, config: Path | None = None, allow_nonfinite: bool
     if kind is not None:
         if config is None:
             raise UserError(f"{source}: a .weights.h5 holds no config: give --config model.keras "
-                            f"(or .json)")  # fmt: skip
+                            f"(or .json)")
         spec = parse_config(_config_from(config), str(config))
         built = build(spec, source)
         if not path.is_file():
@@ -211,7 +211,7 @@ def verify(src: Source, images: np.ndarray, description: str) -> GenericAgreemen
     return GenericAgreement(
         len(images), description, diffs, diffs[-1].max_abs, agreeing, passed,
         keras_side.description,
-    )  # fmt: skip
+    )
 
 
 def _torch_shape(shape: tuple[int, ...]) -> str:
@@ -229,7 +229,7 @@ def layer_table(built: Built) -> str:
             str((None, *info.shape)),
             f"{info.params:,}",
             "; ".join(info.transforms) or "-",
-        ))  # fmt: skip
+        ))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     return "\n".join(
         "  ".join(
@@ -251,14 +251,14 @@ def _constructor(module: torch.nn.Module) -> str:
 
     if isinstance(module, nn.AvgPool2d):
         return (f"nn.AvgPool2d({module.kernel_size}, {module.stride}, {module.padding}, "
-                f"count_include_pad={module.count_include_pad})")  # fmt: skip
+                f"count_include_pad={module.count_include_pad})")
     if isinstance(module, nn.MaxPool2d) and module.dilation == 1 and not module.ceil_mode:
         return f"nn.MaxPool2d({module.kernel_size}, {module.stride}, {module.padding})"
     if type(module) is nn.ConstantPad2d:  # ZeroPad2d, its subclass, has an exact repr
         return f"nn.ConstantPad2d({module.padding}, float('{module.value}'))"
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
         return (f"nn.{type(module).__name__}({module.num_features}, eps={module.eps!r}, "
-                f"momentum={module.momentum!r}, affine={module.affine})")  # fmt: skip
+                f"momentum={module.momentum!r}, affine={module.affine})")
     return f"nn.{module!r}"
 
 
@@ -307,7 +307,7 @@ def module_source(built: Built, class_name: str, origin: str) -> str:
     for helper in helpers:
         lines += ["", inspect.getsource(helper), ""]
     lines += ["", f"class {class_name}(nn.Module):", "    def __init__(self) -> None:",
-              "        super().__init__()"]  # fmt: skip
+              "        super().__init__()"]
     for name, m in module.named_children():
         expr = _helper_call(m) if isinstance(m, _HELPERS) else _constructor(m)
         lines.append(f"        self.{name} = {expr}")
@@ -334,7 +334,7 @@ def port_generic(
     src: Path, dst: Path, *, force: bool = False, allow_nonfinite: bool = False,
     samples: int = 1000, data_dir: str | None = None, config: Path | None = None,
     module_py: Path | None = None,
-) -> tuple[Source, GenericAgreement]:  # fmt: skip
+) -> tuple[Source, GenericAgreement]:
     """Read any supported chain, check both sides layer by layer, write DST (and module_py)."""
     source = read_source(src, config=config, allow_nonfinite=allow_nonfinite)
     images, description = images_for(source.spec.input_shape, samples, data_dir)
@@ -357,7 +357,7 @@ def port_generic(
 def run_generic_check(
     keras_file: Path, torch_file: Path, *, samples: int, test_images: int,
     data_dir: str | None = None, config: Path | None = None,
-) -> dict:  # fmt: skip
+) -> dict:
     """`parity.check` for any supported chain: the Keras file's model (built from its checked
     config) against the PyTorch file's module, layer by layer, then predictions on the test set."""
     keras_src = read_source(keras_file, config=config)
@@ -379,10 +379,10 @@ def run_generic_check(
     first = next((d.name for d in layers if not d.passed), None)
     test_set: dict = {"images": description}
     final_k = np.concatenate([keras_side.outputs(images[i : i + 1000])[-1]
-                              for i in range(0, len(images), 1000)])  # fmt: skip
+                              for i in range(0, len(images), 1000)])
     with torch.no_grad():
         final_t = torch.cat([torch_src.built.module(torch_input(images[i : i + 1000]))
-                             for i in range(0, len(images), 1000)]).numpy()  # fmt: skip
+                             for i in range(0, len(images), 1000)]).numpy()
     test_set["outputs"] = compare("outputs (all)", final_k, final_t).as_dict()
     if final_k.ndim == 2:
         real = real_disagreements(final_k, final_t)

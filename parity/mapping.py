@@ -75,7 +75,7 @@ class Transform:
 CONV = Transform("conv HWIO→OIHW", conv_to_torch, conv_to_keras)
 DENSE = Transform("dense transpose", dense_to_torch, dense_to_keras)
 FLAT_DENSE = Transform("dense after flatten: HWC→CHW rows, transpose", flat_dense_to_torch,
-                       flat_dense_to_keras)  # fmt: skip
+                       flat_dense_to_keras)
 BIAS = Transform("identity", identity, identity)
 
 
@@ -97,7 +97,7 @@ TABLE: tuple[Row, ...] = (
     Row("dense/bias",      "dense1.bias",   (100,),         (100,),          BIAS),
     Row("dense_1/kernel",  "dense2.weight", (100, 10),      (10, 100),       DENSE),
     Row("dense_1/bias",    "dense2.bias",   (10,),          (10,),           BIAS),
-)  # fmt: skip
+)
 
 KERAS_NAMES = tuple(row.keras for row in TABLE)
 TORCH_NAMES = tuple(row.torch for row in TABLE)

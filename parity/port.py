@@ -73,7 +73,7 @@ def port(
         return port_generic(
             src, dst, force=force, allow_nonfinite=allow_nonfinite, samples=samples,
             data_dir=data_dir, config=config, module_py=module_py,
-        )  # fmt: skip
+        )
     # DST is checked (and its folder probed) before SRC is read and the models are run.
     check_destination(dst, force=force, need_bytes=DST_BYTES)
     try:
@@ -183,10 +183,10 @@ def _print_generic(args: argparse.Namespace, source, result) -> None:
     print(f"read: {source.layout} ({len(source.built.rows)} tensors, {n_params:,} parameters)")
     print(layer_table(source.built))
     print(f"checked against: {result.keras_side} vs torch {torch.__version__} (CPU), "
-          f"on {result.images}")  # fmt: skip
+          f"on {result.images}")
     worst = max(result.layers, key=lambda d: d.max_abs)
     print(f"every layer within atol {ATOL:g}: worst {worst.name} max |diff| {worst.max_abs:.3e}; "
-          f"output max |diff| {result.max_abs:.3e}")  # fmt: skip
+          f"output max |diff| {result.max_abs:.3e}")
     if result.agreeing is not None:
         print(f"predictions agreeing: {result.agreeing}/{result.samples}")
     if args.module_py:

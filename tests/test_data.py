@@ -80,7 +80,7 @@ def test_swapped_image_and_label_files(data_copy):
     labels.rename(images)
     tmp.rename(labels)
     with pytest.raises(UserError, match=r"train-images-idx3-ubyte\.gz: wrong IDX magic 0x00000801.*"
-                                        r"a label file.*swapped"):  # fmt: skip
+                                        r"a label file.*swapped"):
         fm.load_data(data_copy)
 
 
@@ -103,7 +103,7 @@ def test_truncated_payload(data_copy):
     path = data_copy / "t10k-images-idx3-ubyte.gz"
     _rewrite(path, lambda d: d.__delitem__(slice(-784, None)))  # one image short
     with pytest.raises(UserError, match=r"t10k-images.*truncated: 7839216 bytes of data, "
-                                        r"expected 7840000"):  # fmt: skip
+                                        r"expected 7840000"):
         fm.load_data(data_copy)
 
 
@@ -120,7 +120,7 @@ def test_flipped_pixel_fails_the_content_hash(data_copy):
     path = data_copy / "t10k-images-idx3-ubyte.gz"
     _rewrite(path, lambda d: d.__setitem__(5000, d[5000] ^ 0x01))
     with pytest.raises(UserError, match=r"t10k-images-idx3-ubyte\.gz: content differs from the "
-                                        r"official Fashion-MNIST"):  # fmt: skip
+                                        r"official Fashion-MNIST"):
         fm.load_data(data_copy)
 
 
@@ -128,7 +128,7 @@ def test_label_out_of_range(data_copy):
     path = data_copy / "t10k-labels-idx1-ubyte.gz"
     _rewrite(path, lambda d: d.__setitem__(8 + 123, 10))
     with pytest.raises(UserError, match=r"t10k-labels-idx1-ubyte\.gz: label 10 at index 123 is out "
-                                        r"of range 0-9"):  # fmt: skip
+                                        r"of range 0-9"):
         fm.load_data(data_copy)
 
 
@@ -141,7 +141,7 @@ def test_label_count_mismatch(data_copy):
 
     _rewrite(path, drop_last)
     with pytest.raises(UserError, match=r"train-labels.*holds 59999 labels, expected 60000 "
-                                        r"\(one per image\)"):  # fmt: skip
+                                        r"\(one per image\)"):
         fm.load_data(data_copy)
 
 
@@ -149,7 +149,7 @@ def test_wrong_image_dimensions(data_copy):
     path = data_copy / "t10k-images-idx3-ubyte.gz"
     _rewrite(path, lambda d: d.__setitem__(slice(8, 16), struct.pack(">II", 14, 56)))
     with pytest.raises(UserError, match=r"IDX dimensions \(10000, 14, 56\), expected "
-                                        r"\(10000, 28, 28\)"):  # fmt: skip
+                                        r"\(10000, 28, 28\)"):
         fm.load_data(data_copy)
 
 
@@ -196,7 +196,7 @@ def test_both_frameworks_see_identical_arrays_and_split(data_dir, book_data):
     train_s, val_s, train_t, val_t, test_s, test_t = keras_book_data(data_dir)
     # Keras casts the float64 arrays to float32 at fit/predict time; do the same here.
     for keras_x, keras_y, split in ((train_s, train_t, "train"), (val_s, val_t, "val"),
-                                    (test_s, test_t, "test")):  # fmt: skip
+                                    (test_s, test_t, "test")):
         torch_x, torch_y = book_data.split(split)
         nhwc = torch_x.permute(0, 2, 3, 1).numpy()
         assert np.array_equal(nhwc, keras_x.astype(np.float32)), f"{split} images differ"

@@ -177,7 +177,7 @@ def _reference(book_data, device: torch.device) -> dict:
     ref["epoch"] = train_epoch(model, step, x, y, BATCH, shuffle)
     ref["free_epoch"] = {k: v.cpu() for k, v in _clone(model.state_dict()).items()}
     val = evaluate(PoolFirst(_model(start, device)), book_data.val_x.to(device),
-                   book_data.val_y.to(device))  # fmt: skip
+                   book_data.val_y.to(device))
     ref["val"] = (val.loss, val.correct, val.total)
     return ref
 
@@ -192,11 +192,11 @@ def _spawn_ranks(book_data, tmp_path: Path, device: str, size: int) -> tuple[dic
     torch.save({"weights": ref["weights"], "optimizer": [_cpu(s) for s in ref["optimizer"]],
                 "batches": ref["batches"], "epoch_x": book_data.train_x[:EPOCH_LIMIT],
                 "epoch_y": book_data.train_y[:EPOCH_LIMIT], "val_x": book_data.val_x,
-                "val_y": book_data.val_y}, inputs)  # fmt: skip
+                "val_y": book_data.val_y}, inputs)
     outputs = tmp_path / "rank"
     start = time.perf_counter()
     mp.spawn(_rank_worker, args=(size, str(tmp_path / "rendezvous"), str(inputs), str(outputs),
-                                 device), nprocs=size, join=True)  # fmt: skip
+                                 device), nprocs=size, join=True)
     print(f"\n{size} ranks on {device}: {time.perf_counter() - start:.1f}s")
     ranks = [torch.load(f"{outputs}.{r}", weights_only=True) for r in range(size)]
     return ref, ranks
@@ -204,7 +204,7 @@ def _spawn_ranks(book_data, tmp_path: Path, device: str, size: int) -> tuple[dic
 
 def _cpu(state):
     return {"state": {i: {k: v.cpu() for k, v in s.items()} for i, s in state["state"].items()},
-            "param_groups": state["param_groups"]}  # fmt: skip
+            "param_groups": state["param_groups"]}
 
 
 def _max_diff(a: dict, b: dict) -> tuple[float, str]:
@@ -232,7 +232,7 @@ def _check_steps(ref: dict, ranks: list[dict]) -> None:
             assert same == 0, f"step {t + 1}: rank {r}'s {key} differs from rank 0's by {same}"
     losses = max(abs(a - b) for a, b in zip(rank0["losses"], ref["losses"], strict=True))
     print(f"\n{STEPS} steps from the same weights: max |weight diff| {worst:.2e}, "
-          f"max |loss diff| {losses:.2e}")  # fmt: skip
+          f"max |loss diff| {losses:.2e}")
 
 
 @pytest.mark.slow
@@ -248,7 +248,7 @@ def test_free_runs_drift_report(two_ranks):
     epoch, key_e = _max_diff(ranks[0]["free_epoch"], ref["free_epoch"])
     print(f"\nfree runs, 2 ranks vs 1 process: after {STEPS} steps max |diff| {steps:.2e} ({key}); "
           f"after an epoch of {EPOCH_LIMIT} images max |diff| {epoch:.2e} ({key_e}); "
-          f"epoch (loss, accuracy) {ranks[0]['epoch']} vs {ref['epoch']}")  # fmt: skip
+          f"epoch (loss, accuracy) {ranks[0]['epoch']} vs {ref['epoch']}")
     # Not the drift: every rank reports the same all-reduced epoch, over whole images.
     assert ranks[0]["epoch"] == ranks[1]["epoch"], "the ranks report different epoch metrics"
     count = ranks[0]["epoch"][1] * EPOCH_LIMIT
@@ -283,9 +283,9 @@ def _torchrun(out: Path, data_dir, *args: str, **popen) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3", OMP_NUM_THREADS="1")
     cmd = [str(TORCHRUN), "--standalone", f"--nproc-per-node={WORLD}", "-m", "torch_impl.train",
            "--device", "cpu", "--threads", "1", "--data-dir", str(data_dir), "--out", str(out),
-           *RUN_ARGS, *args]  # fmt: skip
+           *RUN_ARGS, *args]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, **popen)  # fmt: skip
+                            stderr=subprocess.PIPE, **popen)
 
 
 RUN_ARGS = ["--limit", "512", "--seed", "7"]
@@ -308,7 +308,7 @@ def test_torchrun_writes_the_single_process_files(torchrun_run, book_data, tmp_p
     out, stdout = torchrun_run
     single = tmp_path / "single"
     args = train_mod.build_parser().parse_args(["--device", "cpu", "--out", str(single),
-                                                 *RUN_ARGS, "--epochs", "2"])  # fmt: skip
+                                                 *RUN_ARGS, "--epochs", "2"])
     train_mod.train(train_mod.config_from_args(args), data=book_data)
     names = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     assert names == sorted(p.name for p in single.iterdir() if not p.name.startswith("."))
@@ -325,7 +325,7 @@ def test_torchrun_writes_the_single_process_files(torchrun_run, book_data, tmp_p
     keras_file = tmp_path / "best.keras"
     port = subprocess.run([sys.executable, "-m", "parity.port", str(out / "best-cnn-model.pt"),
                            str(keras_file)], cwd=ROOT, capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=600)  # fmt: skip
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=600)
     assert port.returncode == 0, port.stderr[-2000:]
     assert keras_file.stat().st_size > 0
 
@@ -382,7 +382,7 @@ def test_killed_rank_leaves_a_resumable_last_pt(torchrun_run, data_dir, tmp_path
     # Resuming with another world size is refused in one line, last.pt untouched.
     before = last.read_bytes()
     assert main(["--device", "cpu", "--out", str(out), "--data-dir", str(data_dir), *RUN_ARGS,
-                 "--epochs", "4", "--resume"]) == 1  # fmt: skip
+                 "--epochs", "4", "--resume"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "was trained by 2 process(es), not 1" in err[0], err
     assert last.read_bytes() == before

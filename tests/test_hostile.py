@@ -310,7 +310,7 @@ def test_keras_ref_visualize_checks_the_file_before_keras_opens_it(
     refuse(
         "keras_ref.visualize", src, "--out", tmp_path / "pictures",
         fragments=(str(src), "has external raw storage"),
-    )  # fmt: skip
+    )
 
 
 def test_soft_link_loop(keras_ckpts, tmp_path, refuse):

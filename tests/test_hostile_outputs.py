@@ -232,7 +232,7 @@ def test_port_into_a_read_only_folder(capsys, src_pt, read_only, no_data):
 def test_port_over_a_file_on_a_read_only_folder(capsys, src_pt, read_only, no_data):
     dst = read_only / "existing.pt"
     port(capsys, src_pt, dst, f"{dst}: cannot write in {read_only}: Read-only file system",
-         no_data, "--force")  # fmt: skip
+         no_data, "--force")
     assert dst.read_bytes() == b"keep me"
 
 
@@ -243,7 +243,7 @@ def test_port_onto_a_full_disk(capsys, src_pt, full_disk, no_data):
     free = os.statvfs(full_disk).f_bavail * os.statvfs(full_disk).f_frsize
     port(capsys, src_pt, dst,
          f"{dst}: no room in {full_disk}: {free:,} bytes free, about {DST_BYTES:,} needed",
-         no_data)  # fmt: skip
+         no_data)
     assert not dst.exists()
 
 
@@ -279,7 +279,7 @@ def test_check_json_in_a_read_only_folder(capsys, src_pt, tmp_path, read_only, n
     keras_file.write_bytes(b"not a zip")
     report = read_only / "report.json"
     refused(capsys, main, [keras_file, src_pt, "--json", report, "--data-dir", no_data],
-            f"{report}: cannot write in {read_only}: Read-only file system")  # fmt: skip
+            f"{report}: cannot write in {read_only}: Read-only file system")
 
 
 # --- training: the output folder, checked before the data is read --------------------------------
@@ -289,7 +289,7 @@ def train_refused(capsys, out: Path, message: str, no_data: Path, *extra: str) -
     from torch_impl.train import main
 
     refused(capsys, main, ["--device", "cpu", "--out", out, "--data-dir", no_data, "--limit",
-                           "256", "--epochs", "1", *extra], message)  # fmt: skip
+                           "256", "--epochs", "1", *extra], message)
 
 
 def test_train_out_a_file(capsys, tmp_path, no_data):
@@ -309,7 +309,7 @@ def test_train_out_on_a_read_only_file_system(capsys, read_only, no_data):
     out = read_only / "run"
     train_refused(capsys, out, f"{out}: cannot create the folder: Read-only file system", no_data)
     train_refused(capsys, read_only, f"{read_only}: cannot write in the folder: "
-                  "Read-only file system", no_data)  # fmt: skip
+                  "Read-only file system", no_data)
     assert sorted(p.name for p in read_only.iterdir()) == ["existing.pt"]
 
 
@@ -319,7 +319,7 @@ def test_train_out_on_a_full_disk(capsys, full_disk, no_data):
     out = full_disk / "run"
     vfs = os.statvfs(full_disk)
     train_refused(capsys, out, f"{out}: no room: {vfs.f_bavail * vfs.f_frsize:,} bytes free, "
-                  f"about {RUN_BYTES:,} needed", no_data)  # fmt: skip
+                  f"about {RUN_BYTES:,} needed", no_data)
     assert not out.exists(), "the refused run left its folder behind"
 
 
@@ -345,7 +345,7 @@ def test_a_second_training_in_a_locked_folder_is_refused(capsys, tmp_path, no_da
         assert (out / ".lock").read_text() == f"{os.getpid()}\n"
         refused(capsys, main, ["--out", out, "--data-dir", no_data, "--epochs", "1"],
                 f"{out}: another run (pid {os.getpid()}) is writing to this folder; "
-                "wait for it to end or choose another --out")  # fmt: skip
+                "wait for it to end or choose another --out")
         assert sorted(p.name for p in out.iterdir()) == [".lock"], "the refused run wrote"
     assert not (out / ".lock").exists(), "the lock file outlived the run"
 
@@ -370,7 +370,7 @@ def test_the_lock_dies_with_a_killed_training(capsys, tmp_path, data_dir):
          "--data-dir", str(data_dir), "--limit", "256", "--epochs", "1000"],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-    )  # fmt: skip
+    )
     try:
         deadline = time.monotonic() + 120
         while not (out / ".lock").exists() or not (out / ".lock").read_text().strip():
@@ -380,7 +380,7 @@ def test_the_lock_dies_with_a_killed_training(capsys, tmp_path, data_dir):
         assert (out / ".lock").read_text() == f"{first.pid}\n"
         refused(capsys, main, ["--device", "cpu", "--out", out, "--data-dir", data_dir],
                 f"{out}: another run (pid {first.pid}) is writing to this folder; "
-                "wait for it to end or choose another --out")  # fmt: skip
+                "wait for it to end or choose another --out")
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
@@ -388,7 +388,7 @@ def test_the_lock_dies_with_a_killed_training(capsys, tmp_path, data_dir):
     assert (out / ".lock").exists(), "SIGKILL runs no cleanup: the file stays, the flock not"
 
     assert main(["--device", "cpu", "--out", str(out), "--data-dir", str(data_dir),
-                 "--limit", "256", "--epochs", "1"]) == 0  # fmt: skip
+                 "--limit", "256", "--epochs", "1"]) == 0
     assert "epochs run: 1" in capsys.readouterr().out
     assert (out / "best-cnn-model.pt").exists() and (out / "last.pt").exists()
     assert not (out / ".lock").exists() and not temp_files(out)
@@ -404,7 +404,7 @@ def real_last(book_data, tmp_path_factory) -> bytes:
 
     out = tmp_path_factory.mktemp("real-last")
     train_mod.train(train_mod.TrainConfig(device="cpu", out=out, limit=256, epochs=1),
-                    data=book_data)  # fmt: skip
+                    data=book_data)
     return (out / "last.pt").read_bytes()
 
 
@@ -518,7 +518,7 @@ def _refused_resume(capsys, out: Path, no_data: Path, problem: str) -> None:
     rngs = torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
     before = (out / "last.pt").read_bytes()
     code = main(["--device", "cpu", "--out", str(out), "--data-dir", str(no_data), "--resume",
-                 "--limit", "256", "--epochs", "2"])  # fmt: skip
+                 "--limit", "256", "--epochs", "2"])
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err, err
     lines = err.splitlines()
@@ -549,7 +549,7 @@ def test_resume_refuses_a_pickle_payload_and_never_runs_it(capsys, real_last, tm
     out.mkdir()
     torch.save(last, out / "last.pt")
     _refused_resume(capsys, out, no_data, "refused: the pickle holds more than tensors and plain "
-                    "types (weights_only=True)")  # fmt: skip
+                    "types (weights_only=True)")
     assert not marker.exists(), "the pickle's payload ran"
 
 @pytest.mark.slow
@@ -603,7 +603,7 @@ def test_visualize_out_under_a_file(capsys, tmp_path, no_data, module):
     (tmp_path / "file").write_text("mine")
     out = tmp_path / "file" / "pictures"
     visualize_refused(capsys, module, out, f"{out}: {tmp_path / 'file'} is a file, not a folder",
-                      no_data, tmp_path)  # fmt: skip
+                      no_data, tmp_path)
 
 
 @pytest.mark.parametrize("module", VISUALIZERS)
@@ -613,7 +613,7 @@ def test_visualize_out_read_only(capsys, tmp_path, read_only, no_data, module):
                       f"{out}: cannot create the folder: Read-only file system", no_data, tmp_path)
     visualize_refused(capsys, module, read_only,
                       f"{read_only}: cannot write in the folder: Read-only file system", no_data,
-                      tmp_path)  # fmt: skip
+                      tmp_path)
 
 
 @pytest.mark.parametrize("module", VISUALIZERS)
@@ -650,7 +650,7 @@ def test_train_disk_filling_up_mid_run(tmp_path, data_dir):
              "--data-dir", str(data_dir), "--limit", "256", "--epochs", "1"],
             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-        )  # fmt: skip
+        )
         deadline = time.monotonic() + 120
         while not (out / ".lock").exists() or not (out / ".lock").read_text().strip():
             assert run.poll() is None, run.stderr.read()

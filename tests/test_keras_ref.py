@@ -16,7 +16,7 @@ def keras_run(tmp_path_factory, data_dir):
 
     out = tmp_path_factory.mktemp("keras-run")
     code = main(["--limit", "512", "--epochs", "3", "--patience", "1", "--out", str(out),
-                 "--data-dir", str(data_dir), "--verbose", "0"])  # fmt: skip
+                 "--data-dir", str(data_dir), "--verbose", "0"])
     assert code == 0
     return out
 

@@ -18,14 +18,14 @@ def test_torch_shapes_per_layer(book_data):
     hooks = [getattr(model, name).register_forward_hook(
         lambda _m, _i, out, name=name: shapes.__setitem__(name, tuple(out.shape)))
         for name in ("relu1", "pool1", "relu2", "pool2", "flatten", "dense1", "dense2")
-    ]  # fmt: skip
+    ]
     logits = model(x)
     for h in hooks:
         h.remove()
     assert shapes == {
         "relu1": (4, 32, 28, 28), "pool1": (4, 32, 14, 14), "relu2": (4, 64, 14, 14),
         "pool2": (4, 64, 7, 7), "flatten": (4, 3136), "dense1": (4, 100), "dense2": (4, 10),
-    }  # fmt: skip
+    }
     assert logits.shape == (4, 10)
     probs = model.predict_proba(x)
     assert torch.allclose(probs.sum(dim=1), torch.ones(4))
@@ -51,7 +51,7 @@ def test_keras_init_is_glorot_uniform_with_zero_biases():
     torch.manual_seed(0)
     model = keras_init_(BookCNN())
     for layer, fan_in, fan_out in ((model.conv1, 9, 288), (model.conv2, 288, 576),
-                                   (model.dense1, 3136, 100), (model.dense2, 100, 10)):  # fmt: skip
+                                   (model.dense1, 3136, 100), (model.dense2, 100, 10)):
         limit = np.sqrt(6 / (fan_in + fan_out))
         w = layer.weight.detach()
         assert w.abs().max() <= limit and w.abs().max() > 0.9 * limit
@@ -74,13 +74,13 @@ def test_keras_model_layers_shapes_and_counts():
     model = build_model()
     classes = [type(layer).__name__ for layer in model.layers]
     assert classes == ["Conv2D", "MaxPooling2D", "Conv2D", "MaxPooling2D", "Flatten", "Dense",
-                       "Dropout", "Dense"]  # fmt: skip
+                       "Dropout", "Dense"]
     assert [layer.count_params() for layer in model.layers] == [320, 0, 18_496, 0, 0, 313_700,
-                                                                0, 1_010]  # fmt: skip
+                                                                0, 1_010]
     assert model.count_params() == 333_526
     assert [tuple(layer.output.shape) for layer in model.layers] == [
         (None, 28, 28, 32), (None, 14, 14, 32), (None, 14, 14, 64), (None, 7, 7, 64),
         (None, 3136), (None, 100), (None, 100), (None, 10),
-    ]  # fmt: skip
+    ]
     assert model.layers[6].rate == pytest.approx(0.4)
     assert model.layers[0].padding == "same" and model.layers[-1].activation.__name__ == "softmax"

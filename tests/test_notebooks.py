@@ -113,7 +113,7 @@ def test_08_2_shows_the_books_results(notebooks):
     prediction = cell(nb, "plot_prediction(")
     assert png_count(prediction) == 1, "no bar chart"
     line = re.search(r"val_scaled\[0\]: predicted (\S+) \((.+)\), p=(\S+); label (\S+)",
-                     text(prediction))  # fmt: skip
+                     text(prediction))
     assert line, text(prediction)
     assert line[4] == "가방", "the book's first validation image is a bag"
     assert 0.1 <= float(line[3]) <= 1

@@ -44,7 +44,7 @@ def test_matches_keras_formulas_by_hand(rng):
     w0 = rng.standard_normal((7, 5)).astype(np.float32)
     # Gradients of mixed scale, including exact zeros where ε dominates the denominator.
     grads = [(rng.standard_normal((7, 5)) * 10.0 ** rng.integers(-8, 1)).astype(np.float32)
-             for _ in range(25)]  # fmt: skip
+             for _ in range(25)]
     grads[3][0, :] = 0.0
     p, opt = torch_steps(w0, grads)
     w_ref, m_ref, v_ref = keras_adam_reference(w0, grads)

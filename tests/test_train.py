@@ -25,7 +25,7 @@ HISTORY_KEYS = {"loss", "accuracy", "val_loss", "val_accuracy", "seconds"}
 KERAS_SUMMARY_KEYS = {
     "framework", "epochs_run", "best_epoch", "val_loss", "val_accuracy", "test_loss",
     "test_accuracy", "first_val_prediction", "seed", "batch_size", "limit", "history",
-}  # fmt: skip
+}
 EARLY_STOP_ARGS = ["--limit", "256", "--batch-size", "8", "--lr", "0.01", "--patience", "1"]
 
 
@@ -67,7 +67,7 @@ def interrupted_run(book_data, tmp_path_factory):
 
 def test_short_run_writes_every_file(tmp_path, data_dir, capsys):
     assert main(["--device", "cpu", "--limit", "512", "--epochs", "2", "--out", str(tmp_path),
-                 "--data-dir", str(data_dir)]) == 0  # fmt: skip
+                 "--data-dir", str(data_dir)]) == 0
     printed = capsys.readouterr().out.splitlines()
     assert printed[0] == "Epoch 1/2"
     assert printed[-3].startswith("epochs run: 2, best epoch: ")
@@ -105,7 +105,7 @@ def test_early_stopping_restores_best_epoch(early_stop_run, interrupted_run):
     # ones saved to best-cnn-model.pt and restored at the end.
     epoch3 = interrupted_run[1]["model"]
     assert_same_weights(torch.load(out / "best-cnn-model.pt", weights_only=True), epoch3,
-                        "best-cnn-model.pt is not epoch 3")  # fmt: skip
+                        "best-cnn-model.pt is not epoch 3")
     assert_same_weights(last(out)["best_weights"], epoch3, "restored weights are not epoch 3")
     assert not torch.equal(last(out)["model"]["dense2.weight"], epoch3["dense2.weight"]), (
         "epoch 4 should have moved the weights on"
@@ -172,7 +172,7 @@ def test_pool_first_is_bitwise_the_model(book_data, memory_format):
     ([1.0, 0.9, 0.95], 0),
     ([0.5, 0.4, 0.6, 0.7, 0.3], 3),
     ([1.0, float("nan"), 0.9, 1.1, 1.2], 2),
-])  # fmt: skip
+])
 def test_early_stopping_matches_keras(ops):
     """Our EarlyStopping against keras.callbacks.EarlyStopping on the same val_loss sequence."""
     keras = pytest.importorskip("keras")
@@ -206,7 +206,7 @@ def test_device_cuda_without_gpu_is_one_line(tmp_path, capsys):
     ["--device", "gpu"], ["--epochs", "ten"], ["--init", "glorot"], ["--no-such-flag"],
     ["--epochs", "0"], ["--batch-size", "-1"], ["--lr", "nan"], ["--lr", "0"], ["--limit", "-5"],
     ["--seed", "-1"], ["--seed", "4294967296"], ["--threads", "-1"],
-])  # fmt: skip
+])
 def test_bad_usage_exits_2(argv, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main([*argv, "--out", str(tmp_path / "run")])
@@ -230,7 +230,7 @@ def test_resume_with_other_settings_is_refused(early_stop_run, capsys):
     out, _ = early_stop_run
     before = (out / "last.pt").read_bytes()
     assert main(["--device", "cpu", "--out", str(out), *EARLY_STOP_ARGS, "--batch-size", "16",
-                 "--resume"]) == 1  # fmt: skip
+                 "--resume"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--batch-size 8, not 16" in err[0], err
     assert (out / "last.pt").read_bytes() == before, "a refused resume touched last.pt"

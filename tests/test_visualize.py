@@ -20,9 +20,9 @@ pytestmark = pytest.mark.slow  # a Keras fit and both 8-3 CLIs
 TRAINED_STAT = re.compile(r"^trained conv1 weight mean (\S+) std (\S+)$", re.M)
 KERAS_PNGS = ("conv1-hist.png", "conv1-kernels.png", "untrained-conv1-hist.png",
               "untrained-conv1-kernels.png", "input.png", "conv1-maps.png",
-              "conv2-maps.png")  # fmt: skip
+              "conv2-maps.png")
 TORCH_PNGS = ("conv1-hist.png", "conv1-kernels.png", "input.png", "conv1-maps.png",
-              "conv2-maps.png", "prediction.png", "history.png")  # fmt: skip
+              "conv2-maps.png", "prediction.png", "history.png")
 
 
 def _run(main, argv):
@@ -49,14 +49,14 @@ def ckpts(tmp_path_factory, raw_data, data_dir):
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     x = train_input[:512].reshape(-1, 28, 28, 1) / 255.0
     fit = model.fit(x, train_target[:512], epochs=2, batch_size=32, verbose=0,
-                    validation_data=(x[:128], train_target[:128]))  # fmt: skip
+                    validation_data=(x[:128], train_target[:128]))
     model.save(root / "model.keras")
     port(root / "model.keras", root / "model.pt", samples=64, data_dir=data_dir)
     # The port holds conv1's kernel, HWIO (3, 3, 1, 32) → OIHW (32, 1, 3, 3).
     conv1 = torch.load(root / "model.pt", weights_only=True)["conv1.weight"].numpy()
     np.testing.assert_array_equal(conv1, model.layers[0].weights[0].numpy().transpose(3, 2, 0, 1))
     (root / "history.json").write_text(json.dumps({"framework": "keras (test)",
-                                                   "history": fit.history}))  # fmt: skip
+                                                   "history": fit.history}))
     return root
 
 
@@ -66,7 +66,7 @@ def keras_run(ckpts, data_dir):
 
     out = ckpts / "keras-out"
     code, stdout, stderr = _run(main, [str(ckpts / "model.keras"), "--out", str(out),
-                                       "--data-dir", str(data_dir)])  # fmt: skip
+                                       "--data-dir", str(data_dir)])
     assert code == 0, stderr
     return out, stdout
 
@@ -77,7 +77,7 @@ def torch_run(ckpts, data_dir):
     out = ckpts / "torch-out"
     args = tv.build_parser().parse_args([
         str(ckpts / "model.pt"), "--out", str(out),
-        "--history", str(ckpts / "history.json"), "--data-dir", str(data_dir)])  # fmt: skip
+        "--history", str(ckpts / "history.json"), "--data-dir", str(data_dir)])
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         numbers = tv.visualize(args)
@@ -126,7 +126,7 @@ def test_keras_prints_the_same_statistics(keras_run, torch_run):
     assert (k_mean, k_std) == pytest.approx((t_mean, t_std), abs=2e-6)
     assert "trained conv1 weights (3, 3, 1, 32), bias (32,)" in keras_out
     glorot_std = float(re.search(r"untrained \(Glorot uniform\) conv1 weight mean \S+ std (\S+)",
-                                 keras_out).group(1))  # fmt: skip
+                                 keras_out).group(1))
     assert glorot_std == pytest.approx(np.sqrt(6 / 297) / np.sqrt(3), rel=0.15)
     assert "conv1 feature maps (1, 28, 28, 32), conv2 feature maps (1, 14, 14, 64)" in keras_out
 
@@ -154,7 +154,7 @@ def test_prediction_is_a_distribution(torch_run):
 
 def test_korean_class_names_or_a_note(ckpts, data_dir, tmp_path):
     code, out, err = _run(tv.main, [str(ckpts / "model.pt"), "--out", str(tmp_path),
-                                    "--lang", "ko", "--data-dir", str(data_dir)])  # fmt: skip
+                                    "--lang", "ko", "--data-dir", str(data_dir)])
     assert code == 0, err
     if tv.korean_font():
         assert "true 가방" in out and "note:" not in err
@@ -172,7 +172,7 @@ def test_history_of_either_trainer(fmt, ckpts):
     history = tv.read_history(path)
     assert len(history.loss) == len(history.val_loss) == 2
     assert history.val_loss == pytest.approx(json.loads((ckpts / "history.json").read_text())
-                                             ["history"]["val_loss"])  # fmt: skip
+                                             ["history"]["val_loss"])
 
 
 def _one_line_error(code, err, *needles):

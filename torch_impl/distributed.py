@@ -86,7 +86,7 @@ def rank_device(world: World, spec: str) -> torch.device:
         count = torch.cuda.device_count()
         if world.local_rank >= count:
             raise UserError(f"LOCAL_RANK {world.local_rank} has no GPU: this node has {count} "
-                            f"(use --nproc-per-node {count} or fewer)")  # fmt: skip
+                            f"(use --nproc-per-node {count} or fewer)")
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)
         return device
@@ -106,7 +106,7 @@ def session(world: World, spec: str, init_method: str | None = None) -> Iterator
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend, init_method=init_method, rank=world.rank,
                             world_size=world.size,
-                            device_id=device if device.type == "cuda" else None)  # fmt: skip
+                            device_id=device if device.type == "cuda" else None)
     try:
         with ExitStack() as stack:
             if not world.is_main:
@@ -194,7 +194,7 @@ def all_reduce_sums(*sums: torch.Tensor | float, world: World) -> list[float]:
 
 
 def train_epoch(model, step_fn, x, y, batch_size: int, shuffle: torch.Generator, world: World,
-                progress=None) -> tuple[float, float]:  # fmt: skip
+                progress=None) -> tuple[float, float]:
     """`torch_impl.train.train_epoch` over N ranks: one permutation shared by all ranks, each
     taking its slice of every global batch; Keras's (loss, accuracy) over the whole epoch."""
     model.train()
@@ -215,7 +215,7 @@ def train_epoch(model, step_fn, x, y, batch_size: int, shuffle: torch.Generator,
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, world: World,
-             batch_size: int = EVAL_BATCH_SIZE) -> EvalResult:  # fmt: skip
+             batch_size: int = EVAL_BATCH_SIZE) -> EvalResult:
     """`torch_impl.evaluate.evaluate` over N ranks: each evaluates its shard (in batches of
     `batch_size`, a last partial one included), the sums are all-reduced."""
     if not world.distributed:

@@ -107,10 +107,10 @@ def load_last(path: Path) -> dict:
 # Each check names the part of the file (`optimizer.state[4].exp_avg`) and what was expected.
 
 LAST_KEYS = ("format", "config", "model", "optimizer", "early_stopping", "run", "best_weights",
-             "rng")  # fmt: skip
+             "rng")
 CONFIG_TYPES = {"seed": (int,), "batch_size": (int,), "lr": (float, int), "limit": (int,),
                 "init": (str,), "patience": (int,), "epochs": (int,),
-                "world_size": (int,)}  # fmt: skip
+                "world_size": (int,)}
 INITS = ("keras", "torch")
 ADAM_STATE_KEYS = ("step", "exp_avg", "exp_avg_sq")
 RNG_KEYS = ("torch_cpu", "torch_cuda", "numpy", "python", "shuffle")
@@ -187,7 +187,7 @@ def _optimizer(value, lr: float) -> None:
     for key in ("lr", "betas", "eps"):
         if group[key] != defaults[key]:
             raise _Bad(f"optimizer.param_groups[0].{key} is {group[key]!r}, expected "
-                       f"{defaults[key]!r}")  # fmt: skip
+                       f"{defaults[key]!r}")
     state = _fields("optimizer.state", opt["state"], range(len(shapes)))
     for i, shape in enumerate(shapes):
         moments = _fields(f"optimizer.state[{i}]", state[i], ADAM_STATE_KEYS)
@@ -214,7 +214,7 @@ def _run(early_stopping, run) -> None:
             raise _Bad(f"run.history.{key} is a {type(values).__name__}, expected a list")
         if len(values) != state["epoch"]:
             raise _Bad(f"run.history.{key} holds {len(values)} values, expected one per epoch "
-                       f"run ({state['epoch']})")  # fmt: skip
+                       f"run ({state['epoch']})")
         for i, v in enumerate(values):
             _typed(f"run.history.{key}[{i}]", v, float)
 
@@ -236,10 +236,10 @@ def _rng(value) -> None:
     if cuda and torch.cuda.is_available():  # only then does set_rng_state apply them
         if len(cuda) > torch.cuda.device_count():
             raise _Bad(f"rng.torch_cuda holds {len(cuda)} states for "
-                       f"{torch.cuda.device_count()} GPUs")  # fmt: skip
+                       f"{torch.cuda.device_count()} GPUs")
         for i, t in enumerate(cuda):
             _tensor(f"rng.torch_cuda[{i}]", t, tuple(torch.cuda.get_rng_state(i).shape),
-                    torch.uint8)  # fmt: skip
+                    torch.uint8)
 
     np_state = rng["numpy"]
     if not (isinstance(np_state, list) and len(np_state) == 5):
@@ -264,7 +264,7 @@ def _rng(value) -> None:
         raise _Bad("rng.python is not random's state [version, internal, gauss]")
     version, internal, gauss = py_state
     if not (isinstance(internal, list) and len(internal) == PYTHON_STATE
-            and all(_is(k, int) for k in internal)):  # fmt: skip
+            and all(_is(k, int) for k in internal)):
         raise _Bad(f"rng.python's internal state is not a list of {PYTHON_STATE} whole numbers")
     try:  # on a throwaway Random: Python's own checks
         random.Random().setstate((version, tuple(internal), gauss))

@@ -155,7 +155,7 @@ def make_train_step(forward: nn.Module, optimizer: torch.optim.Optimizer):
 
 
 def train(config: TrainConfig, data: BookData | None = None,
-          world: ddp.World | None = None) -> dict:  # fmt: skip
+          world: ddp.World | None = None) -> dict:
     """Train with `config`; returns the history.json summary.
 
     `data` is the book's split already in memory (default: loaded from `config.data_dir`).
@@ -186,7 +186,7 @@ def _load_last(config: TrainConfig, path: Path, run_keys: dict) -> dict | None:
 
 
 def _train(config: TrainConfig, out: Path, device: torch.device, data: BookData | None,
-           world: ddp.World) -> dict:  # fmt: skip
+           world: ddp.World) -> dict:
     run_keys = config.run_keys() | {"world_size": world.size}
     # Rank 0 reads and checks last.pt; every rank gets it.
     last = ddp.on_main(world, lambda: _load_last(config, out / LAST_FILE, run_keys))
@@ -297,7 +297,7 @@ def _train(config: TrainConfig, out: Path, device: torch.device, data: BookData 
     # Evaluate the restored best weights on validation and test data.
     model.eval()
     val, test = (ddp.evaluate(PoolFirst(model), x, y, world)
-                 for x, y in ((val_x, val_y), (test_x, test_y)))  # fmt: skip
+                 for x, y in ((val_x, val_y), (test_x, test_y)))
     val_loss, val_acc, test_loss, test_acc = val.loss, val.accuracy, test.loss, test.accuracy
     with torch.inference_mode():
         probs = model.predict_proba(val_x[:1])[0].cpu()
@@ -330,11 +330,11 @@ def _train(config: TrainConfig, out: Path, device: torch.device, data: BookData 
         "world_size": world.size,
         "versions": versions(),
         "history": state.history,
-    }  # fmt: skip
+    }
     if world.is_main:
         atomic_write(out / HISTORY_FILE,
                      lambda tmp: tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False)),
-                     force=True)  # fmt: skip
+                     force=True)
     print(f"epochs run: {state.epoch}, best epoch: {summary['best_epoch']}")
     print(f"validation accuracy: {val_acc:.4f}  loss: {val_loss:.4f}")
     print(f"test accuracy: {test_acc:.4f}  loss: {test_loss:.4f}")

@@ -44,7 +44,7 @@ FEATURE_NODES = {"relu1": "conv1", "relu2": "conv2"}
 GRIDS = {"conv1": (4, 8), "conv2": (8, 8)}  # the book's grids
 # Fonts with Hangul, most likely first (Debian's fonts-nanum, Noto CJK, Windows, macOS).
 KOREAN_FONTS = ("NanumGothic", "NanumBarunGothic", "Noto Sans CJK KR", "Noto Sans KR",
-                "Malgun Gothic", "AppleGothic", "UnDotum")  # fmt: skip
+                "Malgun Gothic", "AppleGothic", "UnDotum")
 DPI = 80  # small PNGs for the README
 KERNEL_LIMIT = 0.5  # the book's vmin/vmax for the kernel grid
 
@@ -90,7 +90,7 @@ def untrained_models(seed: int) -> dict[str, BookCNN]:
     kaiming_uniform(a=√5), U(-1/3, 1/3) for conv1's fan-in of 9 (std ≈ 0.19)."""
     models = {}
     for label, init in (("untrained, Keras Glorot uniform", "keras"),
-                        ("untrained, PyTorch default", "torch")):  # fmt: skip
+                        ("untrained, PyTorch default", "torch")):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             models[label] = BookCNN(init=init).eval()
@@ -164,7 +164,7 @@ def plot_kernels(stats: list[ConvStats], path: Path) -> Path:
         for i in range(2):
             for j in range(16):
                 axs[i, j].imshow(s.weight[i * 16 + j, 0], vmin=-KERNEL_LIMIT, vmax=KERNEL_LIMIT,
-                                 interpolation="nearest")  # fmt: skip
+                                 interpolation="nearest")
                 axs[i, j].axis("off")
         sub.suptitle(f"{s.label} (std {s.std:.3f})", fontsize=10)
     fig.suptitle(f"PyTorch: conv1 kernels, vmin -{KERNEL_LIMIT}, vmax {KERNEL_LIMIT}")
@@ -205,7 +205,7 @@ def plot_feature_maps(name: str, maps: np.ndarray, title: str, path: Path) -> Pa
 
 
 def plot_prediction(image: np.ndarray, probs: np.ndarray, names: tuple[str, ...], title: str,
-                    font: str | None, path: Path) -> Path:  # fmt: skip
+                    font: str | None, path: Path) -> Path:
     """8-2's bar chart of the 10 class probabilities, with the image beside it."""
     with matplotlib.rc_context(_font_rc(font)):
         fig = Figure(figsize=(8, 3.4), layout="constrained")
@@ -231,7 +231,7 @@ def class_names(lang: str) -> tuple[tuple[str, ...], str | None]:
     font = korean_font()
     if font is None:
         print("note: no Korean font found (install fonts-nanum); class names in English",
-              file=sys.stderr)  # fmt: skip
+              file=sys.stderr)
         return CLASS_NAMES, None
     return CLASS_NAMES_KO, font
 
@@ -292,11 +292,11 @@ def report(r: Results, args: argparse.Namespace, names: tuple[str, ...]) -> None
         print(f"{name} feature maps {m.shape} of train_input[{args.index}] ({names[r.label]})")
     pred = int(np.argmax(r.probs))
     print(f"val_scaled[{args.val_index}]: predicted {names[pred]} (p={r.probs[pred]:.4f}), "
-          f"true {names[r.val_label]}")  # fmt: skip
+          f"true {names[r.val_label]}")
 
 
 def draw(r: Results, args: argparse.Namespace, names: tuple[str, ...], font: str | None,
-         out: Path) -> list[Path]:  # fmt: skip
+         out: Path) -> list[Path]:
     """Write the PNGs into `out`; return their paths."""
     out.mkdir(parents=True, exist_ok=True)
     where = f"train_input[{args.index}]"
@@ -312,10 +312,10 @@ def draw(r: Results, args: argparse.Namespace, names: tuple[str, ...], font: str
     written.append(plot_prediction(
         r.val_image, r.probs, names,
         f"PyTorch: val_scaled[{args.val_index}] is {names[pred]} (p={r.probs[pred]:.3f})", font,
-        out / "prediction.png"))  # fmt: skip
+        out / "prediction.png"))
     if r.history is not None:
         written.append(plot_history(r.history, f"loss per epoch ({r.history.framework})",
-                                    out / "history.png", dpi=DPI))  # fmt: skip
+                                    out / "history.png", dpi=DPI))
     return written
 
 
@@ -341,13 +341,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_out(p, "runs/visualize", "folder for the PNGs")
     add_image_index(p)
     p.add_argument("--val-index", type=non_negative_int, default=0,
-                   help="validation image to predict (default: 0, a bag)")  # fmt: skip
+                   help="validation image to predict (default: 0, a bag)")
     add_seed(p, "seed of the untrained models' initialisation")
     p.add_argument("--history", metavar="HISTORY_JSON",
-                   help="a trainer's history.json: plot its losses (default: off)")  # fmt: skip
+                   help="a trainer's history.json: plot its losses (default: off)")
     p.add_argument("--lang", choices=("en", "ko"), default="en",
                    help="class names in English or the book's Korean, where a Korean font is "
-                        "installed (default: en)")  # fmt: skip
+                        "installed (default: en)")
     add_data_dir(p)
     return p
 

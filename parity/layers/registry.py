@@ -124,7 +124,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "Softmax": ("axis",),
     "Rescaling": ("scale", "offset"),
     "Reshape": ("target_shape",),
-}  # fmt: skip
+}
 
 
 def converter(class_name: str) -> Callable[[Converter], Converter]:

@@ -44,7 +44,7 @@ def test_book_cnn_rows_are_the_book_table(config, rng):
         "hard_swish", "hard_tanh", "tanh_shrink", "soft_shrink", "hard_shrink", "log_sigmoid",
         "mish", "exponential",
     ],
-)  # fmt: skip
+)
 def test_activation_matches_keras(name, rng):
     import keras
 
@@ -52,7 +52,7 @@ def test_activation_matches_keras(name, rng):
 
     x = (rng.standard_normal((64, 10)) * 4).astype(np.float32)
     want = np.asarray(keras.activations.get(name)(x))
-    (kind, module), = activation(name, (10,), "test")  # fmt: skip
+    (kind, module), = activation(name, (10,), "test")
     got = module(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5, err_msg=name)
 
@@ -158,7 +158,7 @@ def _hostile_copy(src, dst, edit) -> None:
                                                                shuffle=True)),
          r"is stored with the filter\(s\) shuffle"),
     ],
-)  # fmt: skip
+)
 def test_hostile_h5_is_refused_before_reading(book_h5, tmp_path, edit, match):
     dst = tmp_path / "hostile.h5"
     _hostile_copy(book_h5, dst, edit)
@@ -172,7 +172,7 @@ def test_a_deflated_dataset_is_inflated_with_a_cap(book_h5, tmp_path):
     kernel = read_keras_model(book_h5).weights["conv2d/kernel"]
     _hostile_copy(book_h5, dst, lambda h5: _replace(
         h5, lambda g, n: g.create_dataset(n, data=kernel, compression="gzip", chunks=(3, 3, 1, 8))
-    ))  # fmt: skip
+    ))
     assert np.array_equal(read_keras_model(dst).weights["conv2d/kernel"], kernel)
 
 

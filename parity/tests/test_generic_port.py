@@ -37,7 +37,7 @@ def bn_model(tmp_path_factory, data_dir):
         L.Flatten(),
         L.Dense(16, activation="gelu"),
         L.Dense(10, activation="softmax"),
-    ])  # fmt: skip
+    ])
     (x, y), _ = load_data(str(data_dir))
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     model.fit((x[:256] / 255.0).astype(np.float32)[..., None], y[:256], epochs=1, verbose=0)
@@ -64,7 +64,7 @@ def test_keras_to_pt_with_module_py_and_back(bn_model, tmp_path, capsys, eval_im
     src, _, original = bn_model
     pt, py = tmp_path / "bn.pt", tmp_path / "model.py"
     assert port_main([str(src), str(pt), "--generic", "--module-py", str(py),
-                      "--samples", SAMPLES]) == 0  # fmt: skip
+                      "--samples", SAMPLES]) == 0
     out = capsys.readouterr().out
     assert "Keras layer" in out and "PyTorch module" in out and "transform" in out
     # layer names as Keras gave them in this process: conv2d, or conv2d_5 after other models
@@ -158,7 +158,7 @@ def test_a_shape_fashion_mnist_cannot_fill_uses_seeded_images_and_says_so(tmp_pa
     model = keras.Sequential([
         keras.Input((32, 32, 3)), L.Conv2D(4, 3, strides=2, padding="same", activation="relu"),
         L.GlobalAveragePooling2D(), L.Dense(2, activation="softmax"),
-    ])  # fmt: skip
+    ])
     src = tmp_path / "rgb.keras"
     model.save(src)
     assert port_main([str(src), str(tmp_path / "rgb.pt"), "--generic", "--samples", "20"]) == 0

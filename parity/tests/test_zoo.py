@@ -151,7 +151,7 @@ def zoo(tmp_path_factory, data_dir, eval_images) -> dict[str, ZooModel]:
         model.fit(
             keras_images(train, shape), train_target[:TRAIN_IMAGES], epochs=1, batch_size=64,
             verbose=0,
-        )  # fmt: skip
+        )
         files = {}
         for suffix in FORMATS:
             files[suffix] = out / f"{name}{suffix}"
@@ -163,12 +163,12 @@ def zoo(tmp_path_factory, data_dir, eval_images) -> dict[str, ZooModel]:
         models[name] = ZooModel(
             name, files, shape, images, np.asarray(model.predict(images, verbose=0)), outputs,
             model.get_weights(),
-        )  # fmt: skip
+        )
     return models
 
 
 ZOO = ("book", "mlp", "mlp_dropout_hw", "cnn_bn_strided", "cnn_pool_dilated", "cnn_misc",
-       "reshape_gmp")  # fmt: skip
+       "reshape_gmp")
 
 
 def test_zoo_names_are_the_fixtures():
@@ -256,7 +256,7 @@ def test_book_cnn_keys_are_book_cnns(zoo):
     assert [n for n, _ in module.named_children()] == [
         "conv1", "relu1", "pool1", "conv2", "relu2", "pool2", "flatten", "dense1", "relu3",
         "dropout", "dense2", "softmax",
-    ]  # fmt: skip
+    ]
 
 
 # --- the other direction: PyTorch modules → Keras --------------------------------------------
