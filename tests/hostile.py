@@ -1,7 +1,12 @@
 """What the hostile-input tests share (tests/test_hostile_*.py): running a real CLI in its own
 process with its own peak RSS measured, the canary secret, the `refuse` check every refusal must
 pass, and real Keras/PyTorch checkpoints to make hostile copies of. The fixtures reach the tests
-through tests/conftest.py."""
+through tests/conftest.py.
+
+Every refusal must: exit 1; print exactly one line on stderr (no traceback, no ANSI colour);
+write nothing; leak no byte of the canary secret to stdout, stderr or any file; finish within
+60 s; and keep the child's own peak RSS (os.wait4) under 1.5 GB.
+"""
 
 from __future__ import annotations
 
