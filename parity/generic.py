@@ -23,6 +23,7 @@ from torch import nn
 
 from fashion_cnn.errors import UserError
 from fashion_cnn.validate import check_tensors
+from parity.keras_spec import dtype_name, is_custom, layer_config
 from parity.layers import CONVERTERS, PASS_FLATTEN, Chain, Converted, Fixed, supported
 from parity.mapping import Row
 
@@ -88,7 +89,7 @@ def _check_chain(layers: list[Mapping], cfg: Mapping, source: str) -> None:
         single(cfg.get("input_layers"), "inputs"),
         single(cfg.get("output_layers"), "outputs"),
     )
-    names = [layer.get("name") or _layer_cfg(layer).get("name") for layer in layers]
+    names = [layer.get("name") or layer_config(layer).get("name") for layer in layers]
     if names[0] != first or names[-1] != last:
         raise UserError(f"{source}: the layers are not one chain from {first} to {last}")
     for prev, layer, name in zip(names, layers[1:], names[1:], strict=False):
@@ -115,18 +116,6 @@ def _check_chain(layers: list[Mapping], cfg: Mapping, source: str) -> None:
                 f"{source}: layer {name} takes {inputs or 'no input'} rather than only the layer "
                 f"before it ({prev}): a model with branches is not supported, only a single chain"
             )
-
-
-def _layer_cfg(layer: Mapping) -> Mapping:
-    cfg = layer.get("config")
-    return cfg if isinstance(cfg, Mapping) else {}
-
-
-def _dtype_name(dtype: object) -> object:
-    if isinstance(dtype, Mapping):
-        cfg = dtype.get("config")
-        return cfg.get("name") if isinstance(cfg, Mapping) else dtype
-    return dtype
 
 
 def parse_config(config: object, source: str) -> ModelSpec:
@@ -158,34 +147,31 @@ def parse_config(config: object, source: str) -> ModelSpec:
     for layer in layers:
         i = index.get(id(layer), "the input layer")
         lcls = layer.get("class_name")
-        custom = layer.get("registered_name") not in (None, lcls) or layer.get("module") not in (
-            None,
-            "keras.layers",
-        )
+        custom = is_custom(layer)
         if not isinstance(lcls, str) or lcls not in CONVERTERS or custom:
             what = f"{layer.get('module')}.{lcls}" if custom else lcls
             raise UserError(
-                f"{source}: {i} ({_layer_cfg(layer).get('name', '?')}) is a {what}, which "
+                f"{source}: {i} ({layer_config(layer).get('name', '?')}) is a {what}, which "
                 f"this port does not support (refused without running it); supported: "
                 f"{supported()}"
             )
-        dtype = _dtype_name(_layer_cfg(layer).get("dtype"))
+        dtype = dtype_name(layer_config(layer).get("dtype"))
         if dtype not in (None, "float32"):
             raise UserError(
-                f"{source}: {i} ({_layer_cfg(layer).get('name', '?')}) computes in "
+                f"{source}: {i} ({layer_config(layer).get('name', '?')}) computes in "
                 f"{dtype}; only float32 is supported"
             )
     inputs = [x for x in layers if x.get("class_name") == "InputLayer"]
     if len(inputs) > 1 or (inputs and layers[0] is not inputs[0]):
         raise UserError(f"{source}: the model has more than one InputLayer")
     if inputs:
-        icfg = _layer_cfg(inputs[0])
+        icfg = layer_config(inputs[0])
         key = "batch_shape" if "batch_shape" in icfg else "batch_input_shape"
         input_shape = _shape(icfg.get(key), f"the InputLayer's {key}", source)
     elif cfg.get("build_input_shape") is not None:
         input_shape = _shape(cfg["build_input_shape"], "build_input_shape", source)
     else:
-        first = _layer_cfg(layers[0])
+        first = layer_config(layers[0])
         input_shape = _shape(first.get("batch_input_shape"), "the first layer's input", source)
     counts: dict[str, int] = {}
     body = []
@@ -198,7 +184,9 @@ def parse_config(config: object, source: str) -> ModelSpec:
         if layer.get("class_name") != "InputLayer":
             body.append(
                 KerasLayer(
-                    layer["class_name"], dict(_layer_cfg(layer)), base if k == 0 else f"{base}_{k}"
+                    layer["class_name"],
+                    dict(layer_config(layer)),
+                    base if k == 0 else f"{base}_{k}",
                 )
             )
     if not body:

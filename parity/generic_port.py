@@ -8,9 +8,6 @@ fields the converters read, for supported built-in layer classes) with the weigh
 
 from __future__ import annotations
 
-import inspect
-import re
-import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,14 +31,7 @@ from parity.generic_files import save_torch_model, torch_built
 from parity.generic_read import _json, _read_keras3, read_keras_model
 from parity.generic_write import _as_sequential, model_config, write_keras_model
 from parity.keras_spec import CONFIG_MEMBER, MAX_JSON_BYTES, keras_kind
-from parity.layers import (
-    AvgPool2dSame,
-    Exponential,
-    FlattenHWC,
-    GlobalPool2d,
-    KerasReshape,
-    Rescale,
-)
+from parity.module_py import write_module_py
 
 FASHION_SHAPE = (28, 28, 1)
 
@@ -214,11 +204,6 @@ def verify(src: Source, images: np.ndarray, description: str) -> GenericAgreemen
     )
 
 
-def _torch_shape(shape: tuple[int, ...]) -> str:
-    dims = (shape[2], shape[0], shape[1]) if len(shape) == 3 else shape
-    return "(N, " + ", ".join(map(str, dims)) + ")"
-
-
 def layer_table(built: Built) -> str:
     """Keras layer, PyTorch module(s), output shape (Keras order), parameters, transform."""
     rows = [("Keras layer", "PyTorch module", "output shape", "params", "transform")]
@@ -238,96 +223,6 @@ def layer_table(built: Built) -> str:
         ).rstrip()
         for r in rows
     )
-
-
-# --- a readable PyTorch source file of the module --------------------------------------------
-
-_HELPERS = (AvgPool2dSame, GlobalPool2d, Exponential, Rescale, KerasReshape, FlattenHWC)
-
-
-def _constructor(module: torch.nn.Module) -> str:
-    """A Python expression that builds `module` (torch.nn's reprs, where they are exact)."""
-    from torch import nn
-
-    if isinstance(module, nn.AvgPool2d):
-        return (f"nn.AvgPool2d({module.kernel_size}, {module.stride}, {module.padding}, "
-                f"count_include_pad={module.count_include_pad})")
-    if isinstance(module, nn.MaxPool2d) and module.dilation == 1 and not module.ceil_mode:
-        return f"nn.MaxPool2d({module.kernel_size}, {module.stride}, {module.padding})"
-    if type(module) is nn.ConstantPad2d:  # ZeroPad2d, its subclass, has an exact repr
-        return f"nn.ConstantPad2d({module.padding}, float('{module.value}'))"
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        return (f"nn.{type(module).__name__}({module.num_features}, eps={module.eps!r}, "
-                f"momentum={module.momentum!r}, affine={module.affine})")
-    return f"nn.{module!r}"
-
-
-def _helper_call(module: torch.nn.Module) -> str:
-    args = {
-        AvgPool2dSame: lambda m: f"{m.kernel_size}, {m.stride}, {m.pad}",
-        GlobalPool2d: lambda m: f"{m.mode!r}, {m.keepdims}",
-        Exponential: lambda m: "",
-        Rescale: lambda m: f"{m.scale!r}, {m.offset!r}",
-        KerasReshape: lambda m: f"{m.target}, {m.image_in}",
-        FlattenHWC: lambda m: "",
-    }[type(module)](module)
-    return f"{type(module).__name__}({args})"
-
-
-def module_source(built: Built, class_name: str, origin: str) -> str:
-    """A Python file: the helper modules it needs, then one class with its layers in __init__
-    and `forward` with a shape comment per line."""
-    module = built.module
-    shape = module.keras_spec.input_shape
-    with torch.no_grad():  # the output shape of every module, from one zero image
-        shapes: dict[str, tuple[int, ...]] = {}
-        hooks = [
-            m.register_forward_hook(lambda _m, _i, o, n=n: shapes.__setitem__(n, tuple(o.shape)))
-            for n, m in module.named_children()
-        ]
-        module(torch.zeros(1, *((shape[2], shape[0], shape[1]) if len(shape) == 3 else shape)))
-        for h in hooks:
-            h.remove()
-    helpers = [h for h in _HELPERS if any(isinstance(m, h) for m in module.children())]
-    keras_layers = ", ".join(f"{i.keras.name} ({i.keras.class_name})" for i in built.layers)
-    lines = [
-        f'"""{class_name}: the Keras model {origin}, ported by `python -m parity.port`.',
-        "",
-        *textwrap.wrap(f"Keras layers: {keras_layers}.", 96),
-        "Input: "
-        + (f"NCHW images {_torch_shape(shape)}" if len(shape) == 3 else f"{_torch_shape(shape)}")
-        + "; the output is what the Keras model outputs.",
-        '"""',
-        "",
-        "import torch",
-        *(["import torch.nn.functional as F"] if AvgPool2dSame in helpers else []),
-        "from torch import nn",
-        "",
-    ]
-    for helper in helpers:
-        lines += ["", inspect.getsource(helper), ""]
-    lines += ["", f"class {class_name}(nn.Module):", "    def __init__(self) -> None:",
-              "        super().__init__()"]
-    for name, m in module.named_children():
-        expr = _helper_call(m) if isinstance(m, _HELPERS) else _constructor(m)
-        lines.append(f"        self.{name} = {expr}")
-    lines += ["", "    def forward(self, x: torch.Tensor) -> torch.Tensor:"]
-    for name, _ in module.named_children():
-        dims = ", ".join(map(str, shapes[name][1:]))
-        lines.append(f"        x = self.{name}(x)  # (N, {dims})")
-    lines += ["        return x", ""]
-    text = "\n".join(lines)
-    return re.sub(r"\n{4,}", "\n\n\n", text)
-
-
-def write_module_py(built: Built, dst: Path, origin: str, *, force: bool = False) -> Path:
-    from fashion_cnn.files import atomic_write
-
-    stem = re.sub(r"\W", "_", dst.stem.title().replace("_", "")) or "Ported"
-    name = stem if stem[0].isalpha() else f"Model{stem}"
-    text = module_source(built, name, origin)
-    compile(text, str(dst), "exec")  # a generated file that does not parse is never written
-    return atomic_write(dst, lambda tmp: tmp.write_text(text), force=force)
 
 
 def port_generic(

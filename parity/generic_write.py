@@ -24,6 +24,7 @@ from parity.keras_spec import (
     KERAS_FORMAT_VERSION,
     METADATA_MEMBER,
     WEIGHTS_MEMBER,
+    dtype_policy,
     keras_kind,
 )
 from parity.layers import FIELDS
@@ -32,15 +33,6 @@ Shape = tuple[int, ...]
 
 
 # --- writing Keras files ---------------------------------------------------------------------
-
-
-def _dtype_policy() -> dict:
-    return {
-        "module": "keras",
-        "class_name": "DTypePolicy",
-        "config": {"name": "float32"},
-        "registered_name": None,
-    }
 
 
 def model_config(spec: ModelSpec, build_shapes: list[Shape | None]) -> dict:
@@ -63,7 +55,7 @@ def model_config(spec: ModelSpec, build_shapes: list[Shape | None]) -> dict:
     ]
     for layer, shape in zip(spec.layers, build_shapes, strict=True):
         kept = {k: layer.config[k] for k in FIELDS[layer.class_name] if k in layer.config}
-        cfg = {"name": layer.name, "trainable": True, "dtype": _dtype_policy(), **kept}
+        cfg = {"name": layer.name, "trainable": True, "dtype": dtype_policy(), **kept}
         entry = {
             "module": "keras.layers",
             "class_name": layer.class_name,
@@ -79,7 +71,7 @@ def model_config(spec: ModelSpec, build_shapes: list[Shape | None]) -> dict:
         "config": {
             "name": spec.name,
             "trainable": True,
-            "dtype": _dtype_policy(),
+            "dtype": dtype_policy(),
             "layers": layers,
             "build_input_shape": batch,
         },

@@ -130,7 +130,7 @@ def _norm(value):
     return value
 
 
-def _dtype_name(dtype) -> str | None:
+def dtype_name(dtype) -> str | None:
     """A layer's dtype: "float32", or Keras 3's {"class_name": "DTypePolicy", "config": {…}}."""
     if dtype is None or isinstance(dtype, str):
         return dtype
@@ -152,7 +152,17 @@ def _field(class_name: str, cfg: Mapping, name: str):
     return value
 
 
-def _cfg(layer: Mapping) -> Mapping:
+def is_custom(layer: Mapping) -> bool:
+    """Whether a layer's config names a class registered outside keras.layers (a custom layer,
+    whose code lives elsewhere): refused whatever its class name says."""
+    cls = layer.get("class_name")
+    return layer.get("registered_name") not in (None, cls) or layer.get("module") not in (
+        None,
+        "keras.layers",
+    )
+
+
+def layer_config(layer: Mapping) -> Mapping:
     """A layer's `config`, or {} where a malformed file has something else there."""
     cfg = layer.get("config")
     return cfg if isinstance(cfg, Mapping) else {}
@@ -164,7 +174,7 @@ def _input_shapes(model_cfg: Mapping, layers: list) -> list[tuple[str, tuple]]:
     if "build_input_shape" in model_cfg and model_cfg["build_input_shape"] is not None:
         found.append(("build_input_shape", _norm(model_cfg["build_input_shape"])))
     for layer in layers:
-        cfg = _cfg(layer)
+        cfg = layer_config(layer)
         for key in ("batch_shape", "batch_input_shape"):
             if cfg.get(key) is not None:
                 found.append((f"{cfg.get('name', layer.get('class_name'))}.{key}", _norm(cfg[key])))
@@ -187,11 +197,8 @@ def check_config(config: object, source: str) -> list[str]:
     index = {id(x): f"layer {i}" for i, x in enumerate(body)}
     for layer in layers:
         cls = layer.get("class_name")
-        cfg = _cfg(layer)
-        custom = layer.get("registered_name") not in (None, cls) or layer.get("module") not in (
-            None,
-            "keras.layers",
-        )
+        cfg = layer_config(layer)
+        custom = is_custom(layer)
         if not isinstance(cls, str) or cls not in KNOWN_CLASSES or custom:
             what = f"{layer.get('module')}.{cls}" if custom else cls
             raise UserError(
@@ -215,7 +222,7 @@ def check_config(config: object, source: str) -> list[str]:
                 f"has {len(BOOK_LAYERS)}, next a {spec.class_name}"
             )
         layer = body[i]
-        cfg = _cfg(layer)
+        cfg = layer_config(layer)
         name = cfg.get("name", f"#{i}")
         if layer.get("class_name") != spec.class_name:
             raise UserError(
@@ -229,7 +236,7 @@ def check_config(config: object, source: str) -> list[str]:
                     f"{source}: layer {i} ({name}, {spec.class_name}) has "
                     f"{key}={got!r}; the book's CNN has {want!r}"
                 )
-        dtype = _dtype_name(cfg.get("dtype"))
+        dtype = dtype_name(cfg.get("dtype"))
         if dtype not in (None, "float32"):
             raise UserError(
                 f"{source}: layer {i} ({name}) computes in {dtype}; the book's CNN is float32"
@@ -239,7 +246,17 @@ def check_config(config: object, source: str) -> list[str]:
         extra = body[len(BOOK_LAYERS)]
         raise UserError(
             f"{source}: layer {len(BOOK_LAYERS)} "
-            f"({_cfg(extra).get('name', '?')}, "
+            f"({layer_config(extra).get('name', '?')}, "
             f"{extra.get('class_name')}) is one more than the book's CNN has"
         )
     return names
+
+
+def dtype_policy() -> dict:
+    """A layer's `dtype` as Keras 3 writes it in a config: float32."""
+    return {
+        "module": "keras",
+        "class_name": "DTypePolicy",
+        "config": {"name": "float32"},
+        "registered_name": None,
+    }

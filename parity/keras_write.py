@@ -29,22 +29,14 @@ from parity.keras_spec import (
     POSITIONAL_PATHS,
     WEIGHTS_MEMBER,
     LayerSpec,
+    dtype_policy,
     keras_kind,
 )
 
 
-def _dtype_policy() -> dict:
-    return {
-        "module": "keras",
-        "class_name": "DTypePolicy",
-        "config": {"name": "float32"},
-        "registered_name": None,
-    }
-
-
 def _layer_config(spec: LayerSpec, name: str, input_shape: list | None) -> dict:
     f = spec.fields
-    cfg: dict = {"name": name, "trainable": True, "dtype": _dtype_policy()}
+    cfg: dict = {"name": name, "trainable": True, "dtype": dtype_policy()}
     if spec.class_name in ("Conv2D", "Dense"):
         init = {
             "kernel_initializer": {
@@ -148,7 +140,7 @@ def book_config() -> dict:
         "config": {
             "name": "sequential",
             "trainable": True,
-            "dtype": _dtype_policy(),
+            "dtype": dtype_policy(),
             "layers": layers,
             "build_input_shape": list(INPUT_SHAPE),
         },
