@@ -1,0 +1,266 @@
+"""The numpy reference of the Keras layers (`parity.numpy_keras`) against Keras itself: every
+layer's output of every zoo model, on the zoo's real test images; each activation name and each
+layer variant the port takes (ReLU/LeakyReLU/Softmax/Rescaling/Reshape/ZeroPadding2D, 'same'
+pooling and convolutions with TF's asymmetric padding, …) as a tiny real Keras model on real
+Fashion-MNIST test images. Agreement is parity's: `parity.compare.compare(...).passed`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from parity.compare import compare
+from parity.numpy_keras import ACTIVATIONS, SUPPORTED, layer_outputs, same_pads
+from parity.tests import test_zoo
+
+zoo = test_zoo.zoo  # the zoo's module-scoped fixture: the same seven briefly trained models
+BATCH = 250  # images per call, as the port passes them
+IMAGES = 16  # real test images per tiny model
+IMAGE = (28, 28, 1)
+
+
+def _numpy_outputs(spec, weights, images: np.ndarray) -> list[np.ndarray]:
+    batches = range(0, len(images), BATCH)
+    parts = [layer_outputs(spec, weights, images[i : i + BATCH]) for i in batches]
+    return [np.concatenate(layer) for layer in zip(*parts, strict=True)]
+
+
+def _failures(spec, keras_outs, numpy_outs) -> tuple[list[str], float]:
+    failures, worst = [], 0.0
+    for layer, k, n in zip(spec.layers, keras_outs, numpy_outs, strict=True):
+        assert n.dtype == np.float32, f"{layer.name}: {n.dtype}"
+        d = compare(layer.name, k, n)
+        worst = max(worst, d.max_abs)
+        if not d.passed:
+            failures.append(f"{d.name} ({layer.class_name}) max |diff| {d.max_abs:.3e}")
+    return failures, worst
+
+
+@pytest.mark.slow  # the zoo's seven short Keras training runs
+@pytest.mark.parametrize("suffix", test_zoo.FORMATS)
+@pytest.mark.parametrize("name", test_zoo.ZOO)
+def test_zoo_layer_outputs_match_keras(zoo, name, suffix):
+    from parity.generic_port import KerasReference, read_source
+
+    z = zoo[name]
+    src = read_source(z.files[suffix])
+    keras_outs = KerasReference(src.spec, src.built, src.weights).outputs(z.images)
+    numpy_outs = _numpy_outputs(src.spec, src.weights, z.images)
+    failures, worst = _failures(src.spec, keras_outs, numpy_outs)
+    assert not failures, f"{name}{suffix}: " + "; ".join(failures)
+    print(f"{name}{suffix}: worst layer max |diff| {worst:.3e}")
+
+
+# --- tiny real Keras models on real test images ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def images(data_dir) -> np.ndarray:
+    from parity.runners import load_test_images
+
+    return load_test_images(str(data_dir))[0][:IMAGES]
+
+
+def _check(shape, layers, images: np.ndarray, what: str) -> float:
+    """Build keras.Sequential([Input(shape), *layers]) with non-trivial weights (random biases
+    and BatchNormalization statistics), run both on the images; return the worst max |diff|."""
+    import keras
+
+    from parity.generic import parse_config
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input(shape), *layers])
+    spec = parse_config(json.loads(model.to_json()), what)
+    rng = np.random.default_rng(0)
+    weights = {}
+    for layer, kl in zip(model.layers, spec.layers, strict=True):
+        for v in layer.weights:
+            if v.name == "moving_variance":
+                v.assign(rng.uniform(0.5, 2.0, v.shape).astype(np.float32))
+            elif v.name in ("moving_mean", "beta", "bias"):
+                v.assign(rng.normal(0.0, 0.5, v.shape).astype(np.float32))
+            elif v.name == "gamma":
+                v.assign(rng.normal(1.0, 0.3, v.shape).astype(np.float32))
+            weights[f"{kl.path}/{v.name}"] = np.asarray(v)
+    x = np.ascontiguousarray(images.reshape(len(images), *shape))
+    cut = keras.Model(model.inputs, [layer.output for layer in model.layers])
+    out = cut([x])
+    keras_outs = [np.asarray(o) for o in (out if isinstance(out, list | tuple) else [out])]
+    failures, worst = _failures(spec, keras_outs, layer_outputs(spec, weights, x))
+    assert not failures, f"{what}: " + "; ".join(failures)
+    print(f"{what}: worst layer max |diff| {worst:.3e}")
+    return worst
+
+
+def test_every_activation_name_is_implemented():
+    from parity.layers.registry import ACTIVATION_NAMES
+
+    assert set(ACTIVATIONS) == set(ACTIVATION_NAMES)
+    from parity.layers import CONVERTERS
+
+    assert set(SUPPORTED) == set(CONVERTERS)
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_activation_matches_keras(name, images):
+    """On a map (softmax over the channels) and on a vector, inputs spread over [-3, 3]."""
+    import keras
+
+    L = keras.layers
+    _check(IMAGE, [L.Rescaling(6.0, offset=-3.0), L.Conv2D(4, 3, strides=3, activation=name)],
+           images, f"Conv2D({name})")
+    _check(IMAGE, [L.Rescaling(6.0, offset=-3.0), L.Flatten(), L.Dense(16, activation=name)],
+           images, f"Dense({name})")
+    _check(IMAGE, [L.Rescaling(6.0, offset=-3.0), L.Conv2D(4, 3, strides=3), L.Activation(name)],
+           images, f"Activation({name})")
+
+
+def _spread(L):
+    """Inputs spread over [-3, 3]: the -inf padding of 'same' max pooling matters then."""
+    return L.Rescaling(6.0, offset=-3.0)
+
+
+# name → (keras.layers → (input shape, layers)): each a case where Keras's semantics are easy to
+# get wrong.
+VARIANTS = {
+    "relu_max_value": lambda L: (IMAGE, [_spread(L), L.Conv2D(4, 3), L.ReLU(max_value=1.5)]),
+    "relu_max_value_6": lambda L: (IMAGE, [_spread(L), L.Conv2D(4, 3), L.ReLU(max_value=6.0)]),
+    "relu_negative_slope": lambda L: (
+        IMAGE, [_spread(L), L.Conv2D(4, 3), L.ReLU(negative_slope=0.1)]),
+    "leaky_relu_default": lambda L: (IMAGE, [_spread(L), L.Conv2D(4, 3), L.LeakyReLU()]),
+    "leaky_relu_slope": lambda L: (
+        IMAGE, [_spread(L), L.Flatten(), L.Dense(8), L.LeakyReLU(0.05)]),
+    "softmax_map": lambda L: (IMAGE, [_spread(L), L.Conv2D(4, 3), L.Softmax()]),
+    "softmax_axis_3": lambda L: (IMAGE, [_spread(L), L.Conv2D(4, 3), L.Softmax(axis=3)]),
+    "softmax_vector": lambda L: (IMAGE, [L.Flatten(), L.Dense(10), L.Softmax()]),
+    "rescaling": lambda L: (
+        IMAGE, [L.Rescaling(1 / 255.0), L.Rescaling(2.0, offset=-1.0), L.Conv2D(4, 3)]),
+    "reshape_flat_to_map": lambda L: ((784,), [L.Reshape((28, 28, 1)), L.Conv2D(4, 3)]),
+    "reshape_map_to_rows": lambda L: (
+        IMAGE, [L.Conv2D(4, 3), L.Reshape((13, -1)), L.Flatten(), L.Dense(10)]),
+    "reshape_map_to_map": lambda L: (
+        IMAGE, [L.Conv2D(4, 3), L.Reshape((13, 52, 4)), L.Conv2D(4, 3)]),
+    "zero_padding_int": lambda L: (IMAGE, [_spread(L), L.ZeroPadding2D(2), L.Conv2D(4, 3)]),
+    "zero_padding_pair": lambda L: (
+        IMAGE, [_spread(L), L.ZeroPadding2D((1, 3)), L.Conv2D(4, 3)]),
+    "zero_padding_pairs": lambda L: (
+        IMAGE, [_spread(L), L.ZeroPadding2D(((1, 2), (3, 0))), L.Conv2D(4, 3, strides=2)]),
+    "max_pool_same_asymmetric": lambda L: (
+        IMAGE, [_spread(L), L.MaxPooling2D(3, 2, padding="same")]),
+    "max_pool_same_rect": lambda L: (
+        IMAGE, [_spread(L), L.MaxPooling2D((2, 3), (3, 2), padding="same")]),
+    "max_pool_valid_strides": lambda L: (IMAGE, [_spread(L), L.MaxPooling2D(3, (2, 1))]),
+    "avg_pool_same_asymmetric": lambda L: (
+        IMAGE, [_spread(L), L.AveragePooling2D(3, 2, padding="same")]),
+    "avg_pool_same_even": lambda L: (
+        IMAGE, [_spread(L), L.AveragePooling2D((2, 4), 1, padding="same")]),
+    "avg_pool_same_symmetric": lambda L: (
+        IMAGE, [_spread(L), L.AveragePooling2D(3, 1, padding="same")]),
+    "avg_pool_valid_strides_none": lambda L: (IMAGE, [_spread(L), L.AveragePooling2D(2)]),
+    "conv_even_kernel_same": lambda L: (IMAGE, [_spread(L), L.Conv2D(4, 4, padding="same")]),
+    "conv_rect_strided_same": lambda L: (
+        IMAGE, [_spread(L), L.Conv2D(4, (2, 5), (2, 3), padding="same")]),
+    "conv_dilated_same": lambda L: (
+        IMAGE, [_spread(L), L.Conv2D(4, 3, dilation_rate=2, padding="same")]),
+    "conv_dilated_rect_same": lambda L: (
+        IMAGE, [_spread(L), L.Conv2D(4, (3, 2), dilation_rate=(2, 3), padding="same")]),
+    "conv_valid_strided_no_bias": lambda L: (
+        IMAGE, [_spread(L), L.Conv2D(4, (3, 5), 2, use_bias=False)]),
+    "conv_deep_same_strided": lambda L: (
+        IMAGE, [_spread(L), L.Conv2D(8, 3, 2, padding="same"),
+                L.Conv2D(16, 3, 2, padding="same", activation="relu")]),
+    "conv_groups": lambda L: (
+        IMAGE, [_spread(L), L.Conv2D(4, 3, activation="tanh"), L.Conv2D(8, 3, groups=2)]),
+    "global_avg_keepdims": lambda L: (
+        IMAGE, [_spread(L), L.Conv2D(4, 3), L.GlobalAveragePooling2D(keepdims=True), L.Flatten()]),
+    "global_max_keepdims": lambda L: (
+        IMAGE, [_spread(L), L.Conv2D(4, 3), L.GlobalMaxPooling2D(keepdims=True)]),
+    "batch_norm_map_axis_3": lambda L: (IMAGE, [L.Conv2D(4, 3), L.BatchNormalization(axis=3)]),
+    "batch_norm_no_affine": lambda L: (
+        IMAGE, [L.Conv2D(4, 3), L.BatchNormalization(center=False, scale=False)]),
+    "batch_norm_vector": lambda L: (
+        IMAGE, [L.Flatten(), L.Dense(16), L.BatchNormalization(scale=False, epsilon=0.01),
+                L.Dropout(0.5), L.Dense(10)]),
+    "batch_norm_after_flatten": lambda L: (
+        IMAGE, [L.Conv2D(4, 3, 2), L.Flatten(), L.BatchNormalization(), L.Dense(10)]),
+    "hw_input": lambda L: ((28, 28), [L.Flatten(), L.Dense(10, activation="softmax")]),
+}
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_layer_variant_matches_keras(name, images):
+    import keras
+
+    shape, layers = VARIANTS[name](keras.layers)
+    _check(shape, layers, images, name)
+
+
+def test_conv_is_the_same_in_bounded_slices(images, monkeypatch):
+    """A batch cut into slices (MAX_WINDOW_ELEMENTS) gives the same outputs as one."""
+    import keras
+
+    import parity.numpy_keras as nk
+    from parity.generic import parse_config
+
+    L = keras.layers
+    model = keras.Sequential([keras.Input((28, 28, 1)), L.Conv2D(4, 3, padding="same")])
+    spec = parse_config(json.loads(model.to_json()), "slices")
+    kernel, bias = model.get_weights()
+    weights = {"conv2d/kernel": kernel, "conv2d/bias": bias + 0.5}
+    whole = layer_outputs(spec, weights, images)[0]
+    monkeypatch.setattr(nk, "MAX_WINDOW_ELEMENTS", 28 * 28 * 9 * 3)  # 3 images a slice
+    assert np.array_equal(layer_outputs(spec, weights, images)[0], whole)
+
+
+def test_gelu_is_the_exact_erf_form():
+    """numpy has no erf: the module's own is held to math.erf/math.erfc in float64."""
+    import math
+
+    from parity.numpy_keras import _erf_erfc
+
+    x = np.linspace(-12.0, 12.0, 24_001)
+    want = np.array([0.5 * v * math.erfc(-v / math.sqrt(2.0)) for v in x])
+    np.testing.assert_allclose(ACTIVATIONS["gelu"](x), want, rtol=1e-11, atol=1e-300)
+    a = np.abs(x)
+    erf, erfc = _erf_erfc(a)
+    np.testing.assert_allclose(erf, [math.erf(v) for v in a], rtol=1e-14, atol=0)
+    np.testing.assert_allclose(erfc, [math.erfc(v) for v in a], rtol=1e-11, atol=0)
+
+
+def test_same_pads_are_the_registry_s():
+    from parity.layers.registry import same_pads as registry_same_pads
+
+    for size in range(1, 30):
+        for k in range(1, 6):
+            for s in range(1, 4):
+                for d in range(1, 3):
+                    assert same_pads(size, k, s, d) == registry_same_pads(size, k, s, d)
+
+
+def test_unknown_class_and_bad_config_raise_value_error():
+    from parity.generic import KerasLayer, ModelSpec
+
+    x = np.zeros((2, 4, 4, 1), np.float32)
+    with pytest.raises(ValueError, match="LSTM"):
+        layer_outputs(ModelSpec((4, 4, 1), (KerasLayer("LSTM", {}, "lstm"),)), {}, x)
+    relu = KerasLayer("ReLU", {"threshold": 0.5}, "re_lu")
+    with pytest.raises(ValueError, match="ReLU.*threshold=0.5"):
+        layer_outputs(ModelSpec((4, 4, 1), (relu,)), {}, x)
+    pool = KerasLayer("MaxPooling2D", {"padding": "causal"}, "max_pooling2d")
+    with pytest.raises(ValueError, match="MaxPooling2D.*padding='causal'"):
+        layer_outputs(ModelSpec((4, 4, 1), (pool,)), {}, x)
+
+
+@pytest.mark.slow  # a fresh interpreter
+def test_numpy_keras_imports_no_framework():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, parity.numpy_keras\n"
+        "loaded = {'torch', 'keras', 'tensorflow'} & set(sys.modules)\n"
+        "assert not loaded, loaded\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
