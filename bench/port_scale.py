@@ -4,7 +4,7 @@
 
 Keras writes Sequential models of Conv2D/Dense layers (`model.save`, random Glorot weights) of
 about a quarter, a half and all of `--params` million parameters. Each port then runs in its
-own process — `python -m parity.port SRC DST --generic --samples 100`: read, build the PyTorch
+own process — `python -m parity.port SRC DST --samples 100`: read, build the PyTorch
 module, run both sides on 100 test images layer by layer, write — Keras → PyTorch (`.pt`) and
 PyTorch → Keras (`.keras`); and `parity.load_torch_model` alone (no TensorFlow in the process).
 For each: wall time and the process's peak RSS, beside the size of the weights, so that the
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             src = Path(tmp) / f"m{fraction}.keras"
             n = keras_model_file(size, src)
             pt, back = Path(tmp) / f"m{fraction}.pt", Path(tmp) / f"m{fraction}-back.keras"
-            port = [py, "-m", "parity.port", "--samples", "100", "--generic"]
+            port = [py, "-m", "parity.port", "--samples", "100"]
             row = {
                 "parameters": n,
                 "weights_mib": round(4 * n / MB),

@@ -215,10 +215,11 @@ if "BOOK_KERAS" not in os.environ:
 
 # %%
 ported = FIG_DIR / "keras-cnn-model.pt"
-agreement = port(keras_file, ported, force=True)
-print(f"{keras_file.name} → {ported.name}: probabilities on {agreement.samples:,} test images "
-      f"within {agreement.max_abs:.1e}, {agreement.agreeing:,}/{agreement.samples:,} predictions "
-      f"agree")
+source, agreement = port(keras_file, ported, force=True)
+worst = max(agreement.layers, key=lambda d: d.max_abs)
+print(f"{keras_file.name} → {ported.name}: every layer on {agreement.samples:,} test images "
+      f"within tolerance (worst {worst.name}: {worst.max_abs:.1e}), "
+      f"{agreement.agreeing:,}/{agreement.samples:,} predictions agree")
 
 # %%
 keras_model = keras.models.load_model(keras_file)

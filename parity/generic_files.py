@@ -24,13 +24,13 @@ from torch import nn
 
 from fashion_cnn.errors import UserError
 from fashion_cnn.files import atomic_write
-from fashion_cnn.validate import check_tensors
+from fashion_cnn.validate import check_tensors, finite
 from parity.generic import Built, KerasSequential, build, parse_config
 from parity.generic_read import _json, load_keras_as_torch
 from parity.generic_write import model_config
 from parity.keras_files import book_config
-from parity.keras_spec import MAX_JSON_BYTES, keras_kind
-from torch_impl.checkpoint import torch_bytes
+from parity.keras_spec import MAX_JSON_BYTES, check_config, keras_kind
+from torch_impl.checkpoint import torch_bytes, write_safetensors
 
 ARCH_KEY = "keras_config"
 
@@ -41,21 +41,34 @@ def architecture(module: KerasSequential) -> str:
     return json.dumps(model_config(spec, [None] * len(spec.layers)))
 
 
+def is_book_cnn(module: KerasSequential) -> bool:
+    """The module is the book's CNN (`BookCNN`'s architecture and keys)."""
+    try:
+        check_config(json.loads(architecture(module)), "the module")
+    except UserError:
+        return False
+    return True
+
+
 def save_torch_model(module: KerasSequential, dst: str | os.PathLike, *, force: bool = False):
-    """Write the module's weights and its architecture as `.pt`/`.pth` or `.safetensors`."""
+    """Write the module's weights and its architecture as `.pt`/`.pth` or `.safetensors`; the
+    book's CNN as the plain `BookCNN` state_dict it always was."""
     dst = Path(dst)
     suffix = dst.suffix.lower()
     if suffix not in (".pt", ".pth", ".safetensors"):
         raise UserError(f"{dst}: expected .pt, .pth or .safetensors")
+    if is_book_cnn(module):
+        from torch_impl.checkpoint import save_state_dict
+
+        return save_state_dict(dict(module.state_dict()), dst, force=force)
     state = OrderedDict((k, v.detach().cpu().contiguous()) for k, v in module.state_dict().items())
     arch = architecture(module)
     if suffix == ".safetensors":
-        from safetensors.torch import save
-
-        data = save(state, metadata={ARCH_KEY: arch})
-    else:
-        state._metadata = OrderedDict({"": {"version": 1, ARCH_KEY: arch}})  # type: ignore[attr-defined]
-        data = torch_bytes(state)
+        return atomic_write(
+            dst, lambda tmp: write_safetensors(state, tmp, {ARCH_KEY: arch}), force=force
+        )
+    state._metadata = OrderedDict({"": {"version": 1, ARCH_KEY: arch}})  # type: ignore[attr-defined]
+    data = torch_bytes(state)
     # made in memory, written by Python: a full disk is an OSError naming its errno
     return atomic_write(dst, lambda tmp: tmp.write_bytes(data), force=force)
 
@@ -105,12 +118,15 @@ def torch_built(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> Bu
     else:
         what = "the tensors do not match the stored architecture: "
 
+    # numpy's isfinite on a view: torch's makes a float copy of the tensor on the way
+    finite_check = finite(allow_nonfinite)
+
     def dtype_ok(name: str, t: object) -> str | None:
         want = torch.int64 if name in built.fixed else torch.float32
         if t.dtype != want:  # type: ignore[attr-defined]
             return f"{name} has dtype {t.dtype}, expected {want}"  # type: ignore[attr-defined]
-        if not allow_nonfinite and want == torch.float32 and not torch.isfinite(t).all():
-            return f"{name} holds NaN/Inf values"
+        if not allow_nonfinite and want == torch.float32:
+            return finite_check(name, t)
         return None
 
     check_tensors(

@@ -1,13 +1,16 @@
-"""`python -m parity.port --generic` and `parity.check` for any supported Keras chain: both sides
-run on the same images, every layer compared, a layer table, a readable PyTorch source file.
+"""`python -m parity.port` (every port: the book's CNN is one case) and `parity.check` for any
+supported Keras chain: both sides run on the same images, every layer compared, a layer table,
+a readable PyTorch source file.
 
 The Keras side is a model Keras builds from the *checked* config this port writes (only the
-fields the converters read, for supported built-in layer classes) with the weights assigned by
-`set_weights` — never a model Keras deserialised from the source file.
+fields the converters read, for supported built-in layer classes), each variable created holding
+the port's own tensor — never a model Keras deserialised from the source file. Where Keras cannot
+be imported, the numpy reference of its layers (`parity.numpy_keras`) stands in and says so.
 """
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,22 +31,38 @@ from parity.generic import (
     to_keras_layout,
 )
 from parity.generic_files import save_torch_model, torch_built
-from parity.generic_read import _json, _read_keras3, read_keras_model
+from parity.generic_read import _json, _read_keras3, check_finite, read_keras_model
 from parity.generic_write import _as_sequential, model_config, write_keras_model
 from parity.keras_spec import CONFIG_MEMBER, MAX_JSON_BYTES, keras_kind
 from parity.module_py import write_module_py
+from parity.numpy_keras import layer_outputs
 
 FASHION_SHAPE = (28, 28, 1)
 
 
 @dataclass
 class Source:
-    """A model read from any supported file: its chain, rebuilt module and Keras weights."""
+    """A model read from any supported file: its chain, rebuilt module and Keras weights.
+
+    A Keras file's weights stay in Keras layout (numpy) until `load_module` moves them into the
+    module; from then on `weights` computes the Keras layout from the module on access. The port
+    builds its Keras reference before that move, so that the file's tensors, TensorFlow's
+    variables and the module's are never all held at once with TensorFlow's transient copies."""
 
     spec: ModelSpec
-    built: Built  # module holds the weights, eval mode
-    weights: Mapping[str, np.ndarray]  # Keras layout, computed from the module on access
+    built: Built
+    weights: Mapping[str, np.ndarray]
     layout: str
+    path: str = ""
+
+    def load_module(self) -> None:
+        """Move the weights into the module (eval mode); a no-op once it holds them."""
+        if isinstance(self.weights, ModuleWeights):
+            return
+        state = keras_to_torch(self.built, self.weights, self.path)
+        self.built.module.load_state_dict(state, assign=True)
+        self.built.module.eval()
+        self.weights = ModuleWeights(self.built)  # the numpy arrays are freed here
 
 
 def _config_from(path: Path) -> object:
@@ -71,21 +90,19 @@ def _config_from(path: Path) -> object:
     raise UserError(f"{source}: --config takes a .keras or a .json file")
 
 
-def read_source(path: Path, *, config: Path | None = None, allow_nonfinite: bool = False) -> Source:
-    """Any supported file (a `.weights.h5` with `config`) → Source."""
+def read_source(
+    path: Path, *, config: Path | None = None, allow_nonfinite: bool = False, module: bool = True
+) -> Source:
+    """Any supported file (a `.weights.h5` with `config`) → Source; with `module=False` a Keras
+    file's weights are left in Keras layout (`Source.load_module` moves them later)."""
     source = str(path)
     kind = keras_kind(path)
-    if kind in ("keras", "h5") and config is None:
+    if kind is not None and config is None and not _holds_config(path, kind):
+        read = _read_book_weights(path, allow_nonfinite)
+    elif kind in ("keras", "h5") and config is None:
         model = read_keras_model(path, allow_nonfinite=allow_nonfinite)
-        model.built.module.load_state_dict(
-            keras_to_torch(model.built, model.weights, source), assign=True
-        )
-        model.weights.clear()  # the module holds them now; Keras layout is computed on access
-        return Source(model.spec, model.built, ModuleWeights(model.built), model.layout)
-    if kind is not None:
-        if config is None:
-            raise UserError(f"{source}: a .weights.h5 holds no config: give --config model.keras "
-                            f"(or .json)")
+        read = Source(model.spec, model.built, model.weights, model.layout, source)
+    elif kind is not None:
         spec = parse_config(_config_from(config), str(config))
         built = build(spec, source)
         if not path.is_file():
@@ -93,15 +110,49 @@ def read_source(path: Path, *, config: Path | None = None, allow_nonfinite: bool
         with open_h5(path, source) as h5:
             if "layers" not in h5:
                 raise UserError(f"{source}: no 'layers' group: not a Keras 3 weights file")
-            weights = _read_keras3(h5, built, source)
-        if not allow_nonfinite and not all(np.isfinite(a).all() for a in weights.values()):
-            raise UserError(f"{source}: the weights hold NaN/Inf values")
-        built.module.load_state_dict(keras_to_torch(built, weights, source), assign=True)
-        weights.clear()
-        return Source(spec, built, ModuleWeights(built), f"keras3-weights.h5 + {config.name}")
-    built = torch_built(path, allow_nonfinite=allow_nonfinite)  # fixed values checked there
-    layout = "PyTorch state_dict + architecture"
-    return Source(built.module.keras_spec, built, ModuleWeights(built), layout)
+            where: dict[str, str] = {}
+            weights = _read_keras3(h5, built, source, where)
+        check_finite(weights, where, source, allow_nonfinite)
+        read = Source(spec, built, weights, f"keras3-weights.h5 + {config.name}", source)
+    else:
+        built = torch_built(path, allow_nonfinite=allow_nonfinite)  # fixed values checked there
+        layout = "PyTorch state_dict + architecture"
+        return Source(built.module.keras_spec, built, ModuleWeights(built), layout, source)
+    if module:
+        read.load_module()
+    return read
+
+
+def _holds_config(path: Path, kind: str) -> bool:
+    """A `.keras`, or an `.h5` with a `model_config` attribute (a full model); a `.weights.h5`
+    or an `.h5` that `save_weights` wrote holds weights only."""
+    if kind != "h5" or not path.is_file():
+        return kind != "weights.h5"  # a missing file: the reader says so
+    with open_h5(path, str(path)) as h5:  # reading an attribute's presence runs nothing
+        return "model_config" in h5.attrs
+
+
+# What the book's reader says of a weights-only file of another architecture.
+_NOT_THE_BOOKS = ("book's CNN", "has shape", "missing tensor", "unexpected tensor", "layers hold")
+
+
+def _read_book_weights(path: Path, allow_nonfinite: bool) -> Source:
+    """A weights-only file (no config): it must be the book's CNN, exactly (the book's reader
+    checks every tensor); any other architecture needs --config."""
+    from parity.keras_files import book_config, read_keras
+
+    source = str(path)
+    try:
+        ckpt = read_keras(path, allow_nonfinite=allow_nonfinite)
+    except UserError as err:
+        if not any(m in str(err) for m in _NOT_THE_BOOKS):
+            raise
+        raise UserError(f"{err} (a weights-only file holds no config and is read as the book's "
+                        f"CNN: for another model give --config model.keras or .json)") from None
+    spec = parse_config(book_config(), source)
+    built = build(spec, source)
+    skipped = f", {len(ckpt.skipped)} optimizer tensors left aside" if ckpt.skipped else ""
+    return Source(spec, built, ckpt.weights, f"{ckpt.layout} (the book's CNN){skipped}", source)
 
 
 def images_for(shape: tuple[int, ...], n: int, data_dir: str | None) -> tuple[np.ndarray, str]:
@@ -125,30 +176,89 @@ def torch_input(images: np.ndarray) -> torch.Tensor:
 
 
 class KerasReference:
-    """The Keras model of a chain with its weights, built from the checked config."""
+    """The Keras model of a chain with its weights, built from the checked config.
+
+    Each layer is deserialized from the config this port writes (only the fields the converters
+    read, for supported built-in classes), unbuilt; its initializers are replaced by ones that
+    return the port's own tensors, so every Keras variable is created holding its value: no
+    random or zero initial copy, and one layer's Keras-layout tensors in flight at a time (the
+    model then holds one copy of the weights beside the PyTorch module's)."""
 
     def __init__(self, spec: ModelSpec, built: Built, weights: Mapping[str, np.ndarray]) -> None:
-        import keras
+        from keras_ref.backend import keras  # TensorFlow's start-up lines silenced
 
         seq = _as_sequential(spec)
-        config = model_config(seq, [None] * len(seq.layers))
-        for layer in config["config"]["layers"]:
-            if layer["class_name"] in ("Conv2D", "Dense"):  # overwritten below: no random init
-                layer["config"]["kernel_initializer"] = "zeros"
-        self.model = keras.Sequential.from_config(config["config"])
-        by_layer: dict[str, list[np.ndarray]] = {}
+        config = model_config(seq, [None] * len(seq.layers))["config"]
+        by_layer: dict[str, list[str]] = {}
         for row in built.rows:
-            by_layer.setdefault(row.keras.rsplit("/", 1)[0], []).append(weights[row.keras])
-        # layer by layer: one layer's values in flight at a time
+            by_layer.setdefault(row.keras.rsplit("/", 1)[0], []).append(row.keras)
+        layers = []
+        for cfg, original in zip(config["layers"][1:], spec.layers, strict=True):
+            layer = keras.layers.deserialize(cfg)
+            for name in by_layer.get(original.path, []):
+                var = name.rsplit("/", 1)[1]  # kernel, bias, gamma, beta, moving_mean, …
+                setattr(layer, f"{var}_initializer", _Given(weights, name))
+            layers.append(layer)
+        self.model = keras.Sequential(
+            [keras.Input(batch_shape=config["layers"][0]["config"]["batch_shape"]), *layers],
+            name=config["name"],
+        )
         for layer, original in zip(self.model.layers, spec.layers, strict=True):
-            if original.path in by_layer:
-                layer.set_weights(by_layer[original.path])
+            names = by_layer.get(original.path, [])
+            if [v.path.rsplit("/", 1)[-1] for v in layer.weights] != [
+                n.rsplit("/", 1)[1] for n in names
+            ]:  # every variable must have come from the port's tensors, in the port's order
+                raise UserError(f"{original.name}: Keras built variables "
+                                f"{[v.path for v in layer.weights]}, the port has {names}")
         self.cut = keras.Model(self.model.inputs, [layer.output for layer in self.model.layers])
         self.description = f"keras {keras.__version__} (CPU)"
 
     def outputs(self, images: np.ndarray) -> list[np.ndarray]:
         out = self.cut.predict(images, verbose=0, batch_size=250)
         return [np.asarray(o) for o in (out if isinstance(out, list) else [out])]
+
+
+class NumpyReference:
+    """Where Keras cannot be imported (a GPU box with torch only): the float32 numpy
+    implementation of the Keras layers in Keras's own layout (`parity.numpy_keras`)."""
+
+    description = "numpy float32 reference of the Keras layers (Keras not importable)"
+
+    def __init__(self, spec: ModelSpec, weights: Mapping[str, np.ndarray]) -> None:
+        self.spec = spec
+        self.weights = {name: np.array(weights[name], dtype=np.float32) for name in weights}
+
+    def outputs(self, images: np.ndarray) -> list[np.ndarray]:
+        parts = [layer_outputs(self.spec, self.weights, images[i : i + 250])
+                 for i in range(0, len(images), 250)]
+        return [np.concatenate(layer) for layer in zip(*parts, strict=True)]
+
+
+def keras_reference(
+    spec: ModelSpec, built: Built, weights: Mapping[str, np.ndarray]
+) -> KerasReference | NumpyReference:
+    """Keras itself where it imports; the numpy reference of its layers where it does not."""
+    try:
+        from keras_ref.backend import keras  # noqa: F401
+    except ImportError:
+        return NumpyReference(spec, weights)
+    return KerasReference(spec, built, weights)
+
+
+class _Given:
+    """A Keras initializer that returns one of the port's tensors (checked against the shape
+    Keras asks for)."""
+
+    def __init__(self, weights: Mapping[str, np.ndarray], name: str) -> None:
+        self.weights, self.name = weights, name
+
+    def __call__(self, shape, dtype=None) -> np.ndarray:
+        value = np.ascontiguousarray(self.weights[self.name], dtype=np.float32)
+        self.weights = {}  # called once: the model must not keep the port's arrays alive
+        if tuple(value.shape) != tuple(shape):
+            raise UserError(f"{self.name}: Keras builds shape {tuple(shape)}, the port has "
+                            f"{value.shape}")
+        return value
 
 
 @torch.no_grad()
@@ -182,13 +292,36 @@ class GenericAgreement:
     agreeing: int | None  # predictions agreeing (2-D outputs)
     passed: bool
     keras_side: str
+    nonfinite: int = 0  # images left out: NaN/Inf outputs (only with allow_nonfinite)
 
 
-def verify(src: Source, images: np.ndarray, description: str) -> GenericAgreement:
-    """Both sides on the same images, every layer compared in Keras's layout."""
-    keras_side = KerasReference(src.spec, src.built, src.weights)
+def _finite_rows(outputs: list[np.ndarray]) -> np.ndarray:
+    """Per image: True where every output holds only finite values."""
+    rows = np.ones(len(outputs[0]), dtype=bool)
+    for out in outputs:
+        rows &= np.isfinite(out.reshape(len(out), -1)).all(axis=1)
+    return rows
+
+
+def verify(
+    src: Source, images: np.ndarray, description: str, *, allow_nonfinite: bool = False
+) -> GenericAgreement:
+    """Both sides on the same images, every layer compared in Keras's layout.
+
+    With `allow_nonfinite`, images with a NaN/Inf output in any layer on either side are left
+    out (the frameworks propagate NaN differently, e.g. through max pooling) and counted."""
+    keras_side = keras_reference(src.spec, src.built, src.weights)
+    src.load_module()
     ko = keras_side.outputs(images)
+    description_k = keras_side.description
+    del keras_side
+    gc.collect()  # a Keras model sits in reference cycles: free its variables before writing
     to = torch_layer_outputs(src.built, images)
+    nonfinite = 0
+    if allow_nonfinite:
+        rows = _finite_rows(ko) & _finite_rows(to)
+        nonfinite = int((~rows).sum())
+        ko, to = [k[rows] for k in ko], [t[rows] for t in to]
     diffs = [
         compare(info.keras.name, k, t) for info, k, t in zip(src.built.layers, ko, to, strict=True)
     ]
@@ -199,8 +332,8 @@ def verify(src: Source, images: np.ndarray, description: str) -> GenericAgreemen
         agreeing = int((last_k.argmax(1) == last_t.argmax(1)).sum())
         passed = passed and real_disagreements(last_k, last_t).size == 0
     return GenericAgreement(
-        len(images), description, diffs, diffs[-1].max_abs, agreeing, passed,
-        keras_side.description,
+        len(last_k), description, diffs, diffs[-1].max_abs, agreeing, passed, description_k,
+        nonfinite,
     )
 
 
@@ -231,9 +364,9 @@ def port_generic(
     module_py: Path | None = None,
 ) -> tuple[Source, GenericAgreement]:
     """Read any supported chain, check both sides layer by layer, write DST (and module_py)."""
-    source = read_source(src, config=config, allow_nonfinite=allow_nonfinite)
+    source = read_source(src, config=config, allow_nonfinite=allow_nonfinite, module=False)
     images, description = images_for(source.spec.input_shape, samples, data_dir)
-    result = verify(source, images, description)
+    result = verify(source, images, description, allow_nonfinite=allow_nonfinite)
     if not result.passed:
         bad = next((d for d in result.layers if not d.passed), result.layers[-1])
         raise UserError(
@@ -255,7 +388,7 @@ def run_generic_check(
 ) -> dict:
     """`parity.check` for any supported chain: the Keras file's model (built from its checked
     config) against the PyTorch file's module, layer by layer, then predictions on the test set."""
-    keras_src = read_source(keras_file, config=config)
+    keras_src = read_source(keras_file, config=config, module=False)
     torch_src = read_source(torch_file)
     k_layers = [(i.keras.class_name, i.shape) for i in keras_src.built.layers]
     t_layers = [(i.keras.class_name, i.shape) for i in torch_src.built.layers]
@@ -265,7 +398,8 @@ def run_generic_check(
             f"({len(t_layers)} vs {len(k_layers)} layers, or other shapes)"
         )
     images, description = images_for(keras_src.spec.input_shape, test_images, data_dir)
-    keras_side = KerasReference(keras_src.spec, keras_src.built, keras_src.weights)
+    keras_side = keras_reference(keras_src.spec, keras_src.built, keras_src.weights)
+    del keras_src  # its weights now live in the reference
     ko = keras_side.outputs(images[:samples])
     to = torch_layer_outputs(torch_src.built, images[:samples])
     layers = [

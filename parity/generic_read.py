@@ -20,6 +20,7 @@ from torch import nn
 from fashion_cnn import jsonfile
 from fashion_cnn.errors import UserError, first_line
 from fashion_cnn.hdf5 import H5Tree, attr_list, open_h5, read_array, read_attr, walk
+from fashion_cnn.validate import check_tensors, finite
 from parity.generic import (
     Built,
     ModelSpec,
@@ -71,7 +72,9 @@ def _read_array(tree: H5Tree, h5path: str, shape: Shape, name: str, source: str)
     return read_array(tree, h5path, tuple(shape), f"{h5path} ({name})", source)
 
 
-def _read_keras3(h5: h5py.File, built: Built, source: str) -> dict[str, np.ndarray]:
+def _read_keras3(
+    h5: h5py.File, built: Built, source: str, where: dict[str, str] | None = None
+) -> dict[str, np.ndarray]:
     """`layers/<positional path>/vars/<i>`, i in the order Keras stores a layer's variables;
     `optimizer/…` left aside, never read."""
     tree = walk(h5, source)
@@ -86,13 +89,17 @@ def _read_keras3(h5: h5py.File, built: Built, source: str) -> dict[str, np.ndarr
         path = f"layers/{layer}/vars/{i}"
         expected.add(path)
         weights[row.keras] = _read_array(tree, path, row.keras_shape, row.keras, source)
+        if where is not None:
+            where[row.keras] = path
     extra = sorted(n for n in tree.datasets if n not in expected and not n.startswith("optimizer/"))
     if extra:
         raise UserError(f"{source}: unexpected tensor {extra[0]}: not a weight of the config")
     return weights
 
 
-def _read_legacy(h5: h5py.File, spec: ModelSpec, built: Built, source: str) -> dict:
+def _read_legacy(
+    h5: h5py.File, spec: ModelSpec, built: Built, source: str, where: dict[str, str] | None = None
+) -> dict:
     """Legacy `.h5`: `model_weights/<layer name>/…`, datasets listed by `weight_names`."""
     tree = walk(h5, source)
     by_layer: dict[str, list[Row]] = {}
@@ -101,9 +108,9 @@ def _read_legacy(h5: h5py.File, spec: ModelSpec, built: Built, source: str) -> d
     weights = {}
     for layer in spec.layers:
         rows = by_layer.get(layer.path, [])
-        where = f"model_weights/{layer.name}"
-        group = tree.groups.get(where)
-        names = attr_list(group, "weight_names", where, source) if group is not None else None
+        group_path = f"model_weights/{layer.name}"
+        group = tree.groups.get(group_path)
+        names = attr_list(group, "weight_names", group_path, source) if group is not None else None
         names = [n for n in names or [] if n]
         if len(names) != len(rows):
             raise UserError(
@@ -117,8 +124,10 @@ def _read_legacy(h5: h5py.File, spec: ModelSpec, built: Built, source: str) -> d
                     f"{source}: layer {layer.name} stores {wname} where its config has {var}"
                 )
             weights[row.keras] = _read_array(
-                tree, f"{where}/{wname}", row.keras_shape, row.keras, source
+                tree, f"{group_path}/{wname}", row.keras_shape, row.keras, source
             )
+            if where is not None:
+                where[row.keras] = f"{group_path}/{wname}"
     return weights
 
 
@@ -201,6 +210,7 @@ def read_keras_model(path: str | os.PathLike, *, allow_nonfinite: bool = False) 
         )
     if not path.is_file():
         raise UserError(f"{source}: no such file")
+    where: dict[str, str] = {}
     try:
         if kind == "keras":
             try:
@@ -219,9 +229,12 @@ def read_keras_model(path: str | os.PathLike, *, allow_nonfinite: bool = False) 
                             _zip_member(zf, WEIGHTS_MEMBER, MAX_WEIGHTS_BYTES, source)
                         )
                     with open_h5(member, f"{source}: {WEIGHTS_MEMBER}") as h5:
-                        weights = _read_keras3(h5, built, source)
+                        weights = _read_keras3(h5, built, source, where)
+                        skipped = _optimizer_tensors(h5, "optimizer/", source)
             except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as err:
-                raise UserError(f"{source}: not a valid .keras file ({err})") from None
+                raise UserError(
+                    f"{source}: not a valid .keras file (not a readable zip: {err})"
+                ) from None
             layout = "keras"
         else:
             if path.stat().st_size > MAX_WEIGHTS_BYTES:
@@ -232,15 +245,34 @@ def read_keras_model(path: str | os.PathLike, *, allow_nonfinite: bool = False) 
                 raw = read_attr(h5, "model_config", "/@model_config", source)
                 spec = parse_config(_json(raw, "model_config", source), source)
                 built = build(spec, source)
-                weights = _read_legacy(h5, spec, built, source)
+                weights = _read_legacy(h5, spec, built, source, where)
+                skipped = _optimizer_tensors(h5, "optimizer_weights/", source)
             layout = "legacy-h5"
     except (*_MALFORMED, zlib.error) as err:  # h5py on a damaged tree (tests/test_fuzz.py)
         raise UserError(f"{source}: malformed Keras file ({first_line(err)})") from None
-    if not allow_nonfinite:
-        for name, array in weights.items():
-            if not np.isfinite(array).all():
-                raise UserError(f"{source}: {name} holds NaN/Inf values")
+    check_finite(weights, where, source, allow_nonfinite)
+    if skipped:
+        layout += f", {skipped} optimizer tensors left aside"
     return KerasModel(spec, built, weights, layout)
+
+
+def check_finite(
+    weights: Mapping[str, np.ndarray], where: Mapping[str, str], source: str, allow_nonfinite: bool
+) -> None:
+    """Every NaN/Inf value refused (unless allowed), each tensor named where the file holds it."""
+
+    def label(name: str) -> str:
+        return f"{where[name]} ({name})" if name in where else name
+
+    check_tensors(
+        weights, {n: a.shape for n, a in weights.items()}, source, shape_of=np.shape, label=label,
+        checks=[finite(allow_nonfinite, label, " (use --allow-nonfinite to port them)")],
+    )
+
+
+def _optimizer_tensors(h5: h5py.File, prefix: str, source: str) -> int:
+    """How many optimizer tensors the file holds beside the weights (seen, never read)."""
+    return sum(1 for name in walk(h5, source).datasets if name.startswith(prefix))
 
 
 def load_keras_as_torch(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> nn.Module:

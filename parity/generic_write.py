@@ -4,9 +4,10 @@ weights at Keras's positional paths."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
+import shutil
+import tempfile
 import zipfile
 from collections.abc import Mapping
 from datetime import datetime
@@ -101,16 +102,20 @@ def write_keras_model(
     *,
     force: bool = False,
 ) -> Path:
-    """Write a chain and its Keras-layout weights (by "<path>/<var>") as `.keras` or legacy
-    `.h5`, in the layout Keras 3.15.1 writes, atomically."""
+    """Write a chain and its Keras-layout weights (by "<path>/<var>") as `.keras`, legacy `.h5`
+    or `.weights.h5` (weights only), in the layout Keras 3.15.1 writes, atomically.
+
+    Each tensor is written straight from `weights` (a Mapping that may compute it on access):
+    no second copy of the model is made in memory. A `.keras`'s `model.weights.h5` is built in
+    an anonymous temporary file beside DST and streamed into the archive."""
     dst = Path(dst)
     kind = keras_kind(dst)
-    if kind not in ("keras", "h5"):
-        raise UserError(f"{dst}: expected a .keras or .h5 destination")
+    if kind is None:
+        raise UserError(f"{dst}: expected a .keras, .h5 or .weights.h5 destination")
     seq = _as_sequential(spec)
     renamed = {old.path: new.path for old, new in zip(spec.layers, seq.layers, strict=True)}
     built = build(seq, str(dst))
-    layer_vars: dict[str, list[tuple[str, np.ndarray]]] = {layer.path: [] for layer in seq.layers}
+    layer_vars: dict[str, list[tuple[str, str]]] = {layer.path: [] for layer in seq.layers}
     renamed_weights = {}
     for name, array in weights.items():
         path, var = name.rsplit("/", 1)
@@ -124,7 +129,10 @@ def write_keras_model(
     )
     for row in built.rows:
         path, var = row.keras.rsplit("/", 1)
-        layer_vars[path].append((var, np.ascontiguousarray(renamed_weights[row.keras], np.float32)))
+        layer_vars[path].append((var, row.keras))  # read from `renamed_weights` when written
+
+    def tensor(name: str) -> np.ndarray:
+        return np.ascontiguousarray(renamed_weights[name], np.float32)
     shapes: list[Shape | None] = [seq.input_shape, *(i.shape for i in built.layers[:-1])]
     build_shapes = [
         s if layer_vars[lay.path] or lay.class_name == "Flatten" else None
@@ -137,22 +145,28 @@ def write_keras_model(
         for layer in seq.layers:
             vars_group = group.create_group(layer.path).create_group("vars")
             vars_group.attrs["name"] = layer.name
-            for i, (_, array) in enumerate(layer_vars[layer.path]):
-                vars_group.create_dataset(str(i), data=array)
+            for i, (_, name) in enumerate(layer_vars[layer.path]):
+                vars_group.create_dataset(str(i), data=tensor(name))
         h5.create_group("vars").attrs["name"] = seq.name
 
     def write_keras(tmp: Path) -> None:
-        buffer = io.BytesIO()
-        with h5py.File(buffer, "w") as h5:
-            write_h5_weights(h5)
         metadata = {
             "keras_version": KERAS_FORMAT_VERSION,
             "date_saved": datetime.now().strftime("%Y-%m-%d@%H:%M:%S"),
         }
-        with zipfile.ZipFile(tmp, "w") as zf:
-            zf.writestr(METADATA_MEMBER, json.dumps(metadata))
-            zf.writestr(CONFIG_MEMBER, json.dumps(config))
-            zf.writestr(WEIGHTS_MEMBER, buffer.getvalue())
+        with tempfile.TemporaryFile(dir=tmp.parent) as scratch:
+            with h5py.File(scratch, "w") as h5:
+                write_h5_weights(h5)
+            scratch.seek(0)
+            with zipfile.ZipFile(tmp, "w") as zf:  # stored, not deflated, as Keras writes it
+                zf.writestr(METADATA_MEMBER, json.dumps(metadata))
+                zf.writestr(CONFIG_MEMBER, json.dumps(config))
+                with zf.open(WEIGHTS_MEMBER, "w", force_zip64=True) as member:
+                    shutil.copyfileobj(scratch, member, 1 << 20)
+
+    def write_weights_h5(tmp: Path) -> None:
+        with h5py.File(tmp, "w") as h5:
+            write_h5_weights(h5)
 
     def write_legacy(tmp: Path) -> None:
         legacy = {
@@ -177,8 +191,9 @@ def write_keras_model(
                 layer_group = group.create_group(layer.name)
                 names = [f"{seq.name}/{layer.name}/{var}" for var, _ in layer_vars[layer.path]]
                 layer_group.attrs["weight_names"] = np.array([n.encode("utf8") for n in names])
-                for wname, (_, array) in zip(names, layer_vars[layer.path], strict=True):
-                    layer_group.create_dataset(wname, data=array)
+                for wname, (_, name) in zip(names, layer_vars[layer.path], strict=True):
+                    layer_group.create_dataset(wname, data=tensor(name))
             group.create_group("top_level_model_weights").attrs["weight_names"] = np.array([])
 
-    return atomic_write(dst, write_keras if kind == "keras" else write_legacy, force=force)
+    write = {"keras": write_keras, "weights.h5": write_weights_h5, "h5": write_legacy}[kind]
+    return atomic_write(dst, write, force=force)

@@ -1,12 +1,13 @@
-"""Keras checkpoint files of the book's CNN, read and written without TensorFlow or Keras: the
-public interface of `parity.keras_spec` (the architecture and config checks),
-`parity.keras_read` (the readers) and `parity.keras_write` (the writers).
+"""Keras checkpoint files of the book's CNN, read without TensorFlow or Keras: the public
+interface of `parity.keras_spec` (the architecture and config checks), `parity.keras_read` (the
+readers) and `parity.keras_write` (the book's config). Files are written, for the book's CNN as
+for every model, by `parity.generic_write`.
 
 Only h5py, zipfile and json are used, so nothing in a file is ever run: a config is read as JSON
 and compared field by field with the book's architecture; Keras's own deserialization (which can
 rebuild a Lambda's bytecode) is never called. The layouts read (`.keras`, Keras 3's
 `.weights.h5`, the legacy `.h5` of TF 2.x and Keras 3) are described in `parity.keras_read`; the
-writers write what Keras 3.15.1 writes, so plain `keras.models.load_model` opens their files.
+writer writes what Keras 3.15.1 writes, so plain `keras.models.load_model` opens its files.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from parity.keras_spec import (
     check_config,
     keras_kind,
 )
-from parity.keras_write import book_config, legacy_book_config, write_keras_file
+from parity.keras_write import book_config, legacy_book_config
 
 __all__ = [
     "BOOK_LAYERS",
@@ -37,5 +38,4 @@ __all__ = [
     "keras_kind",
     "legacy_book_config",
     "read_keras",
-    "write_keras_file",
 ]

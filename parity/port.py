@@ -1,19 +1,16 @@
-"""Port a checkpoint of the book's CNN — or, with --generic, of any supported Keras chain —
-between Keras and PyTorch, exactly.
+"""Port a checkpoint of any supported Keras chain — the book's CNN is one — between Keras and
+PyTorch, exactly.
 
     python -m parity.port SRC DST [--force] [--allow-nonfinite] [--samples N]
-    python -m parity.port SRC DST --generic [--config model.keras|.json] [--module-py model.py]
+                                  [--config model.keras|.json] [--module-py model.py]
 
 Formats come from the extensions: `.keras`, `.h5`, `.weights.h5` (Keras) ⇄ `.pt`, `.pth`,
-`.safetensors` (PyTorch); same-framework conversions work too. The flow is one way: file → arrays
-in the source layout → the mapping table (`parity.mapping`) → arrays in the target layout → both
-models run on real test images and must agree within tolerance → file, written atomically
-(a temporary file beside DST, then a rename). Nothing from SRC is ever executed.
-
-With --generic (implied by --config and --module-py, and by a PyTorch SRC that carries its
-architecture), the PyTorch module is built from SRC's Keras config by one converter per layer
-(`parity.generic`); both sides are compared layer by layer and a layer table is printed. Without
-it the book's CNN is the only architecture accepted, exactly as before.
+`.safetensors` (PyTorch); same-framework conversions work too. The flow is one way: SRC's Keras
+config (or the architecture a PyTorch file carries; the book's CNN for a file with none) → one
+converter per layer (`parity.generic`) → the PyTorch module, weights mapped per tensor → both
+sides run on real test images, compared layer by layer, and must agree within tolerance → DST,
+written atomically (a temporary file beside it, then a rename). Nothing from SRC is executed.
+A layer table is printed. The book's CNN keeps its plain `BookCNN` state_dict on the PyTorch side.
 """
 
 from __future__ import annotations
@@ -29,15 +26,16 @@ from fashion_cnn.cli import add_data_dir, int_range
 from fashion_cnn.errors import UserError, cli_entry
 from fashion_cnn.files import check_destination
 from parity.compare import ATOL
-from parity.keras_files import write_keras_file
-from parity.mapping import TABLE
-from parity.runners import load_test_images
-from parity.weights import EXTENSIONS, Agreement, framework_of, read_weights, verify
-from torch_impl.checkpoint import save_state_dict
+from parity.weights import EXTENSIONS, framework_of
 
 DEFAULT_SAMPLES = 1000
-# Room DST needs: the float32 weights plus 64 KiB for the file's own structure (zip, HDF5).
-DST_BYTES = 4 * sum(int(np.prod(row.torch_shape)) for row in TABLE) + 2**16
+
+
+def dst_bytes(src: Path, dst: Path) -> int:
+    """Room DST needs: about SRC's size (the same float32 weights), twice for a `.keras`, whose
+    weights are built in a temporary file beside it and then streamed into the archive."""
+    size = src.stat().st_size if src.is_file() else 0
+    return size * (2 if dst.name.lower().endswith(".keras") else 1)
 
 
 def port(
@@ -48,62 +46,33 @@ def port(
     allow_nonfinite: bool = False,
     samples: int = DEFAULT_SAMPLES,
     data_dir: str | None = None,
-    generic: bool = False,
     config: Path | None = None,
     module_py: Path | None = None,
-) -> Agreement | tuple:
-    """Check DST can be written, read SRC, check both models agree on real test images, write
-    DST. Raises UserError.
-
-    Returns the book's Agreement, or (Source, GenericAgreement) on the generic path."""
+) -> tuple:
+    """Check DST can be written, read SRC, check both sides agree layer by layer on real test
+    images, write DST. Raises UserError. Returns (Source, GenericAgreement)."""
     framework_of(src)
-    dst_framework = framework_of(dst)
+    framework_of(dst)
     if src.resolve() == dst.resolve() or (dst.exists() and src.exists() and src.samefile(dst)):
         raise UserError(f"{dst}: the destination is the source file; choose another name")
-    from parity.generic_files import carries_architecture
+    from parity.generic_port import port_generic
 
-    if generic or config is not None or module_py is not None or carries_architecture(src):
-        from parity.generic_port import port_generic
-
-        # DST (and --module-py) checked before SRC is read; room for about SRC's size.
-        need = src.stat().st_size if src.is_file() else 0
-        check_destination(dst, force=force, need_bytes=need)
-        if module_py is not None:
-            check_destination(module_py, force=force)
-        return port_generic(
-            src, dst, force=force, allow_nonfinite=allow_nonfinite, samples=samples,
-            data_dir=data_dir, config=config, module_py=module_py,
-        )
-    # DST is checked (and its folder probed) before SRC is read and the models are run.
-    check_destination(dst, force=force, need_bytes=DST_BYTES)
-    try:
-        weights = read_weights(src, allow_nonfinite=allow_nonfinite)
-    except UserError as err:
-        if "the book's CNN has" in str(err):  # another architecture: say how to port it
-            raise UserError(f"{err} (another supported Keras chain ports with --generic)") from None
-        raise
-    images, _ = load_test_images(data_dir)
-    result = verify(weights, images[:samples], allow_nonfinite=allow_nonfinite)
-    if not result.passed:
-        raise UserError(
-            f"{src}: refused to write {dst}: the two models disagree on {result.samples} test "
-            f"images (max |diff| of probabilities {result.max_abs:.3e} > {ATOL:g}, "
-            f"{result.samples - result.agreeing} predictions differ)"
-        )
-    if dst_framework == "keras":
-        write_keras_file(weights.keras, dst, force=force)
-    else:
-        save_state_dict(
-            {k: torch.from_numpy(v) for k, v in weights.torch.items()}, dst, force=force
-        )
-    return result
+    # DST (and --module-py) are checked, their folders probed, before SRC is read.
+    check_destination(dst, force=force, need_bytes=dst_bytes(src, dst))
+    if module_py is not None:
+        check_destination(module_py, force=force)
+    return port_generic(
+        src, dst, force=force, allow_nonfinite=allow_nonfinite, samples=samples,
+        data_dir=data_dir, config=config, module_py=module_py,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m parity.port",
-        description="Port a checkpoint of the book's CNN between Keras and PyTorch "
-        f"(formats by extension: {EXTENSIONS}).",
+        description="Port a checkpoint of the book's CNN, or of any supported Keras "
+        f"Sequential/single-chain model, between Keras and PyTorch (formats by extension: "
+        f"{EXTENSIONS}).",
     )
     p.add_argument("src", type=Path, help="source checkpoint")
     p.add_argument("dst", type=Path, help="destination checkpoint (written atomically)")
@@ -123,19 +92,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--generic",
         action="store_true",
-        help="port any supported Keras Sequential/single-chain model, the PyTorch module built "
-        "from its config (default: only the book's CNN)",
+        help="accepted for old scripts: every port is generic now (the PyTorch module built "
+        "from SRC's config, the book's CNN one case)",
     )
     p.add_argument(
         "--config",
         type=Path,
         help="the architecture of a .weights.h5 SRC: a .keras or .json model config "
-        "(implies --generic)",
+        "(default: the book's CNN)",
     )
     p.add_argument(
         "--module-py",
         type=Path,
-        help="also write a readable PyTorch source file of the module (implies --generic)",
+        help="also write a readable PyTorch source file of the module",
     )
     add_data_dir(p)
     return p
@@ -144,38 +113,16 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    result = port(
+    source, result = port(
         args.src,
         args.dst,
         force=args.force,
         allow_nonfinite=args.allow_nonfinite,
         samples=args.samples,
         data_dir=args.data_dir,
-        generic=args.generic,
         config=args.config,
         module_py=args.module_py,
     )
-    if isinstance(result, tuple):
-        _print_generic(args, *result)
-        return 0
-    n_params = sum(int(np.prod(row.torch_shape)) for row in TABLE)
-    print(f"{args.src} → {args.dst}")
-    print(f"read: {result.source}")
-    print(f"tensors mapped: {len(TABLE)} ({n_params:,} parameters)")
-    print(f"checked against: {result.keras_side} vs torch {torch.__version__} (CPU)")
-    print(
-        f"max |diff| of probabilities on {result.samples} test images: {result.max_abs:.3e} "
-        f"(tolerance {ATOL:g})"
-    )
-    print(f"predictions agreeing: {result.agreeing}/{result.samples}")
-    if result.nonfinite:
-        print(
-            f"not compared: {result.nonfinite} test images with NaN/Inf outputs (--allow-nonfinite)"
-        )
-    return 0
-
-
-def _print_generic(args: argparse.Namespace, source, result) -> None:
     from parity.generic_port import layer_table
 
     print(f"{args.src} → {args.dst}")
@@ -189,8 +136,12 @@ def _print_generic(args: argparse.Namespace, source, result) -> None:
           f"output max |diff| {result.max_abs:.3e}")
     if result.agreeing is not None:
         print(f"predictions agreeing: {result.agreeing}/{result.samples}")
+    if result.nonfinite:
+        print(f"not compared: {result.nonfinite} test images with NaN/Inf outputs "
+              f"(--allow-nonfinite)")
     if args.module_py:
         print(f"module source: {args.module_py}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -16,10 +16,8 @@ import numpy as np
 import torch
 
 from fashion_cnn.errors import UserError
-from parity.compare import compare, real_disagreements
 from parity.keras_files import keras_kind, read_keras
 from parity.mapping import keras_to_torch, torch_to_keras
-from parity.runners import KerasSide, torch_model, torch_probabilities
 from torch_impl.checkpoint import load_state_dict, validate_state_dict
 from torch_impl.model import BookCNN
 
@@ -70,37 +68,3 @@ def load_into(model: BookCNN, path: str | os.PathLike, *, allow_nonfinite: bool 
     )
     model.load_state_dict(state)
     return model
-
-
-@dataclass
-class Agreement:
-    samples: int
-    max_abs: float
-    agreeing: int
-    passed: bool
-    keras_side: str
-    source: str = ""  # what SRC held (layout, optimizer tensors left aside)
-    nonfinite: int = 0  # images left out: NaN/Inf outputs (only with --allow-nonfinite)
-
-
-def verify(weights: Weights, images: np.ndarray, *, allow_nonfinite: bool = False) -> Agreement:
-    """Both models on the same real images: probabilities within tolerance, same predictions.
-
-    With `allow_nonfinite`, images whose probabilities hold NaN/Inf on either side are left out
-    of the comparison (the frameworks propagate NaN differently, e.g. through max pooling) and
-    counted in `nonfinite`.
-    """
-    keras_side = KerasSide(weights.keras)
-    pk = keras_side.probabilities(images)
-    pt = torch_probabilities(torch_model(weights.torch), images)
-    nonfinite = 0
-    if allow_nonfinite:
-        rows = np.isfinite(pk).all(axis=1) & np.isfinite(pt).all(axis=1)
-        nonfinite = int((~rows).sum())
-        pk, pt = pk[rows], pt[rows]
-    diff = compare("probabilities", pk, pt)
-    agreeing = int((pk.argmax(1) == pt.argmax(1)).sum())
-    passed = diff.passed and real_disagreements(pk, pt).size == 0
-    return Agreement(
-        len(pk), diff.max_abs, agreeing, passed, keras_side.description, weights.source, nonfinite
-    )

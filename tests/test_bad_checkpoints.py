@@ -99,25 +99,58 @@ def test_missing_zip_member(keras_ckpts, tmp_path, capsys, member):
     refused(capsys, src, tmp_path / "out.pt", f"the .keras archive has no {member}")
 
 
+def _implies(tensor: str, stored: tuple, implied: tuple) -> str:
+    return f"{tensor} has shape {stored}, but the model's config implies {implied}"
+
+
 @pytest.mark.parametrize(
     ("index", "key", "value", "message"),
     [
-        (5, "units", 128, "layer 5 ({name}, Dense) has units=128; the book's CNN has 100"),
-        (0, "kernel_size", [5, 5], "layer 0 ({name}, Conv2D) has kernel_size=(5, 5)"),
-        (2, "padding", "valid", "layer 2 ({name}, Conv2D) has padding='valid'"),
-        (2, "strides", [2, 2], "layer 2 ({name}, Conv2D) has strides=(2, 2)"),
-        (7, "activation", "sigmoid", "layer 7 ({name}, Dense) has activation='sigmoid'"),
-        (6, "rate", 0.5, "layer 6 ({name}, Dropout) has rate=0.5; the book's CNN has 0.4"),
-        (1, "pool_size", [3, 3], "layer 1 ({name}, MaxPooling2D) has pool_size=(3, 3)"),
+        (5, "units", 128, _implies("layers/dense/vars/0 (dense/kernel)", (3136, 100), (3136, 128))),
+        (0, "kernel_size", [5, 5],
+         _implies("layers/conv2d/vars/0 (conv2d/kernel)", (3, 3, 1, 32), (5, 5, 1, 32))),
+        (2, "padding", "valid",
+         _implies("layers/dense/vars/0 (dense/kernel)", (3136, 100), (2304, 100))),
+        (2, "strides", [2, 2],
+         _implies("layers/dense/vars/0 (dense/kernel)", (3136, 100), (576, 100))),
+        (1, "pool_size", [3, 3],
+         _implies("layers/dense/vars/0 (dense/kernel)", (3136, 100), (2304, 100))),
     ],
 )
-def test_config_not_this_architecture(keras_ckpts, tmp_path, capsys, index, key, value, message):
+def test_config_contradicting_its_weights(keras_ckpts, tmp_path, capsys, index, key, value,
+                                          message):
+    """The book's weights under an edited config whose shapes no longer fit: refused, naming the
+    tensor, its stored shape and the shape the config implies (every port reads the config)."""
+
     def edit(cfg):
         _layer(cfg, index)["config"][key] = value
 
     src = rewrite_keras(keras_ckpts["random"].files[".keras"], tmp_path / "arch.keras", config=edit)
-    name = keras_ckpts["random"].layer_names[index]  # conv2d, … (suffixed if built later)
-    refused(capsys, src, tmp_path / "out.pt", message.format(name=name))
+    refused(capsys, src, tmp_path / "out.pt", message)
+
+
+@pytest.mark.parametrize(
+    ("index", "key", "value", "module"),
+    [(7, "activation", "sigmoid", "Sigmoid()"), (6, "rate", 0.5, "Dropout(p=0.5")],
+)
+def test_config_edit_keeping_every_shape_is_another_model(
+    keras_ckpts, tmp_path, capsys, index, key, value, module
+):
+    """An edit that keeps every weight's shape (an activation, a dropout rate) is another valid
+    model: it ports as that model, checked against Keras, with its architecture stored (it is no
+    longer the book's CNN, so not a plain BookCNN state_dict)."""
+    from parity import load_torch_model
+    from parity.generic_files import carries_architecture
+
+    def edit(cfg):
+        _layer(cfg, index)["config"][key] = value
+
+    src = rewrite_keras(keras_ckpts["random"].files[".keras"], tmp_path / "arch.keras", config=edit)
+    dst = tmp_path / "out.pt"
+    assert port_main([str(src), str(dst), "--samples", "50"]) == 0
+    assert "every layer within atol" in capsys.readouterr().out
+    assert carries_architecture(dst)
+    assert module in repr(load_torch_model(dst))
 
 
 def test_config_with_another_input_shape(keras_ckpts, tmp_path, capsys):
@@ -125,7 +158,8 @@ def test_config_with_another_input_shape(keras_ckpts, tmp_path, capsys):
         cfg["config"]["layers"][0]["config"]["batch_shape"] = [None, 32, 32, 3]
 
     src = rewrite_keras(keras_ckpts["random"].files[".keras"], tmp_path / "in.keras", config=edit)
-    refused(capsys, src, tmp_path / "out.pt", "input shape", "(None, 32, 32, 3)")
+    refused(capsys, src, tmp_path / "out.pt",
+            _implies("layers/conv2d/vars/0 (conv2d/kernel)", (3, 3, 1, 32), (3, 3, 3, 32)))
 
 
 def test_config_with_a_missing_layer(keras_ckpts, tmp_path, capsys):
@@ -135,8 +169,8 @@ def test_config_with_a_missing_layer(keras_ckpts, tmp_path, capsys):
     src = rewrite_keras(
         keras_ckpts["random"].files[".keras"], tmp_path / "short.keras", config=edit
     )
-    flatten = keras_ckpts["random"].layer_names[4]
-    refused(capsys, src, tmp_path / "out.pt", f"layer 3 ({flatten}) is a Flatten")
+    refused(capsys, src, tmp_path / "out.pt",
+            _implies("layers/dense/vars/0 (dense/kernel)", (3136, 100), (12544, 100)))
 
 
 def test_weights_contradicting_their_own_config(keras_ckpts, tmp_path, capsys):
@@ -190,7 +224,7 @@ def test_nan_refused_unless_allowed(keras_ckpts, tmp_path, capsys):
         keras_ckpts["random"].files[".keras"], tmp_path / "nan.keras", weights=_nan_edit
     )
     dst = tmp_path / "out.pt"
-    refused(capsys, src, dst, "layers/conv2d_1/vars/0 (conv2d_1/kernel) holds 1 NaN/Inf values")
+    refused(capsys, src, dst, "layers/conv2d_1/vars/0 (conv2d_1/kernel) holds 1 NaN/Inf value")
 
     assert port_main([str(src), str(dst), "--samples", "50", "--allow-nonfinite"]) == 0
     assert "with NaN/Inf outputs (--allow-nonfinite)" in capsys.readouterr().out
@@ -284,7 +318,8 @@ def test_legacy_h5_config_not_this_architecture(keras_ckpts, tmp_path, capsys):
         _layer(cfg, 0)["config"]["filters"] = 16
         h5.attrs["model_config"] = json.dumps(cfg).encode()
     name = keras_ckpts["trained"].layer_names[0]
-    refused(capsys, src, tmp_path / "out.pt", f"layer 0 ({name}, Conv2D) has filters=16")
+    refused(capsys, src, tmp_path / "out.pt", f"model_weights/{name}/", "(conv2d/kernel) has shape "
+            "(3, 3, 1, 32), but the model's config implies (3, 3, 1, 16)")
 
 
 def test_legacy_h5_missing_tensor(keras_ckpts, tmp_path, capsys):

@@ -161,13 +161,14 @@ def test_port_over_a_file_on_a_read_only_folder(capsys, src_pt, read_only, no_da
 
 
 def test_port_onto_a_full_disk(capsys, src_pt, full_disk, no_data):
-    from parity.port import DST_BYTES
+    from parity.port import dst_bytes
 
     dst = full_disk / "out.keras"
     free = os.statvfs(full_disk).f_bavail * os.statvfs(full_disk).f_frsize
+    need = dst_bytes(src_pt, dst)
+    assert need == 2 * src_pt.stat().st_size > free
     port(capsys, src_pt, dst,
-         f"{dst}: no room in {full_disk}: {free:,} bytes free, about {DST_BYTES:,} needed",
-         no_data)
+         f"{dst}: no room in {full_disk}: {free:,} bytes free, about {need:,} needed", no_data)
     assert not dst.exists()
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from parity.generic_files import carries_architecture
 from parity.keras_files import read_keras
 from parity.port import main
 from torch_impl.checkpoint import load_state_dict
@@ -49,10 +50,12 @@ def test_subprocess_smoke(keras_ckpts, tmp_path, data_dir):
     )
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert "read: legacy-h5, 18 optimizer tensors left aside" in out
-    assert "tensors mapped: 8 (333,526 parameters)" in out
+    assert "read: legacy-h5, 18 optimizer tensors left aside (8 tensors, 333,526 parameters)" in out
+    assert "on 200 Fashion-MNIST test images" in out
     assert "predictions agreeing: 200/200" in out
-    assert "max |diff| of probabilities on 200 test images" in out
+    assert "every layer within atol 1e-05" in out
+    # the book's CNN: a plain BookCNN state_dict, no architecture stored beside it
+    assert not carries_architecture(dst)
     assert set(load_state_dict(dst)) == {
         "conv1.weight",
         "conv1.bias",

@@ -213,16 +213,30 @@ def save_state_dict(
     state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     validate_state_dict(state, dst, allow_nonfinite=True)
     if checkpoint_kind(dst) == "safetensors":
-        from safetensors.torch import save
-
-        data = save(state)
-    else:
-        data = torch_bytes(state)
+        return atomic_write(dst, lambda tmp: write_safetensors(state, tmp), force=force)
+    data = torch_bytes(state)
     return atomic_write(dst, lambda tmp: tmp.write_bytes(data), force=force)
 
 
-def torch_bytes(obj: object) -> bytes:
-    """torch.save's bytes of `obj`, made in memory."""
+def write_safetensors(
+    state: Mapping[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
+) -> None:
+    """safetensors' own streaming writer (no copy of the tensors in memory); its I/O error
+    becomes the OSError it wraps, so that a full disk names its errno."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    try:
+        save_file(dict(state), str(path), metadata=metadata)
+    except SafetensorError as err:
+        code = re.search(r"code: (\d+)", str(err))
+        if code:
+            raise OSError(int(code[1]), os.strerror(int(code[1]))) from None
+        raise OSError(first_line(err)) from None
+
+
+def torch_bytes(obj: object) -> memoryview:
+    """torch.save's bytes of `obj`, made in memory (a view of the buffer: no second copy)."""
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    return buffer.getvalue()
+    return buffer.getbuffer()

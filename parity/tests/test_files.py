@@ -40,7 +40,7 @@ def test_keras_file_to_torch_file(keras_ckpts, src_format, dst_format, tmp_path,
     dst = tmp_path / f"model{dst_format}"
     _port(ckpt.files[src_format], dst, data_dir)
     out = capsys.readouterr().out
-    assert "tensors mapped: 8 (333,526 parameters)" in out
+    assert "(8 tensors, 333,526 parameters)" in out
     assert f"predictions agreeing: {SAMPLES}/{SAMPLES}" in out
     # What a PyTorch user does with it: a plain state_dict, loaded weights_only.
     if dst_format == ".safetensors":

@@ -83,7 +83,7 @@ def _refused(make_model, tmp_path, match: str) -> None:
         assert str(src) in str(err.value)
         dst = tmp_path / "out.pt"
         with pytest.raises(UserError, match=match):
-            port(src, dst, generic=True)
+            port(src, dst)
         assert sorted(tmp_path.iterdir()) == before
 
 

@@ -1,4 +1,4 @@
-"""`python -m parity.port --generic`: a non-book Keras model to PyTorch files that carry their
+"""`python -m parity.port`: a non-book Keras model to PyTorch files that carry their
 architecture, back to Keras with no other input, a `.weights.h5` with `--config`, and
 `--module-py`'s readable source file."""
 
@@ -101,7 +101,7 @@ def test_safetensors_carries_its_architecture(bn_model, tmp_path, capsys):
 
     src, _, _ = bn_model
     st = tmp_path / "bn.safetensors"
-    assert port_main([str(src), str(st), "--generic", "--samples", SAMPLES]) == 0
+    assert port_main([str(src), str(st), "--samples", SAMPLES]) == 0
     module = parity.load_torch_model(st)
     assert [n for n, _ in module.named_children()][:4] == ["pad1", "conv1", "bn1", "relu1"]
     assert port_main([str(st), str(tmp_path / "again.h5"), "--samples", SAMPLES]) == 0
@@ -110,8 +110,9 @@ def test_safetensors_carries_its_architecture(bn_model, tmp_path, capsys):
 def test_weights_h5_needs_its_config(bn_model, tmp_path, capsys):
     src, weights_h5, _ = bn_model
     dst = tmp_path / "w.pt"
-    assert port_main([str(weights_h5), str(dst), "--generic"]) == 1
-    assert "holds no config: give --config model.keras" in capsys.readouterr().err
+    assert port_main([str(weights_h5), str(dst)]) == 1
+    err = capsys.readouterr().err
+    assert "holds no config and is read as the book's CNN: for another model give --config" in err
     assert not dst.exists()
     assert port_main([str(weights_h5), str(dst), "--config", str(src), "--samples", SAMPLES]) == 0
     assert dst.exists()
@@ -138,7 +139,7 @@ def test_check_compares_any_model_layer_by_layer(bn_model, tmp_path, capsys, ker
 
     src, _, _ = bn_model
     pt = tmp_path / "bn.pt"
-    assert port_main([str(src), str(pt), "--generic", "--samples", "50"]) == 0
+    assert port_main([str(src), str(pt), "--samples", "50"]) == 0
     capsys.readouterr()
     assert check_main([str(src), str(pt), "--samples", "50", "--test-images", "200"]) == 0
     out = capsys.readouterr().out
@@ -161,7 +162,7 @@ def test_a_shape_fashion_mnist_cannot_fill_uses_seeded_images_and_says_so(tmp_pa
     ])
     src = tmp_path / "rgb.keras"
     model.save(src)
-    assert port_main([str(src), str(tmp_path / "rgb.pt"), "--generic", "--samples", "20"]) == 0
+    assert port_main([str(src), str(tmp_path / "rgb.pt"), "--samples", "20"]) == 0
     out = capsys.readouterr().out
     assert "20 seeded uniform [0, 1) images of shape (32, 32, 3)" in out
     assert "(Fashion-MNIST does not fit it)" in out
