@@ -25,7 +25,7 @@ import torch
 from fashion_cnn.cli import add_data_dir, add_device, int_range
 from fashion_cnn.errors import UserError, cli_entry
 from fashion_cnn.files import atomic_write, check_destination
-from parity.compare import ATOL, compare, format_table, real_disagreements
+from parity.compare import ATOL, check_report, compare, format_table, real_disagreements
 from parity.keras_files import keras_kind
 from parity.runners import (
     KerasSide,
@@ -64,7 +64,7 @@ def run_check(
 
         return run_generic_check(
             keras_file, torch_file, samples=samples, test_images=test_images,
-            data_dir=data_dir, config=config,
+            data_dir=data_dir, config=config, device=torch_device(device),
         )
     dev = torch_device(device)
     keras_weights = read_weights(keras_file).keras
@@ -93,17 +93,10 @@ def run_check(
     first = next((d.name for d in layers if not d.passed), None)
     if first is None and real.size:
         first = "predictions"
-    return {
-        "keras_file": str(keras_file),
-        "torch_file": str(torch_file),
-        "keras_side": keras_side.description,
-        "torch_side": f"torch {torch.__version__} on {dev}",
-        "samples": int(min(samples, len(images))),
-        "layers": [d.as_dict() for d in layers],
-        "test_set": test_set,
-        "passed": first is None,
-        "first_failure": first,
-    }
+    return check_report(
+        (keras_file, torch_file), (keras_side.description, f"torch {torch.__version__} on {dev}"),
+        min(samples, len(images)), layers, test_set, first,
+    )
 
 
 def format_report(report: dict) -> str:

@@ -97,3 +97,22 @@ def format_table(diffs: list[LayerDiff], name_width: int = 14) -> str:
             f"{d.atol:>9.0e}{d.rtol:>9.0e}  {'pass' if d.passed else 'FAIL'}"
         )
     return "\n".join(lines)
+
+
+def check_report(
+    files: tuple[object, object], sides: tuple[str, str], samples: int, layers: list[LayerDiff],
+    test_set: dict, first: str | None,
+) -> dict:
+    """`parity.check`'s report, the book's and any model's: the two files and what ran them, the
+    layer-by-layer comparison, the test-set numbers, and the first thing that differs."""
+    return {
+        "keras_file": str(files[0]),
+        "torch_file": str(files[1]),
+        "keras_side": sides[0],
+        "torch_side": sides[1],
+        "samples": int(samples),
+        "layers": [d.as_dict() for d in layers],
+        "test_set": test_set,
+        "passed": first is None,
+        "first_failure": first,
+    }

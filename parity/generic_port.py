@@ -20,7 +20,7 @@ import torch
 
 from fashion_cnn.errors import UserError
 from fashion_cnn.hdf5 import open_h5
-from parity.compare import ATOL, LayerDiff, compare, real_disagreements
+from parity.compare import ATOL, LayerDiff, check_report, compare, real_disagreements
 from parity.generic import (
     Built,
     ModelSpec,
@@ -271,7 +271,7 @@ def torch_layer_outputs(built: Built, images: np.ndarray) -> list[np.ndarray]:
         for n, m in module.named_children()
     ]
     try:
-        x = torch_input(images)
+        x = torch_input(images).to(_device_of(module))
         module(x)
     finally:
         for h in hooks:
@@ -279,8 +279,13 @@ def torch_layer_outputs(built: Built, images: np.ndarray) -> list[np.ndarray]:
     outs, previous = [], x
     for info in built.layers:
         previous = captured[info.modules[-1]] if info.modules else previous
-        outs.append(to_keras_layout(info, previous.numpy()))
+        outs.append(to_keras_layout(info, previous.cpu().numpy()))
     return outs
+
+
+def _device_of(module: torch.nn.Module) -> torch.device:
+    tensor = next(iter(module.state_dict().values()), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
 
 
 @dataclass
@@ -385,11 +390,14 @@ def port_generic(
 def run_generic_check(
     keras_file: Path, torch_file: Path, *, samples: int, test_images: int,
     data_dir: str | None = None, config: Path | None = None,
+    device: torch.device | str = "cpu",
 ) -> dict:
     """`parity.check` for any supported chain: the Keras file's model (built from its checked
-    config) against the PyTorch file's module, layer by layer, then predictions on the test set."""
+    config) against the PyTorch file's module (on `device`), layer by layer, then predictions on
+    the test set."""
     keras_src = read_source(keras_file, config=config, module=False)
     torch_src = read_source(torch_file)
+    module = torch_src.built.module.to(device)
     k_layers = [(i.keras.class_name, i.shape) for i in keras_src.built.layers]
     t_layers = [(i.keras.class_name, i.shape) for i in torch_src.built.layers]
     if k_layers != t_layers:
@@ -410,7 +418,7 @@ def run_generic_check(
     final_k = np.concatenate([keras_side.outputs(images[i : i + 1000])[-1]
                               for i in range(0, len(images), 1000)])
     with torch.no_grad():
-        final_t = torch.cat([torch_src.built.module(torch_input(images[i : i + 1000]))
+        final_t = torch.cat([module(torch_input(images[i : i + 1000]).to(device)).cpu()
                              for i in range(0, len(images), 1000)]).numpy()
     test_set["outputs"] = compare("outputs (all)", final_k, final_t).as_dict()
     if final_k.ndim == 2:
@@ -421,17 +429,10 @@ def run_generic_check(
             first = "predictions"
     if first is None and not test_set["outputs"]["passed"]:
         first = "outputs (all)"
-    return {
-        "keras_file": str(keras_file),
-        "torch_file": str(torch_file),
-        "keras_side": keras_side.description,
-        "torch_side": f"torch {torch.__version__} on cpu",
-        "samples": int(min(samples, len(images))),
-        "layers": [d.as_dict() for d in layers],
-        "test_set": test_set,
-        "passed": first is None,
-        "first_failure": first,
-    }
+    sides = (keras_side.description, f"torch {torch.__version__} on {device}")
+    return check_report(
+        (keras_file, torch_file), sides, min(samples, len(images)), layers, test_set, first
+    )
 
 
 def format_generic_report(report: dict) -> str:

@@ -27,6 +27,7 @@ from parity.keras_spec import (
     WEIGHTS_MEMBER,
     dtype_policy,
     keras_kind,
+    sequential_config,
 )
 from parity.layers import FIELDS
 
@@ -38,22 +39,7 @@ Shape = tuple[int, ...]
 
 def model_config(spec: ModelSpec, build_shapes: list[Shape | None]) -> dict:
     """The config.json Keras 3.15.1 writes for a Sequential of these layers."""
-    batch = [None, *spec.input_shape]
-    layers = [
-        {
-            "module": "keras.layers",
-            "class_name": "InputLayer",
-            "config": {
-                "batch_shape": batch,
-                "dtype": "float32",
-                "sparse": False,
-                "ragged": False,
-                "name": "input_layer",
-                "optional": False,
-            },
-            "registered_name": None,
-        }
-    ]
+    layers = []
     for layer, shape in zip(spec.layers, build_shapes, strict=True):
         kept = {k: layer.config[k] for k in FIELDS[layer.class_name] if k in layer.config}
         cfg = {"name": layer.name, "trainable": True, "dtype": dtype_policy(), **kept}
@@ -66,20 +52,7 @@ def model_config(spec: ModelSpec, build_shapes: list[Shape | None]) -> dict:
         if shape is not None:
             entry["build_config"] = {"input_shape": [None, *shape]}
         layers.append(entry)
-    return {
-        "module": "keras",
-        "class_name": "Sequential",
-        "config": {
-            "name": spec.name,
-            "trainable": True,
-            "dtype": dtype_policy(),
-            "layers": layers,
-            "build_input_shape": batch,
-        },
-        "registered_name": None,
-        "build_config": {"input_shape": batch},
-        "compile_config": {},
-    }
+    return sequential_config(spec.name, [None, *spec.input_shape], layers)
 
 
 def _as_sequential(spec: ModelSpec) -> ModelSpec:

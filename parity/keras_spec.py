@@ -260,3 +260,34 @@ def dtype_policy() -> dict:
         "config": {"name": "float32"},
         "registered_name": None,
     }
+
+
+def sequential_config(name: str, batch_shape: list, layers: list[dict]) -> dict:
+    """The config.json Keras 3.15.1 writes for a Sequential: its InputLayer, then `layers`."""
+    input_layer = {
+        "module": "keras.layers",
+        "class_name": "InputLayer",
+        "config": {
+            "batch_shape": list(batch_shape),
+            "dtype": "float32",
+            "sparse": False,
+            "ragged": False,
+            "name": "input_layer",
+            "optional": False,
+        },
+        "registered_name": None,
+    }
+    return {
+        "module": "keras",
+        "class_name": "Sequential",
+        "config": {
+            "name": name,
+            "trainable": True,
+            "dtype": dtype_policy(),
+            "layers": [input_layer, *layers],
+            "build_input_shape": list(batch_shape),
+        },
+        "registered_name": None,
+        "build_config": {"input_shape": list(batch_shape)},
+        "compile_config": {},
+    }

@@ -10,6 +10,7 @@ from parity.keras_spec import (
     POSITIONAL_PATHS,
     LayerSpec,
     dtype_policy,
+    sequential_config,
 )
 
 
@@ -97,36 +98,10 @@ _BUILD_SHAPES = (
 def book_config() -> dict:
     """The config.json Keras 3.15.1 writes for `keras_ref.model.build_model()` in a new session."""
     layers = [
-        {
-            "module": "keras.layers",
-            "class_name": "InputLayer",
-            "config": {
-                "batch_shape": list(INPUT_SHAPE),
-                "dtype": "float32",
-                "sparse": False,
-                "ragged": False,
-                "name": "input_layer",
-                "optional": False,
-            },
-            "registered_name": None,
-        }
+        _layer_config(spec, path, shape)
+        for spec, path, shape in zip(BOOK_LAYERS, POSITIONAL_PATHS, _BUILD_SHAPES, strict=True)
     ]
-    for spec, path, shape in zip(BOOK_LAYERS, POSITIONAL_PATHS, _BUILD_SHAPES, strict=True):
-        layers.append(_layer_config(spec, path, shape))
-    return {
-        "module": "keras",
-        "class_name": "Sequential",
-        "config": {
-            "name": "sequential",
-            "trainable": True,
-            "dtype": dtype_policy(),
-            "layers": layers,
-            "build_input_shape": list(INPUT_SHAPE),
-        },
-        "registered_name": None,
-        "build_config": {"input_shape": list(INPUT_SHAPE)},
-        "compile_config": {},
-    }
+    return sequential_config("sequential", list(INPUT_SHAPE), layers)
 
 
 def legacy_book_config() -> dict:

@@ -5,6 +5,7 @@ architecture, back to Keras with no other input, a `.weights.h5` with `--config`
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import sys
 
@@ -166,3 +167,19 @@ def test_a_shape_fashion_mnist_cannot_fill_uses_seeded_images_and_says_so(tmp_pa
     out = capsys.readouterr().out
     assert "20 seeded uniform [0, 1) images of shape (32, 32, 3)" in out
     assert "(Fashion-MNIST does not fit it)" in out
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU available to PyTorch")
+def test_check_of_a_non_book_model_on_cuda(bn_model, tmp_path, capsys):
+    """The generic check's PyTorch side on the GPU (TF32 off), Keras on the CPU."""
+    from parity.check import main as check_main
+
+    src, _, _ = bn_model
+    pt = tmp_path / "bn.pt"
+    assert port_main([str(src), str(pt), "--samples", "50"]) == 0
+    report = tmp_path / "report.json"
+    assert check_main([str(src), str(pt), "--device", "cuda", "--samples", "100",
+                       "--test-images", "1000", "--json", str(report)]) == 0
+    data = json.loads(report.read_text())
+    assert data["passed"] and " on cuda" in data["torch_side"], data["torch_side"]
