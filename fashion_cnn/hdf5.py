@@ -184,6 +184,29 @@ def inflate_chunks(dataset: h5py.Dataset, out: np.ndarray, path: str, source: st
         out[region] = block[tuple(slice(0, r.stop - r.start) for r in region)]
 
 
+ALIGNMENT = 64  # bytes: what TensorFlow's and PyTorch's CPU allocators give every tensor
+
+
+def aligned_empty(shape: tuple[int, ...]) -> np.ndarray:
+    """An uninitialised float32 array whose data starts on a 64-byte boundary, so that
+    TensorFlow can take it over without a copy (it aborts the process on a misaligned buffer)."""
+    nbytes = 4 * int(np.prod(shape, dtype=np.int64))
+    buffer = np.empty(nbytes + ALIGNMENT, np.uint8)
+    start = -buffer.ctypes.data % ALIGNMENT
+    return buffer[start : start + nbytes].view(np.float32).reshape(shape)
+
+
+def aligned(array: np.ndarray) -> np.ndarray:
+    """`array` as a C-contiguous float32 array on a 64-byte boundary: itself when it is one,
+    else one copy."""
+    if (array.dtype == np.float32 and array.flags.c_contiguous
+            and (array.size == 0 or array.ctypes.data % ALIGNMENT == 0)):
+        return array
+    out = aligned_empty(array.shape)
+    np.copyto(out, array, casting="same_kind")
+    return out
+
+
 def read_array(
     tree: H5Tree, path: str, shape: tuple[int, ...], label: str, source: str
 ) -> np.ndarray:
@@ -201,7 +224,7 @@ def read_array(
         )
     if dataset.dtype.kind != "f" or dataset.dtype.itemsize != 4:
         raise UserError(f"{source}: {label} has dtype {dataset.dtype}, expected float32")
-    out = np.empty(shape, np.float32)
+    out = aligned_empty(shape)
     if dataset.compression is not None:  # deflate: the only filter check_storage lets by
         inflate_chunks(dataset, out, path, source)
     else:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from fashion_cnn.errors import UserError
-from fashion_cnn.hdf5 import open_h5
+from fashion_cnn.hdf5 import aligned, open_h5
 from parity.compare import ATOL, LayerDiff, check_report, compare, real_disagreements
 from parity.generic import (
     Built,
@@ -181,14 +181,15 @@ class KerasReference:
     Each layer is deserialized from the config this port writes (only the fields the converters
     read, for supported built-in classes), unbuilt; its initializers are replaced by ones that
     return the port's own tensors, so every Keras variable is created holding its value: no
-    random or zero initial copy, and one layer's Keras-layout tensors in flight at a time (the
-    model then holds one copy of the weights beside the PyTorch module's)."""
+    random or zero initial copy, one layer's Keras-layout tensors in flight at a time, and on
+    TensorFlow no copy at all of those tensors (see `_Given`)."""
 
     def __init__(self, spec: ModelSpec, built: Built, weights: Mapping[str, np.ndarray]) -> None:
         from keras_ref.backend import keras  # TensorFlow's start-up lines silenced
 
         seq = _as_sequential(spec)
         config = model_config(seq, [None] * len(seq.layers))["config"]
+        tensorflow = keras.backend.backend() == "tensorflow"
         by_layer: dict[str, list[str]] = {}
         for row in built.rows:
             by_layer.setdefault(row.keras.rsplit("/", 1)[0], []).append(row.keras)
@@ -197,7 +198,7 @@ class KerasReference:
             layer = keras.layers.deserialize(cfg)
             for name in by_layer.get(original.path, []):
                 var = name.rsplit("/", 1)[1]  # kernel, bias, gamma, beta, moving_mean, …
-                setattr(layer, f"{var}_initializer", _Given(weights, name))
+                setattr(layer, f"{var}_initializer", _Given(weights, name, tensorflow))
             layers.append(layer)
         self.model = keras.Sequential(
             [keras.Input(batch_shape=config["layers"][0]["config"]["batch_shape"]), *layers],
@@ -247,17 +248,25 @@ def keras_reference(
 
 class _Given:
     """A Keras initializer that returns one of the port's tensors (checked against the shape
-    Keras asks for)."""
+    Keras asks for).
 
-    def __init__(self, weights: Mapping[str, np.ndarray], name: str) -> None:
-        self.weights, self.name = weights, name
+    On TensorFlow the array is handed over through DLPack, which TensorFlow takes without a
+    copy, and the variable keeps that buffer: the reference model holds the port's Keras-layout
+    arrays themselves, not copies of them (a numpy array would be copied twice on the way)."""
 
-    def __call__(self, shape, dtype=None) -> np.ndarray:
-        value = np.ascontiguousarray(self.weights[self.name], dtype=np.float32)
-        self.weights = {}  # called once: the model must not keep the port's arrays alive
+    def __init__(self, weights: Mapping[str, np.ndarray], name: str, tensorflow: bool) -> None:
+        self.weights, self.name, self.tensorflow = weights, name, tensorflow
+
+    def __call__(self, shape, dtype=None):
+        value = aligned(np.asarray(self.weights[self.name]))  # TensorFlow's own alignment
+        self.weights = {}  # called once: the model must not keep the port's mapping alive
         if tuple(value.shape) != tuple(shape):
             raise UserError(f"{self.name}: Keras builds shape {tuple(shape)}, the port has "
                             f"{value.shape}")
+        if self.tensorflow:
+            import tensorflow as tf
+
+            return tf.experimental.dlpack.from_dlpack(torch.from_numpy(value).__dlpack__())
         return value
 
 

@@ -52,3 +52,31 @@ def test_mapping_lists_every_missing_weight():
     with pytest.raises(UserError) as exc:
         keras_to_torch({}, "w.weights.h5")
     assert "missing conv2d/kernel, conv2d/bias" in str(exc.value) and "and 2 more" in str(exc.value)
+
+
+# --- 64-byte aligned arrays (fashion_cnn.hdf5): TensorFlow takes them over without a copy, and
+# aborts the whole process on a misaligned buffer, so alignment must hold for every shape.
+
+
+@pytest.mark.parametrize("shape", [(3,), (7, 5), (3, 3, 1, 32), (3136, 100), (1,)])
+def test_aligned_empty_is_on_a_64_byte_boundary(shape):
+    from fashion_cnn.hdf5 import ALIGNMENT, aligned_empty
+
+    for _ in range(20):  # whatever offsets the allocator happens to give
+        a = aligned_empty(shape)
+        assert a.shape == shape and a.dtype == np.float32 and a.flags.c_contiguous
+        assert a.ctypes.data % ALIGNMENT == 0
+
+
+def test_aligned_copies_only_what_is_not_aligned():
+    from fashion_cnn.hdf5 import ALIGNMENT, aligned, aligned_empty
+
+    ready = aligned_empty((4, 6))
+    ready[...] = np.arange(24, dtype=np.float32).reshape(4, 6)
+    assert aligned(ready) is ready
+    transposed = ready.T  # not C-contiguous: one aligned copy, the same values
+    copy = aligned(transposed)
+    assert copy is not transposed and np.array_equal(copy, transposed)
+    assert copy.flags.c_contiguous and copy.ctypes.data % ALIGNMENT == 0
+    shifted = np.frombuffer(ready.tobytes() + b"\0" * 4, np.float32)[1:]  # 4 bytes off
+    assert np.array_equal(aligned(shifted), shifted) and aligned(shifted).ctypes.data % 64 == 0
