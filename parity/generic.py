@@ -291,9 +291,12 @@ def build(spec: ModelSpec, source: str) -> Built:
     return Built(module.eval(), rows, fixed, infos)
 
 
-def keras_to_torch(built: Built, weights: Mapping[str, np.ndarray], source: str) -> dict:
+def keras_to_torch(
+    built: Built, weights: Mapping[str, np.ndarray], source: str, *, consume: bool = False
+) -> dict:
     """Keras arrays by structural name → a full state_dict (torch tensors), every name and shape
-    checked first."""
+    checked first. With `consume` (a dict), each array is dropped from `weights` as soon as its
+    tensor is made: the two layouts are never both held whole."""
     check_tensors(
         weights,
         {r.keras: r.keras_shape for r in built.rows},
@@ -301,10 +304,11 @@ def keras_to_torch(built: Built, weights: Mapping[str, np.ndarray], source: str)
         shape_of=np.shape,
         what="the weights do not match the model's config: ",
     )
-    state = {
-        r.torch: torch.from_numpy(np.ascontiguousarray(r.transform.to_torch(weights[r.keras])))
-        for r in built.rows
-    }
+    state = {}
+    for r in built.rows:
+        array = weights.pop(r.keras) if consume else weights[r.keras]  # type: ignore[attr-defined]
+        state[r.torch] = torch.from_numpy(np.ascontiguousarray(r.transform.to_torch(array)))
+        del array
     for key, fix in built.fixed.items():
         state[key] = torch.from_numpy(fix.value.copy())
     return state

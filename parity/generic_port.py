@@ -59,7 +59,7 @@ class Source:
         """Move the weights into the module (eval mode); a no-op once it holds them."""
         if isinstance(self.weights, ModuleWeights):
             return
-        state = keras_to_torch(self.built, self.weights, self.path)
+        state = keras_to_torch(self.built, self.weights, self.path, consume=True)
         self.built.module.load_state_dict(state, assign=True)
         self.built.module.eval()
         self.weights = ModuleWeights(self.built)  # the numpy arrays are freed here

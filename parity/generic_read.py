@@ -278,6 +278,6 @@ def _optimizer_tensors(h5: h5py.File, prefix: str, source: str) -> int:
 def load_keras_as_torch(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> nn.Module:
     """`parity.load_torch_model` for Keras files: the rebuilt module, weights loaded, eval mode."""
     model = read_keras_model(path, allow_nonfinite=allow_nonfinite)
-    state = keras_to_torch(model.built, model.weights, str(path))
+    state = keras_to_torch(model.built, model.weights, str(path), consume=True)
     model.built.module.load_state_dict(state, strict=True, assign=True)
     return model.built.module.eval()
