@@ -122,7 +122,9 @@ def torch_built(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> Bu
     finite_check = finite(allow_nonfinite)
 
     def dtype_ok(name: str, t: object) -> str | None:
-        want = torch.int64 if name in built.fixed else torch.float32
+        # a fixed entry keeps its own dtype: num_batches_tracked int64, a zero bias float32
+        fixed = built.fixed.get(name)
+        want = torch.from_numpy(fixed.value).dtype if fixed is not None else torch.float32
         if t.dtype != want:  # type: ignore[attr-defined]
             return f"{name} has dtype {t.dtype}, expected {want}"  # type: ignore[attr-defined]
         if not allow_nonfinite and want == torch.float32:

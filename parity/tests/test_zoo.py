@@ -227,6 +227,16 @@ def test_round_trip_is_bit_identical(zoo, name, suffix, tmp_path):
     for key, array in read.weights.items():
         assert back[key].tobytes() == array.tobytes(), f"{key} changed in Keras → torch → Keras"
     module = parity.load_torch_model(z.files[suffix])
+    for torch_suffix in (".pt", ".safetensors"):  # through a PyTorch file and back, bit for bit
+        from parity.generic_files import save_torch_model
+
+        pt = tmp_path / f"model{torch_suffix}"
+        save_torch_model(module, pt)
+        reread = parity.load_torch_model(pt).state_dict()
+        assert list(reread) == list(module.state_dict())
+        for key, tensor in module.state_dict().items():
+            assert reread[key].dtype == tensor.dtype, f"{name}{torch_suffix}: {key} dtype"
+            assert reread[key].numpy().tobytes() == tensor.numpy().tobytes(), f"{key} changed"
     for out_suffix in FORMATS:
         dst = tmp_path / f"back{out_suffix}"
         parity.save_keras(module, dst, z.input_shape)
