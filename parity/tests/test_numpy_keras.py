@@ -251,16 +251,3 @@ def test_unknown_class_and_bad_config_raise_value_error():
     pool = KerasLayer("MaxPooling2D", {"padding": "causal"}, "max_pooling2d")
     with pytest.raises(ValueError, match="MaxPooling2D.*padding='causal'"):
         layer_outputs(ModelSpec((4, 4, 1), (pool,)), {}, x)
-
-
-@pytest.mark.slow  # a fresh interpreter
-def test_numpy_keras_imports_no_framework():
-    import subprocess
-    import sys
-
-    code = (
-        "import sys, parity.numpy_keras\n"
-        "loaded = {'torch', 'keras', 'tensorflow'} & set(sys.modules)\n"
-        "assert not loaded, loaded\n"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
