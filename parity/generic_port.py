@@ -2,10 +2,8 @@
 supported Keras chain: both sides run on the same images, every layer compared, a layer table,
 a readable PyTorch source file.
 
-The Keras side is a model Keras builds from the *checked* config this port writes (only the
-fields the converters read, for supported built-in layer classes), each variable created holding
-the port's own tensor — never a model Keras deserialised from the source file. Where Keras cannot
-be imported, the numpy reference of its layers (`parity.numpy_keras`) stands in and says so.
+The two sides that run are in `parity.generic_sides`: Keras (or, where it cannot be imported,
+the numpy reference of its layers) and the PyTorch module.
 """
 
 from __future__ import annotations
@@ -19,7 +17,7 @@ import numpy as np
 import torch
 
 from fashion_cnn.errors import UserError
-from fashion_cnn.hdf5 import aligned, open_h5
+from fashion_cnn.hdf5 import open_h5
 from parity.compare import ATOL, LayerDiff, check_report, compare, real_disagreements
 from parity.generic import (
     Built,
@@ -28,14 +26,13 @@ from parity.generic import (
     build,
     keras_to_torch,
     parse_config,
-    to_keras_layout,
 )
 from parity.generic_files import save_torch_model, torch_built
 from parity.generic_read import _json, _read_keras3, check_finite, read_keras_model
-from parity.generic_write import _as_sequential, model_config, write_keras_model
+from parity.generic_sides import keras_reference, torch_input, torch_layer_outputs
+from parity.generic_write import write_keras_model
 from parity.keras_spec import CONFIG_MEMBER, MAX_JSON_BYTES, keras_kind
 from parity.module_py import write_module_py
-from parity.numpy_keras import layer_outputs
 
 FASHION_SHAPE = (28, 28, 1)
 
@@ -167,134 +164,6 @@ def images_for(shape: tuple[int, ...], n: int, data_dir: str | None) -> tuple[np
         rng.random((n, *shape), dtype=np.float32),
         f"{n} seeded uniform [0, 1) images of shape {shape} (Fashion-MNIST does not fit it)",
     )
-
-
-def torch_input(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(
-        np.ascontiguousarray(images.transpose(0, 3, 1, 2) if images.ndim == 4 else images)
-    )
-
-
-class KerasReference:
-    """The Keras model of a chain with its weights, built from the checked config.
-
-    Each layer is deserialized from the config this port writes (only the fields the converters
-    read, for supported built-in classes), unbuilt; its initializers are replaced by ones that
-    return the port's own tensors, so every Keras variable is created holding its value: no
-    random or zero initial copy, one layer's Keras-layout tensors in flight at a time, and on
-    TensorFlow no copy at all of those tensors (see `_Given`)."""
-
-    def __init__(self, spec: ModelSpec, built: Built, weights: Mapping[str, np.ndarray]) -> None:
-        from keras_ref.backend import keras  # TensorFlow's start-up lines silenced
-
-        seq = _as_sequential(spec)
-        config = model_config(seq, [None] * len(seq.layers))["config"]
-        tensorflow = keras.backend.backend() == "tensorflow"
-        by_layer: dict[str, list[str]] = {}
-        for row in built.rows:
-            by_layer.setdefault(row.keras.rsplit("/", 1)[0], []).append(row.keras)
-        layers = []
-        for cfg, original in zip(config["layers"][1:], spec.layers, strict=True):
-            layer = keras.layers.deserialize(cfg)
-            for name in by_layer.get(original.path, []):
-                var = name.rsplit("/", 1)[1]  # kernel, bias, gamma, beta, moving_mean, …
-                setattr(layer, f"{var}_initializer", _Given(weights, name, tensorflow))
-            layers.append(layer)
-        self.model = keras.Sequential(
-            [keras.Input(batch_shape=config["layers"][0]["config"]["batch_shape"]), *layers],
-            name=config["name"],
-        )
-        for layer, original in zip(self.model.layers, spec.layers, strict=True):
-            names = by_layer.get(original.path, [])
-            if [v.path.rsplit("/", 1)[-1] for v in layer.weights] != [
-                n.rsplit("/", 1)[1] for n in names
-            ]:  # every variable must have come from the port's tensors, in the port's order
-                raise UserError(f"{original.name}: Keras built variables "
-                                f"{[v.path for v in layer.weights]}, the port has {names}")
-        self.cut = keras.Model(self.model.inputs, [layer.output for layer in self.model.layers])
-        self.description = f"keras {keras.__version__} (CPU)"
-
-    def outputs(self, images: np.ndarray) -> list[np.ndarray]:
-        out = self.cut.predict(images, verbose=0, batch_size=250)
-        return [np.asarray(o) for o in (out if isinstance(out, list) else [out])]
-
-
-class NumpyReference:
-    """Where Keras cannot be imported (a GPU box with torch only): the float32 numpy
-    implementation of the Keras layers in Keras's own layout (`parity.numpy_keras`)."""
-
-    description = "numpy float32 reference of the Keras layers (Keras not importable)"
-
-    def __init__(self, spec: ModelSpec, weights: Mapping[str, np.ndarray]) -> None:
-        self.spec = spec
-        self.weights = {name: np.array(weights[name], dtype=np.float32) for name in weights}
-
-    def outputs(self, images: np.ndarray) -> list[np.ndarray]:
-        parts = [layer_outputs(self.spec, self.weights, images[i : i + 250])
-                 for i in range(0, len(images), 250)]
-        return [np.concatenate(layer) for layer in zip(*parts, strict=True)]
-
-
-def keras_reference(
-    spec: ModelSpec, built: Built, weights: Mapping[str, np.ndarray]
-) -> KerasReference | NumpyReference:
-    """Keras itself where it imports; the numpy reference of its layers where it does not."""
-    try:
-        from keras_ref.backend import keras  # noqa: F401
-    except ImportError:
-        return NumpyReference(spec, weights)
-    return KerasReference(spec, built, weights)
-
-
-class _Given:
-    """A Keras initializer that returns one of the port's tensors (checked against the shape
-    Keras asks for).
-
-    On TensorFlow the array is handed over through DLPack, which TensorFlow takes without a
-    copy, and the variable keeps that buffer: the reference model holds the port's Keras-layout
-    arrays themselves, not copies of them (a numpy array would be copied twice on the way)."""
-
-    def __init__(self, weights: Mapping[str, np.ndarray], name: str, tensorflow: bool) -> None:
-        self.weights, self.name, self.tensorflow = weights, name, tensorflow
-
-    def __call__(self, shape, dtype=None):
-        value = aligned(np.asarray(self.weights[self.name]))  # TensorFlow's own alignment
-        self.weights = {}  # called once: the model must not keep the port's mapping alive
-        if tuple(value.shape) != tuple(shape):
-            raise UserError(f"{self.name}: Keras builds shape {tuple(shape)}, the port has "
-                            f"{value.shape}")
-        if self.tensorflow:
-            import tensorflow as tf
-
-            return tf.experimental.dlpack.from_dlpack(torch.from_numpy(value).__dlpack__())
-        return value
-
-
-@torch.no_grad()
-def torch_layer_outputs(built: Built, images: np.ndarray) -> list[np.ndarray]:
-    """Each Keras layer's output computed by the module (Keras layout), read with hooks."""
-    module = built.module
-    captured: dict[str, torch.Tensor] = {}
-    hooks = [
-        m.register_forward_hook(lambda _m, _i, o, n=n: captured.__setitem__(n, o))
-        for n, m in module.named_children()
-    ]
-    try:
-        x = torch_input(images).to(_device_of(module))
-        module(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    outs, previous = [], x
-    for info in built.layers:
-        previous = captured[info.modules[-1]] if info.modules else previous
-        outs.append(to_keras_layout(info, previous.cpu().numpy()))
-    return outs
-
-
-def _device_of(module: torch.nn.Module) -> torch.device:
-    tensor = next(iter(module.state_dict().values()), None)
-    return tensor.device if tensor is not None else torch.device("cpu")
 
 
 @dataclass

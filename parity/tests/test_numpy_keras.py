@@ -42,7 +42,8 @@ def _failures(spec, keras_outs, numpy_outs) -> tuple[list[str], float]:
 @pytest.mark.parametrize("suffix", test_zoo.FORMATS)
 @pytest.mark.parametrize("name", test_zoo.ZOO)
 def test_zoo_layer_outputs_match_keras(zoo, name, suffix):
-    from parity.generic_port import KerasReference, read_source
+    from parity.generic_port import read_source
+    from parity.generic_sides import KerasReference
 
     z = zoo[name]
     src = read_source(z.files[suffix])
