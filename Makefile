@@ -8,7 +8,8 @@ DATA_STAMP := $(VENV)/.data-verified
 export TF_CPP_MIN_LOG_LEVEL := 3
 DEBIAN_DATA := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup data train train-ddp train-keras test test-fast bench bench-accuracy docs notebooks lint clean
+.PHONY: setup data train train-ddp train-keras test test-fast test-numerics bench bench-accuracy \
+	docs notebooks lint clean
 
 setup: $(STAMP)
 
@@ -50,6 +51,21 @@ test: $(DATA_STAMP)
 # The suite without the tests marked slow (training runs, subprocess CLIs, whole-test-set passes).
 test-fast: $(DATA_STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# The numeric tests (the parity suite with its zoo and training parity, DDP against one process,
+# the optimizer) under each code path this CPU offers: MKL's sgemm branches (MKL_CBWR) and
+# oneDNN's convolution kernels (ONEDNN_MAX_CPU_ISA), so that a bound tied to one BLAS fails here,
+# not on another machine. A setting is VAR=VALUE[,VAR=VALUE…]; `default` sets nothing.
+NUMERICS := parity tests/test_distributed.py tests/test_optim.py
+AVX512 := $(shell grep -qw avx512f /proc/cpuinfo 2>/dev/null && echo MKL_CBWR=AVX512)
+NUMERICS_SETTINGS ?= default MKL_CBWR=COMPATIBLE MKL_CBWR=AVX2 $(AVX512) \
+	MKL_CBWR=AVX2,ONEDNN_MAX_CPU_ISA=AVX2
+test-numerics: $(DATA_STAMP)
+	@for setting in $(NUMERICS_SETTINGS); do \
+	  vars=$$(echo "$$setting" | sed 's/^default$$//; s/,/ /g'); \
+	  echo "== make test-numerics: $${vars:-default settings}"; \
+	  env $$vars $(BIN)/python -m pytest -q $(NUMERICS) || exit 1; \
+	done
 
 bench: $(DATA_STAMP)
 	$(BIN)/python -m bench.speed --out bench/results/speed.json

@@ -176,6 +176,7 @@ class GenericAgreement:
     passed: bool
     keras_side: str
     nonfinite: int = 0  # images left out: NaN/Inf outputs (only with allow_nonfinite)
+    ties: int = 0  # predictions that differ only by a tie within ATOL (not disagreements)
 
 
 def _finite_rows(outputs: list[np.ndarray]) -> np.ndarray:
@@ -210,13 +211,16 @@ def verify(
     ]
     last_k, last_t = ko[-1], to[-1]
     agreeing = None
+    ties = 0
     passed = all(d.passed for d in diffs)
     if last_k.ndim == 2:
         agreeing = int((last_k.argmax(1) == last_t.argmax(1)).sum())
-        passed = passed and real_disagreements(last_k, last_t).size == 0
+        real = real_disagreements(last_k, last_t).size
+        ties = len(last_k) - agreeing - real
+        passed = passed and real == 0
     return GenericAgreement(
         len(last_k), description, diffs, diffs[-1].max_abs, agreeing, passed, description_k,
-        nonfinite,
+        nonfinite, ties,
     )
 
 

@@ -135,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"every layer within atol {ATOL:g}: worst {worst.name} max |diff| {worst.max_abs:.3e}; "
           f"output max |diff| {result.max_abs:.3e}")
     if result.agreeing is not None:
-        print(f"predictions agreeing: {result.agreeing}/{result.samples}")
+        ties = f" (and {result.ties} ties within atol {ATOL:g})" if result.ties else ""
+        print(f"predictions agreeing: {result.agreeing}/{result.samples}{ties}")
     if result.nonfinite:
         print(f"not compared: {result.nonfinite} test images with NaN/Inf outputs "
               f"(--allow-nonfinite)")

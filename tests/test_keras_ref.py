@@ -7,6 +7,8 @@ import json
 import numpy as np
 import pytest
 
+from parity.compare import sum_rtol
+
 pytestmark = pytest.mark.slow  # real Keras training runs
 
 
@@ -45,8 +47,11 @@ def test_checkpoint_holds_the_restored_best_weights(keras_run, data_dir):
     for name in ("best-cnn-model.keras", "best-cnn-model.h5"):
         model = keras.models.load_model(keras_run / name)
         loss, _ = model.evaluate(val_scaled, val_target, verbose=0)
-        assert loss == pytest.approx(min(summary["history"]["val_loss"]), rel=1e-4), name
-        assert loss == pytest.approx(summary["val_loss"], rel=1e-4), name
+        # The same weights on the same 12,000 images, the mean of positive losses summed in
+        # another order (fit's running mean against evaluate's): within sum_rtol(12000) of it.
+        rel = sum_rtol(12000)
+        assert loss == pytest.approx(min(summary["history"]["val_loss"]), rel=rel), name
+        assert loss == pytest.approx(summary["val_loss"], rel=rel), name
 
 
 def test_bad_arguments_exit_cleanly(capsys):
@@ -71,4 +76,4 @@ def test_keras_checkpoint_keeps_its_adam_optimizer(keras_run):
         warnings.simplefilter("error", UserWarning)  # "Skipping variable loading for optimizer"
         model = keras.models.load_model(keras_run / "best-cnn-model.keras")
     assert type(model.optimizer).__name__ == "Adam"
-    assert model.optimizer.epsilon == pytest.approx(1e-7)
+    assert model.optimizer.epsilon == pytest.approx(1e-7)  # a config value: a float32 round trip

@@ -106,12 +106,15 @@ def test_torch_prints_the_weights_statistics(torch_run, ckpts):
     weight = torch.load(ckpts / "model.pt", weights_only=True)["conv1.weight"].numpy()
     assert "conv1 weight (32, 1, 3, 3) (Keras layout (3, 3, 1, 32)), bias (32,)" in stdout
     mean, std = map(float, TRAINED_STAT.search(stdout).groups())
+    # printed with 6 decimals: within half of 1e-6, plus the float32 rounding of 288-term sums
     assert mean == pytest.approx(float(weight.mean()), abs=1e-6)
     assert std == pytest.approx(float(weight.std()), abs=1e-6)
     trained, glorot, default = numbers.stats
     np.testing.assert_array_equal(trained.weight, weight)
     assert trained.keras_shape == (3, 3, 1, 32) and trained.bias.shape == (32,)
     # Untrained conv1 (fan-in 9, fan-out 288): Glorot U(±√(6/297)), PyTorch's default U(±1/3).
+    # A sample of 288 draws: its std lies within 15% of the distribution's in all but ~1e-6 of
+    # draws (a sampling bound, not a rounding one).
     assert glorot.std == pytest.approx(np.sqrt(6 / 297) / np.sqrt(3), rel=0.15)
     assert default.std == pytest.approx((1 / 3) / np.sqrt(3), rel=0.15)
     for s in (glorot, default):
@@ -123,6 +126,7 @@ def test_keras_prints_the_same_statistics(keras_run, torch_run):
     _, torch_out, _ = torch_run
     k_mean, k_std = map(float, TRAINED_STAT.search(keras_out).groups())
     t_mean, t_std = map(float, TRAINED_STAT.search(torch_out).groups())
+    # both printed with 6 decimals from the same weights: two half-units of the last digit
     assert (k_mean, k_std) == pytest.approx((t_mean, t_std), abs=2e-6)
     assert "trained conv1 weights (3, 3, 1, 32), bias (32,)" in keras_out
     glorot_std = float(re.search(r"untrained \(Glorot uniform\) conv1 weight mean \S+ std (\S+)",
@@ -148,6 +152,7 @@ def test_every_png_written(side, keras_run, torch_run):
 def test_prediction_is_a_distribution(torch_run):
     _, stdout, numbers = torch_run
     probs = numbers.probs
+    # ten float32 probabilities sum to 1 within ten float32 roundings of 1
     assert probs.shape == (10,) and probs.sum() == pytest.approx(1.0, abs=1e-5)
     assert re.search(r"^val_scaled\[0\]: predicted .+ \(p=\S+\), true Bag$", stdout, re.M)
 
@@ -171,6 +176,7 @@ def test_history_of_either_trainer(fmt, ckpts):
     path.write_text(json.dumps(doc))
     history = tv.read_history(path)
     assert len(history.loss) == len(history.val_loss) == 2
+    # the same floats through JSON and back: pytest.approx's default 1e-6 only absorbs repr
     assert history.val_loss == pytest.approx(json.loads((ckpts / "history.json").read_text())
                                              ["history"]["val_loss"])
 

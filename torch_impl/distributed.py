@@ -8,7 +8,8 @@ generator) and takes its slice of each global batch (`shard`: `tensor_split`, so
 one image at most, a last partial batch included). Each rank's loss is its slice's summed
 cross-entropy × world_size / global_batch; DDP averages the gradients over the ranks, so the
 step is the single-process step on the mean loss of the global batch, up to float summation
-order (tests/test_distributed.py checks 10 steps within 1e-6). Validation and test metrics are
+order (tests/test_distributed.py checks 10 steps: the gradients within float32 summation error of
+one process's, the optimizer's update from them bit for bit). Validation and test metrics are
 sums over disjoint shards that cover every image once, all-reduced (`evaluate`); the callbacks
 then decide from the same val_loss on every rank, so all ranks stop at the same epoch.
 

@@ -27,12 +27,38 @@ run exactly, and the file loads with `torch.load(weights_only=True)`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import ctypes
+import ctypes.util
+import functools
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
 
 KERAS_EPSILON = 1e-7  # keras.optimizers.Adam's default epsilon ("epsilon hat")
+
+
+@functools.cache
+def _powf() -> Callable[[float, float], float] | None:
+    """The C library's float32 `powf`, which TensorFlow's CPU kernels call for a scalar."""
+    name = ctypes.util.find_library("m") or ctypes.util.find_library("c")
+    try:
+        fn = ctypes.CDLL(name).powf
+    except (OSError, AttributeError, TypeError):
+        return None
+    fn.restype, fn.argtypes = ctypes.c_float, (ctypes.c_float, ctypes.c_float)
+    return fn
+
+
+def float_power(base: float, exponent: int) -> np.float32:
+    """float32(base) ** float32(exponent) as TensorFlow computes it on the CPU: the C library's
+    `powf`; where none can be loaded, the correctly rounded value (which `powf` gives but for
+    rare near-ties, glibc's being within 0.82 ulp)."""
+    powf = _powf()
+    b = np.float32(base)
+    if powf is not None:
+        return np.float32(powf(float(b), float(np.float32(exponent))))
+    return np.float32(float(b) ** exponent)
 
 
 class KerasAdam(torch.optim.Optimizer):
@@ -56,32 +82,49 @@ class KerasAdam(torch.optim.Optimizer):
         if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
             raise ValueError(f"invalid betas: {betas}")
         super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps})
-        self._scratch: dict[int, list[torch.Tensor]] = {}
+        self._scratch: dict[tuple[int, int], list[torch.Tensor]] = {}
 
     @staticmethod
     def step_size(lr: float, beta1: float, beta2: float, t: int) -> float:
-        """Keras's α = lr·√(1 − β2^t) / (1 − β1^t), evaluated in float32 as Keras evaluates it."""
+        """Keras's α = lr·√(1 − β2^t) / (1 − β1^t), evaluated in float32 as Keras evaluates it.
+
+        β^t is TensorFlow's float32 power of a scalar: the C library's `powf` (`float_power`).
+        numpy's float32 power is not it (on AVX-512 it is SVML's: 0.9^4 = 0.65609998 against
+        powf's 0.65609992), so a step would differ from Keras's in its last bits."""
         f32 = np.float32
-        t32 = f32(t)
         one = f32(1.0)
-        b1_power = np.power(f32(beta1), t32)
-        b2_power = np.power(f32(beta2), t32)
+        b1_power = float_power(beta1, t)
+        b2_power = float_power(beta2, t)
         return float(f32(lr) * np.sqrt(one - b2_power) / (one - b1_power))
 
-    def _scratch_for(self, group_index: int, params: list[torch.Tensor]) -> list[torch.Tensor]:
+    def _scratch_for(self, key: tuple[int, int], params: list[torch.Tensor]) -> list[torch.Tensor]:
         """Work buffers shaped like `params`, kept between steps (not part of the state).
 
         Fresh temporaries of this size cost more than the arithmetic on them: every step would
         fault in new pages. Reusing one set keeps the update in cache.
         """
-        scratch = self._scratch.get(group_index)
+        scratch = self._scratch.get(key)
         if scratch is None or len(scratch) != len(params) or any(
             s.shape != p.shape or s.device != p.device or s.dtype != p.dtype
             for s, p in zip(scratch, params, strict=True)
         ):
             scratch = [torch.empty_like(p, memory_format=torch.preserve_format) for p in params]
-            self._scratch[group_index] = scratch
+            self._scratch[key] = scratch
         return scratch
+
+    @staticmethod
+    def _sqrt(values: list[torch.Tensor], out: list[torch.Tensor]) -> None:
+        """out ← √values, correctly rounded (as TensorFlow's float32 square root is).
+
+        On the CPU, torch's float32 sqrt goes through MKL's vector maths, which may be 1 ulp
+        off (and differently so under each MKL_CBWR path); numpy's is the processor's own
+        square-root instruction, exact by IEEE 754, and works in place on the same memory."""
+        if values and values[0].device.type == "cpu":
+            for v, o in zip(values, out, strict=True):
+                np.sqrt(v.numpy(), out=o.numpy())
+        else:  # CUDA's float32 sqrt is correctly rounded (IEEE 754)
+            torch._foreach_copy_(out, values)
+            torch._foreach_sqrt_(out)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -115,17 +158,27 @@ class KerasAdam(torch.optim.Optimizer):
             t = int(self.state[params[0]]["step"].item())
             alpha = self.step_size(group["lr"], beta1, beta2, t)
 
-            scratch = self._scratch_for(group_index, params)
-
-            # m ← m + (g − m)·(1 − β1): lerp evaluates exactly this for weights below 0.5.
-            torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
+            s = self._scratch_for((group_index, 0), params)
+            d = self._scratch_for((group_index, 1), params)
+            # Keras's operations, in Keras's order, each one rounded to float32 as TensorFlow
+            # rounds it (no fused multiply-add, no reordering): given the same gradients and
+            # state, the same bits (parity/tests/test_training_parity.py).
+            # m ← m + (g − m)·(1 − β1)
+            torch._foreach_copy_(s, grads)
+            torch._foreach_sub_(s, exp_avgs)
+            torch._foreach_mul_(s, 1.0 - beta1)
+            torch._foreach_add_(exp_avgs, s)
             # v ← v + (g² − v)·(1 − β2)
-            torch._foreach_copy_(scratch, grads)
-            torch._foreach_mul_(scratch, grads)
-            torch._foreach_lerp_(exp_avg_sqs, scratch, 1.0 - beta2)
-            # w ← w − α·m / (√v + ε)
-            torch._foreach_copy_(scratch, exp_avg_sqs)
-            torch._foreach_sqrt_(scratch)
-            torch._foreach_add_(scratch, group["eps"])
-            torch._foreach_addcdiv_(params, exp_avgs, scratch, value=-alpha)
+            torch._foreach_copy_(s, grads)
+            torch._foreach_mul_(s, grads)
+            torch._foreach_sub_(s, exp_avg_sqs)
+            torch._foreach_mul_(s, 1.0 - beta2)
+            torch._foreach_add_(exp_avg_sqs, s)
+            # w ← w − (m·α) / (√v + ε)
+            self._sqrt(exp_avg_sqs, d)
+            torch._foreach_add_(d, group["eps"])
+            torch._foreach_copy_(s, exp_avgs)
+            torch._foreach_mul_(s, alpha)
+            torch._foreach_div_(s, d)
+            torch._foreach_sub_(params, s)
         return loss

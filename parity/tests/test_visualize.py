@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from parity import visualize as pv
+from parity.compare import sum_rtol
 from parity.port import port
 
 pytestmark = pytest.mark.slow  # both frameworks on real checkpoints
@@ -37,6 +38,7 @@ def test_feature_maps_agree_and_are_drawn(pair, data_dir, raw_data, tmp_path, ca
     for maps in found:
         assert maps.diffs.shape == ((32,) if maps.name == "conv1" else (64,))
         assert maps.diffs.max() <= pv.MAPS_TOLERANCE, f"{maps.name}: {maps.diffs.max():.2e}"
+        # printed with 3 significant digits (%.2e): within half a unit of the last, < 1%
         assert float(printed[maps.name]) == pytest.approx(maps.diffs.max(), rel=0.01, abs=1e-12)
         assert np.abs(maps.torch).max() > 0.01, f"{maps.name}: all maps zero; proves nothing"
         assert (tmp_path / f"keras-vs-torch-{maps.name}.png").stat().st_size > 1000
@@ -44,7 +46,10 @@ def test_feature_maps_agree_and_are_drawn(pair, data_dir, raw_data, tmp_path, ca
     (train_input, _), _ = raw_data
     k1, k2 = feature_maps(load_book_model(keras_file), book_input(train_input, 0))
     for maps, keras_maps in zip(found, (k1, k2), strict=True):
-        np.testing.assert_allclose(maps.keras, keras_maps[0].transpose(2, 0, 1), atol=1e-6)
+        # The same Keras layers and weights in two models, so possibly two kernel choices for
+        # the same ≤ 288-term sums: sum_rtol(288) of the terms' scale (maps ≤ ~5 here)
+        np.testing.assert_allclose(maps.keras, keras_maps[0].transpose(2, 0, 1),
+                                   atol=5 * sum_rtol(288))
 
 
 def test_other_weights_are_caught(pair, keras_ckpts, data_dir, tmp_path, capsys):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,3 +129,17 @@ def session_checkpoints(tmp_path_factory, data_dir) -> dict[str, KerasCheckpoint
     out = tmp_path_factory.getbasetemp() / "keras-checkpoints"
     out.mkdir(exist_ok=True)
     return make_checkpoints(out, str(data_dir))
+
+
+AGREEMENT = re.compile(r"predictions agreeing: (\d+)/(\d+)(?: \(and (\d+) ties within atol \S+\))?")
+
+
+def all_agree(out: str, samples: int) -> bool:
+    """Whether a port's output says every prediction of `samples` agrees, counting as agreeing
+    those that differ only by a tie within tolerance (on untrained models two classes can lie
+    within 1e-7 of each other, and which one wins is then a matter of rounding)."""
+    found = AGREEMENT.search(out)
+    if found is None:
+        return False
+    agreeing, total, ties = int(found[1]), int(found[2]), int(found[3] or 0)
+    return total == samples and agreeing + ties == samples
