@@ -32,6 +32,10 @@ def cli_entry(main: Callable[[list[str] | None], int | None]) -> Callable[[list[
         except UserError as err:
             print(f"error: {one_line(str(err))}", file=sys.stderr)
             return 1
+        except (MemoryError, RecursionError) as err:  # past every budget: still one line
+            print(f"error: the input needs more than this process can give "
+                  f"({type(err).__name__})", file=sys.stderr)
+            return 1
 
     return wrapper
 

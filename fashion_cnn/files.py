@@ -49,8 +49,34 @@ def _folder_problem(folder: Path) -> str | None:
     return f"folder {folder} does not exist"
 
 
+# The part of DST's name a temporary name keeps: with its dot, the random part and ".tmp" it
+# stays within NAME_MAX (255 bytes on every common file system) for any legal DST name.
+_TMP_NAME_BYTES = 200
+
+
+def _tmp_prefix(dst: Path) -> str:
+    name = dst.name
+    while len(os.fsencode(name)) > _TMP_NAME_BYTES:
+        name = name[:-1]
+    return f".{name}."
+
+
 def _check_path(dst: Path, force: bool) -> None:
-    """The checks that need no writing: DST not a folder, its folder there, --force if it exists."""
+    """The checks that need no writing: DST not a folder, its folder there, --force if it exists,
+    and not a symbolic link to something other than a regular file (replacing the link would
+    take a device, a FIFO or a folder's name out of the file system's hands)."""
+    try:
+        _check_path_at(dst, force)
+    except OSError as err:  # a name too long for the file system (ENAMETOOLONG), say
+        raise UserError(f"{dst}: {_reason(err)}") from None
+
+
+def _check_path_at(dst: Path, force: bool) -> None:
+    if os.path.islink(dst):
+        target = os.path.realpath(dst)
+        if os.path.exists(target) and not os.path.isfile(target):
+            raise UserError(f"{dst}: is a symbolic link to {target}, not to a regular file; "
+                            f"refused (writing would replace the link)")
     if dst.is_dir():
         raise UserError(f"{dst}: is a folder, not a file")
     problem = _folder_problem(dst.parent)
@@ -58,6 +84,22 @@ def _check_path(dst: Path, force: bool) -> None:
         raise UserError(f"{dst}: {problem}")
     if os.path.lexists(dst) and not force:
         raise UserError(f"{dst}: already exists (use --force to overwrite)")
+
+
+def check_not_input(dst: str | os.PathLike, *inputs: str | os.PathLike) -> None:
+    """Refuse an output that is one of the command's inputs (the same path, or the same file
+    under another name): writing it would destroy what is being read."""
+    dst = Path(dst)
+    for src in inputs:
+        src = Path(src)
+        same = dst.resolve() == src.resolve()
+        if not same and dst.exists() and src.exists():
+            try:
+                same = dst.samefile(src)
+            except OSError:
+                same = False
+        if same:
+            raise UserError(f"{dst}: is the input file {src}; choose another name")
 
 
 def _probe(folder: Path, prefix: str) -> None:
@@ -93,7 +135,7 @@ def check_destination(dst: str | os.PathLike, *, force: bool = False, need_bytes
     dst = Path(dst)
     _check_path(dst, force)
     try:
-        _probe(dst.parent, f".{dst.name}.")
+        _probe(dst.parent, _tmp_prefix(dst))
     except OSError as err:
         raise UserError(f"{dst}: cannot write in {dst.parent}: {_reason(err)}") from None
     _check_space(dst.parent, dst, need_bytes)
@@ -136,7 +178,7 @@ def atomic_write(dst: str | os.PathLike, write, *, force: bool = False) -> Path:
     except FileNotFoundError:
         mode = _new_file_mode()
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=_tmp_prefix(dst), suffix=".tmp", dir=dst.parent)
     except OSError as err:
         raise UserError(f"{dst}: cannot write in {dst.parent}: {_reason(err)}") from None
     os.close(fd)

@@ -39,6 +39,9 @@ from fashion_cnn.errors import UserError, first_line
 MAX_H5_OBJECTS = 10_000  # groups and datasets in one file (the book's with Adam: 46)
 MAX_ATTR_ITEMS = 10_000  # strings in a name-list attribute (the book's: 8)
 MAX_ATTR_BYTES = 1 << 20  # bytes of one attribute (the legacy model_config: 5 KB)
+# Bytes inflated from deflate-compressed datasets, all of one file's together: Keras never
+# compresses its weights, and a few hundred bytes of deflate can stand for a megabyte of zeros.
+MAX_INFLATED_BYTES = 256 << 20
 _LAYOUTS = {h5py.h5d.COMPACT: "compact", h5py.h5d.CONTIGUOUS: "contiguous", h5py.h5d.CHUNKED: "c"}
 
 
@@ -53,6 +56,7 @@ class H5Tree:
 
     groups: dict[str, h5py.Group]
     datasets: dict[str, h5py.Dataset]
+    inflated: int = 0  # bytes inflated so far from this file's compressed datasets
 
 
 def check_storage(dataset: h5py.Dataset, path: str, source: str) -> None:
@@ -224,11 +228,18 @@ def read_array(
         )
     if dataset.dtype.kind != "f" or dataset.dtype.itemsize != 4:
         raise UserError(f"{source}: {label} has dtype {dataset.dtype}, expected float32")
-    out = aligned_empty(shape)
     if dataset.compression is not None:  # deflate: the only filter check_storage lets by
+        tree.inflated += dataset.nbytes
+        if tree.inflated > MAX_INFLATED_BYTES:
+            raise UserError(
+                f"{source}: its compressed tensors inflate to more than {MAX_INFLATED_BYTES:,} "
+                f"bytes (at {path}); refused"
+            )
+        out = aligned_empty(shape)
         inflate_chunks(dataset, out, path, source)
-    else:
-        dataset.read_direct(out)
+        return out
+    out = aligned_empty(shape)
+    dataset.read_direct(out)
     return out
 
 

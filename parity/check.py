@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 from fashion_cnn.cli import add_data_dir, add_device, int_range
-from fashion_cnn.errors import UserError, cli_entry
-from fashion_cnn.files import atomic_write, check_destination
+from fashion_cnn.errors import UserError, cli_entry, one_line
+from fashion_cnn.files import atomic_write, check_destination, check_not_input
 from parity.compare import ATOL, check_report, compare, format_table, real_disagreements
 from parity.keras_files import keras_kind
 from parity.runners import (
@@ -47,13 +47,16 @@ def run_check(
     torch_file: Path,
     *,
     device: str = "cpu",
-    samples: int = DEFAULT_SAMPLES,
-    test_images: int = TEST_IMAGES,
+    samples: int | None = None,
+    test_images: int | None = None,
     data_dir: str | None = None,
     generic: bool = False,
     config: Path | None = None,
 ) -> dict:
-    """The whole report as a dict (`passed`, `first_failure`, `layers`, `test_set`)."""
+    """The whole report as a dict (`passed`, `first_failure`, `layers`, `test_set`).
+
+    None for `samples` / `test_images`: DEFAULT_SAMPLES and the whole test set for the book's
+    CNN; for other models as many as the check's budget affords, up to those."""
     if keras_kind(keras_file) is None:
         raise UserError(f"{keras_file}: not a Keras checkpoint (.keras, .h5 or .weights.h5)")
     checkpoint_kind(torch_file)  # .pt, .pth or .safetensors, else refused
@@ -67,6 +70,8 @@ def run_check(
             data_dir=data_dir, config=config, device=torch_device(device),
         )
     dev = torch_device(device)
+    samples = DEFAULT_SAMPLES if samples is None else samples
+    test_images = TEST_IMAGES if test_images is None else test_images
     keras_weights = read_weights(keras_file).keras
     torch_weights = read_weights(torch_file).torch
     images, labels = load_test_images(data_dir)
@@ -110,8 +115,8 @@ def format_report(report: dict) -> str:
     diffs = [LayerDiff(**{**d, "shape": tuple(d["shape"])}) for d in report["layers"]]
     t = report["test_set"]
     lines = [
-        f"Keras:   {report['keras_file']}  [{report['keras_side']}]",
-        f"PyTorch: {report['torch_file']}  [{report['torch_side']}]",
+        f"Keras:   {one_line(report['keras_file'])}  [{report['keras_side']}]",
+        f"PyTorch: {one_line(report['torch_file'])}  [{report['torch_side']}]",
         f"layer outputs on the first {report['samples']} test images:",
         format_table(diffs),
         f"test set ({t['images']} images): predictions agreeing {t['predictions_agreeing']}"
@@ -145,14 +150,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--samples",
         type=int_range(1, TEST_IMAGES),
-        default=DEFAULT_SAMPLES,
-        help=f"test images for the layer-by-layer report (default: {DEFAULT_SAMPLES})",
+        default=None,
+        help=f"test images for the layer-by-layer report (default: {DEFAULT_SAMPLES}, fewer for "
+        "a model whose layer outputs are large: the report says so)",
     )
     p.add_argument(
         "--test-images",
         type=int_range(1, TEST_IMAGES),
-        default=TEST_IMAGES,
-        help=f"test images for prediction agreement and accuracy (default: all {TEST_IMAGES:,})",
+        default=None,
+        help=f"test images for prediction agreement and accuracy (default: all {TEST_IMAGES:,}, "
+        "fewer with fewer --samples by default)",
     )
     p.add_argument("--json", type=Path, help="also write the report as JSON to this path")
     p.add_argument(
@@ -172,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.json:  # before the work: the report is written over an existing file
+        check_not_input(args.json, args.keras_file, args.torch_file)
         check_destination(args.json, force=True)
     report = run_check(
         args.keras_file,
@@ -189,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write(args.json, lambda tmp: tmp.write_text(text), force=True)
     if not report["passed"]:
         print(
-            f"error: {args.keras_file} and {args.torch_file} differ, first at "
-            f"{report['first_failure']}",
+            "error: " + one_line(f"{args.keras_file} and {args.torch_file} differ, first at "
+                                 f"{report['first_failure']}"),
             file=sys.stderr,
         )
         return 1

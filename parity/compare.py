@@ -94,6 +94,32 @@ def compare(
     return LayerDiff(name, tuple(keras.shape), max_abs, max_rel, atol, rtol, bool(ok.all()))
 
 
+class RunningDiff:
+    """One layer's comparison over batches of images, keeping only the running maxima: the
+    check never holds a layer's outputs for more images than one batch."""
+
+    def __init__(self, name: str, *, atol: float = ATOL, rtol: float = RTOL) -> None:
+        self.name, self.atol, self.rtol = name, atol, rtol
+        self.count, self.tail = 0, None
+        self.max_abs = self.max_rel = 0.0
+        self.passed = True
+
+    def update(self, keras: np.ndarray, torch: np.ndarray) -> None:
+        d = compare(self.name, keras, torch, atol=self.atol, rtol=self.rtol)
+        tail = tuple(np.shape(torch)[1:])
+        if self.tail is None:
+            self.tail = tail
+        self.passed = self.passed and d.passed and tail == self.tail
+        self.max_abs = max(self.max_abs, d.max_abs)
+        self.max_rel = max(self.max_rel, d.max_rel)
+        self.count += len(torch)
+
+    def result(self) -> LayerDiff:
+        shape = (self.count, *(self.tail or ()))
+        return LayerDiff(self.name, shape, self.max_abs, self.max_rel, self.atol, self.rtol,
+                         self.passed)
+
+
 def real_disagreements(
     keras_proba: np.ndarray, torch_proba: np.ndarray, *, atol: float = ATOL
 ) -> np.ndarray:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fashion_cnn.errors import UserError
+from fashion_cnn.errors import UserError, first_line
 from fashion_cnn.validate import check_tensors
 from parity.keras_spec import dtype_name, is_custom, layer_config
 from parity.layers import CONVERTERS, PASS_FLATTEN, Chain, Converted, Fixed, supported
@@ -31,6 +31,9 @@ Shape = tuple[int, ...]
 # Kinds named without a number when the model has one of them, as the book's PyTorch edition
 # names `flatten` and `dropout`; every other kind is numbered: conv1, relu1, pool1, bn1, …
 BARE_WHEN_SINGLE = {"flatten", "dropout", "softmax", "rescale", "reshape"}
+# Layers in one model: keras.applications' largest, NASNetLarge, has 1,041. A bound stated here
+# keeps every later step's work (build, check, write) bounded, whatever a file says.
+MAX_LAYERS = 4096
 
 
 def to_snake_case(name: str) -> str:
@@ -123,7 +126,16 @@ def parse_config(config: object, source: str) -> ModelSpec:
 
     Refuses, in one line naming the layer and its class, any class without a converter (a
     Lambda, an LSTM, a custom or nested model), and a Functional that is not a single chain.
+    JSON values of unexpected types anywhere are refused in one line too.
     """
+    try:
+        return _parse_config(config, source)
+    except (TypeError, AttributeError, KeyError, IndexError, ValueError) as err:
+        raise UserError(f"{source}: the model config is malformed ({type(err).__name__}: "
+                        f"{first_line(err)})") from None
+
+
+def _parse_config(config: object, source: str) -> ModelSpec:
     if not isinstance(config, Mapping) or not isinstance(config.get("config"), Mapping):
         raise UserError(f"{source}: the model config is not a Keras model config")
     cls = config.get("class_name")
@@ -137,6 +149,9 @@ def parse_config(config: object, source: str) -> ModelSpec:
         raise UserError(f"{source}: the model config has no list of layers")
     if cls not in ("Sequential", "Functional", "Model"):
         raise UserError(f"{source}: the model is a {cls}; supported: Sequential, Functional")
+    if len(layers) > MAX_LAYERS:
+        raise UserError(f"{source}: the model has {len(layers):,} layers, more than "
+                        f"{MAX_LAYERS:,} allowed")
     functional = cls != "Sequential"
     if functional:  # branches first: a merge layer is refused as a branch, not as a class
         _check_chain(layers, cfg, source)
@@ -161,6 +176,12 @@ def parse_config(config: object, source: str) -> ModelSpec:
                 f"{source}: {i} ({layer_config(layer).get('name', '?')}) computes in "
                 f"{dtype}; only float32 is supported"
             )
+    names_seen: set[str] = set()
+    for layer in layers:
+        name = layer_config(layer).get("name")
+        if isinstance(name, str) and name in names_seen:
+            raise UserError(f"{source}: two layers are named {name!r}; Keras names are unique")
+        names_seen.add(name)  # type: ignore[arg-type]
     inputs = [x for x in layers if x.get("class_name") == "InputLayer"]
     if len(inputs) > 1 or (inputs and layers[0] is not inputs[0]):
         raise UserError(f"{source}: the model has more than one InputLayer")
@@ -231,13 +252,15 @@ class Built:
     layers: list[LayerInfo] = field(default_factory=list)
 
 
-def _dense_follows(layers: tuple[KerasLayer, ...], i: int) -> bool:
-    for layer in layers[i + 1 :]:
-        if layer.class_name == "Dense":
-            return True
-        if layer.class_name not in PASS_FLATTEN:
-            return False
-    return False
+def _dense_follows(layers: tuple[KerasLayer, ...]) -> list[bool]:
+    """For each layer, whether a Dense follows it through PASS_FLATTEN layers only (one pass
+    from the end: linear in the layer count)."""
+    follows, ahead = [False] * len(layers), False
+    for i in range(len(layers) - 1, -1, -1):
+        follows[i] = ahead
+        cls = layers[i].class_name
+        ahead = True if cls == "Dense" else ahead and cls in PASS_FLATTEN
+    return follows
 
 
 def build(spec: ModelSpec, source: str) -> Built:
@@ -247,11 +270,18 @@ def build(spec: ModelSpec, source: str) -> Built:
     initialised) until `load_state_dict(state, assign=True)` hands it the ported tensors."""
     chain = Chain(spec.input_shape)
     converted: list[tuple[KerasLayer, Converted]] = []
+    follows = _dense_follows(spec.layers)
     with torch.device("meta"):
         for i, layer in enumerate(spec.layers):
             where = f"{source}: layer {i + spec.functional} ({layer.name}, {layer.class_name})"
-            chain.dense_follows = _dense_follows(spec.layers, i)
-            out = CONVERTERS[layer.class_name](layer.config, chain, where)
+            chain.dense_follows = follows[i]
+            try:
+                out = CONVERTERS[layer.class_name](layer.config, chain, where)
+            except UserError:
+                raise
+            except (ArithmeticError, ValueError, TypeError, AssertionError, RuntimeError,
+                    IndexError, KeyError) as err:  # a value the checks above let through
+                raise UserError(f"{where}: cannot be built ({first_line(err)})") from None
             converted.append((layer, out))
             chain = Chain(out.shape, out.flat_from)
     totals: dict[str, int] = {}

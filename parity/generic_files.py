@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 from collections import OrderedDict
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ from parity.generic_read import _json, load_keras_as_torch
 from parity.generic_write import model_config
 from parity.keras_files import book_config
 from parity.keras_spec import MAX_JSON_BYTES, check_config, keras_kind
-from torch_impl.checkpoint import torch_bytes, write_safetensors
+from torch_impl.checkpoint import tensor_problem, torch_bytes, write_safetensors
 
 ARCH_KEY = "keras_config"
 
@@ -84,8 +85,9 @@ def _read_torch(path: Path) -> tuple[dict, str | None]:
         with safe_open(str(path), "pt") as f:
             arch = (f.metadata() or {}).get(ARCH_KEY)
     else:
-        meta = getattr(state, "_metadata", None) or {}
-        arch = meta.get("", {}).get(ARCH_KEY) if isinstance(meta.get(""), dict) else None
+        meta = getattr(state, "_metadata", None)
+        root = meta.get("") if isinstance(meta, Mapping) else None
+        arch = root.get(ARCH_KEY) if isinstance(root, Mapping) else None
     if arch is not None and (not isinstance(arch, str) or len(arch) > MAX_JSON_BYTES):
         raise UserError(f"{path}: its {ARCH_KEY} is not a JSON text of at most {MAX_JSON_BYTES}")
     return dict(state), arch
@@ -125,16 +127,22 @@ def torch_built(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> Bu
         # a fixed entry keeps its own dtype: num_batches_tracked int64, a zero bias float32
         fixed = built.fixed.get(name)
         want = torch.from_numpy(fixed.value).dtype if fixed is not None else torch.float32
-        if t.dtype != want:  # type: ignore[attr-defined]
-            return f"{name} has dtype {t.dtype}, expected {want}"  # type: ignore[attr-defined]
-        if want == torch.float32:  # (finite_check passes everything with --allow-nonfinite)
+        problem = tensor_problem(name, t, want)
+        if problem is None and want == torch.float32:  # (passes all with --allow-nonfinite)
             return finite_check(name, t)
-        return None
+        return problem
 
     check_tensors(
         state, expected, source, what=what, checks=[dtype_ok],
+        # the gate before anything else is asked of a tensor: dense, CPU, storage backed
+        before_shape=lambda key, t: tensor_problem(key, t) if isinstance(t, torch.Tensor) else None,
         shape_of=lambda t: tuple(t.shape) if isinstance(t, torch.Tensor) else None,
     )
+    declared = sum(t.numel() * t.element_size() for t in state.values())
+    if declared > path.stat().st_size:  # each tensor's values are stored once in the file
+        raise UserError(f"{source}: its tensors stand for {declared:,} bytes, more than the "
+                        f"file's {path.stat().st_size:,}; refused")
+    state = {k: t.contiguous() for k, t in state.items()}
     for key, fix in built.fixed.items():
         if fix.required and not np.array_equal(state[key].numpy(), fix.value):
             raise UserError(f"{source}: {key} must be {fix.value.flat[0]:g} (the Keras layer "

@@ -9,6 +9,7 @@ the numpy reference of its layers) and the PyTorch module.
 from __future__ import annotations
 
 import gc
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fashion_cnn.errors import UserError
+from fashion_cnn.errors import UserError, one_line
 from fashion_cnn.hdf5 import open_h5
-from parity.compare import ATOL, LayerDiff, check_report, compare, real_disagreements
+from parity.compare import ATOL, LayerDiff, check_report
 from parity.generic import (
     Built,
     ModelSpec,
@@ -32,9 +33,12 @@ from parity.generic_read import _json, _read_keras3, check_finite, read_keras_mo
 from parity.generic_sides import keras_reference, torch_input, torch_layer_outputs
 from parity.generic_write import write_keras_model
 from parity.keras_spec import CONFIG_MEMBER, MAX_JSON_BYTES, keras_kind
-from parity.module_py import write_module_py
+from parity.layerwise import Plan, compare_layerwise, compare_outputs, plan
+from parity.module_py import class_name, module_source, write_module_py
 
 FASHION_SHAPE = (28, 28, 1)
+DEFAULT_SAMPLES = 1000  # test images a port or check compares layer by layer, where affordable
+TEST_IMAGES = 10_000  # the whole test set, for parity.check's prediction agreement
 
 
 @dataclass
@@ -177,50 +181,38 @@ class GenericAgreement:
     keras_side: str
     nonfinite: int = 0  # images left out: NaN/Inf outputs (only with allow_nonfinite)
     ties: int = 0  # predictions that differ only by a tie within ATOL (not disagreements)
+    note: str = ""  # why fewer images were compared than by default
 
 
-def _finite_rows(outputs: list[np.ndarray]) -> np.ndarray:
-    """Per image: True where every output holds only finite values."""
-    rows = np.ones(len(outputs[0]), dtype=bool)
-    for out in outputs:
-        rows &= np.isfinite(out.reshape(len(out), -1)).all(axis=1)
-    return rows
+def check_plan(src: Source, samples: int | None, default: int) -> Plan:
+    """The images the check compares, in batches its byte budget affords (parity.layerwise)."""
+    weight_bytes = sum(4 * math.prod(r.keras_shape) for r in src.built.rows)
+    return plan(src.spec.input_shape, [i.shape for i in src.built.layers], weight_bytes,
+                samples, default, src.path)
 
 
 def verify(
-    src: Source, images: np.ndarray, description: str, *, allow_nonfinite: bool = False
+    src: Source, images: np.ndarray, description: str, batch: int, *,
+    allow_nonfinite: bool = False,
 ) -> GenericAgreement:
-    """Both sides on the same images, every layer compared in Keras's layout.
+    """Both sides on the same images, every layer compared in Keras's layout, a batch at a time.
 
     With `allow_nonfinite`, images with a NaN/Inf output in any layer on either side are left
     out (the frameworks propagate NaN differently, e.g. through max pooling) and counted."""
-    keras_side = keras_reference(src.spec, src.built, src.weights)
+    keras_side = keras_reference(src.spec, src.built, src.weights, src.path)
     src.load_module()
-    ko = keras_side.outputs(images)
+    names = [one_line(info.keras.name) for info in src.built.layers]
+    found = compare_layerwise(
+        names, keras_side.outputs, lambda x: torch_layer_outputs(src.built, x), images, batch,
+        allow_nonfinite=allow_nonfinite,
+    )
     description_k = keras_side.description
     del keras_side
     gc.collect()  # a Keras model sits in reference cycles: free its variables before writing
-    to = torch_layer_outputs(src.built, images)
-    nonfinite = 0
-    if allow_nonfinite:
-        rows = _finite_rows(ko) & _finite_rows(to)
-        nonfinite = int((~rows).sum())
-        ko, to = [k[rows] for k in ko], [t[rows] for t in to]
-    diffs = [
-        compare(info.keras.name, k, t) for info, k, t in zip(src.built.layers, ko, to, strict=True)
-    ]
-    last_k, last_t = ko[-1], to[-1]
-    agreeing = None
-    ties = 0
-    passed = all(d.passed for d in diffs)
-    if last_k.ndim == 2:
-        agreeing = int((last_k.argmax(1) == last_t.argmax(1)).sum())
-        real = real_disagreements(last_k, last_t).size
-        ties = len(last_k) - agreeing - real
-        passed = passed and real == 0
+    passed = all(d.passed for d in found.layers) and found.real == 0
     return GenericAgreement(
-        len(last_k), description, diffs, diffs[-1].max_abs, agreeing, passed, description_k,
-        nonfinite, ties,
+        found.compared, description, found.layers, found.output.max_abs, found.agreeing, passed,
+        description_k, found.nonfinite, found.ties,
     )
 
 
@@ -229,7 +221,7 @@ def layer_table(built: Built) -> str:
     rows = [("Keras layer", "PyTorch module", "output shape", "params", "transform")]
     for info in built.layers:
         rows.append((
-            f"{info.keras.name} ({info.keras.class_name})",
+            one_line(f"{info.keras.name} ({info.keras.class_name})"),
             ", ".join(info.modules) or "-",
             str((None, *info.shape)),
             f"{info.params:,}",
@@ -247,36 +239,47 @@ def layer_table(built: Built) -> str:
 
 def port_generic(
     src: Path, dst: Path, *, force: bool = False, allow_nonfinite: bool = False,
-    samples: int = 1000, data_dir: str | None = None, config: Path | None = None,
+    samples: int | None = None, data_dir: str | None = None, config: Path | None = None,
     module_py: Path | None = None,
 ) -> tuple[Source, GenericAgreement]:
-    """Read any supported chain, check both sides layer by layer, write DST (and module_py)."""
+    """Read any supported chain, check both sides layer by layer, write DST (and module_py).
+
+    `samples`: the test images both sides must agree on (None: DEFAULT_SAMPLES, fewer where
+    the model's activations would exceed the check's budget, said in the result's note)."""
     source = read_source(src, config=config, allow_nonfinite=allow_nonfinite, module=False)
-    images, description = images_for(source.spec.input_shape, samples, data_dir)
-    result = verify(source, images, description, allow_nonfinite=allow_nonfinite)
+    check = check_plan(source, samples, DEFAULT_SAMPLES)
+    images, description = images_for(source.spec.input_shape, check.samples, data_dir)
+    result = verify(source, images, description, check.batch, allow_nonfinite=allow_nonfinite)
+    result.note = check.note
     if not result.passed:
         bad = next((d for d in result.layers if not d.passed), result.layers[-1])
         raise UserError(
             f"{src}: refused to write {dst}: the two models disagree on {description} "
             f"(first at {bad.name}: max |diff| {bad.max_abs:.3e} > {ATOL:g})"
         )
+    # The module's source is made and checked before any file is written: a name it cannot
+    # take refuses the port with DST untouched.
+    text = None
+    if module_py is not None:
+        text = module_source(source.built, class_name(module_py), Path(src).name)
     if keras_kind(dst) is not None:
         write_keras_model(source.spec, source.weights, dst, force=force)
     else:
         save_torch_model(source.built.module, dst, force=force)
-    if module_py is not None:
-        write_module_py(source.built, module_py, str(Path(src).name), force=force)
+    if module_py is not None and text is not None:
+        write_module_py(module_py, text, force=force)
     return source, result
 
 
 def run_generic_check(
-    keras_file: Path, torch_file: Path, *, samples: int, test_images: int,
+    keras_file: Path, torch_file: Path, *, samples: int | None, test_images: int | None,
     data_dir: str | None = None, config: Path | None = None,
     device: torch.device | str = "cpu",
 ) -> dict:
     """`parity.check` for any supported chain: the Keras file's model (built from its checked
     config) against the PyTorch file's module (on `device`), layer by layer, then predictions on
-    the test set."""
+    the test set. None for `samples` / `test_images`: as many as the check's budget affords, up
+    to DEFAULT_SAMPLES and TEST_IMAGES."""
     keras_src = read_source(keras_file, config=config, module=False)
     torch_src = read_source(torch_file)
     module = torch_src.built.module.to(device)
@@ -287,33 +290,39 @@ def run_generic_check(
             f"{torch_file}: not the architecture of {keras_file} "
             f"({len(t_layers)} vs {len(k_layers)} layers, or other shapes)"
         )
+    check = check_plan(keras_src, samples, DEFAULT_SAMPLES)
+    if test_images is None:  # the whole test set, or ten times the layer report's images
+        test_images = TEST_IMAGES if not check.note else min(TEST_IMAGES, 10 * check.samples)
     images, description = images_for(keras_src.spec.input_shape, test_images, data_dir)
-    keras_side = keras_reference(keras_src.spec, keras_src.built, keras_src.weights)
+    keras_side = keras_reference(keras_src.spec, keras_src.built, keras_src.weights, keras_src.path)
     del keras_src  # its weights now live in the reference
-    ko = keras_side.outputs(images[:samples])
-    to = torch_layer_outputs(torch_src.built, images[:samples])
-    layers = [
-        compare(i.keras.name, k, t) for i, k, t in zip(torch_src.built.layers, ko, to, strict=True)
-    ]
-    first = next((d.name for d in layers if not d.passed), None)
-    test_set: dict = {"images": description}
-    final_k = np.concatenate([keras_side.outputs(images[i : i + 1000])[-1]
-                              for i in range(0, len(images), 1000)])
-    with torch.no_grad():
-        final_t = torch.cat([module(torch_input(images[i : i + 1000]).to(device)).cpu()
-                             for i in range(0, len(images), 1000)]).numpy()
-    test_set["outputs"] = compare("outputs (all)", final_k, final_t).as_dict()
-    if final_k.ndim == 2:
-        real = real_disagreements(final_k, final_t)
-        test_set["predictions_agreeing"] = int((final_k.argmax(1) == final_t.argmax(1)).sum())
-        test_set["real_disagreements"] = int(real.size)
-        if first is None and real.size:
+    names = [one_line(i.keras.name) for i in torch_src.built.layers]
+    found = compare_layerwise(
+        names, keras_side.outputs, lambda x: torch_layer_outputs(torch_src.built, x),
+        images[: check.samples], check.batch,
+    )
+    first = next((d.name for d in found.layers if not d.passed), None)
+
+    @torch.no_grad()
+    def torch_final(x: np.ndarray) -> np.ndarray:
+        return module(torch_input(x).to(device)).cpu().numpy()
+
+    outputs, agree = compare_outputs(keras_side.final, torch_final, images, check.batch)
+    test_set: dict = {"images": description, "outputs": outputs.as_dict()}
+    if agree.agreeing is not None:
+        test_set["predictions_agreeing"] = agree.agreeing
+        test_set["prediction_ties"] = agree.ties
+        test_set["real_disagreements"] = agree.real
+        if first is None and agree.real:
             first = "predictions"
-    if first is None and not test_set["outputs"]["passed"]:
+    if check.note:
+        test_set["note"] = check.note
+    if first is None and not outputs.passed:
         first = "outputs (all)"
     sides = (keras_side.description, f"torch {torch.__version__} on {device}")
     return check_report(
-        (keras_file, torch_file), sides, min(samples, len(images)), layers, test_set, first
+        (keras_file, torch_file), sides, min(check.samples, len(images)), found.layers, test_set,
+        first,
     )
 
 
@@ -325,14 +334,17 @@ def format_generic_report(report: dict) -> str:
     agree = (
         f"; predictions agreeing {t['predictions_agreeing']}" if "predictions_agreeing" in t else ""
     )
+    if t.get("prediction_ties"):
+        agree += f" (and {t['prediction_ties']} ties within atol {ATOL:g})"
     lines = [
-        f"Keras:   {report['keras_file']}  [{report['keras_side']}]",
-        f"PyTorch: {report['torch_file']}  [{report['torch_side']}]",
+        f"Keras:   {one_line(report['keras_file'])}  [{report['keras_side']}]",
+        f"PyTorch: {one_line(report['torch_file'])}  [{report['torch_side']}]",
         f"layer outputs on the first {report['samples']} images:",
         format_table(diffs, name_width=max(14, 2 + max(len(d.name) for d in diffs))),
         f"all {t['images']}: outputs max |diff| {t['outputs']['max_abs']:.3e}{agree}",
+        *([f"images: {t['note']}"] if t.get("note") else []),
         "PASS: every layer within tolerance, predictions agree"
         if report["passed"]
-        else f"FAIL: first differing: {report['first_failure']}",
+        else f"FAIL: first differing: {one_line(str(report['first_failure']))}",
     ]
     return "\n".join(lines)

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from fashion_cnn.errors import UserError
+from fashion_cnn.errors import UserError, first_line
 from fashion_cnn.hdf5 import aligned
 from parity.generic import Built, ModelSpec, to_keras_layout
 from parity.generic_write import _as_sequential, model_config
@@ -37,9 +37,12 @@ class KerasReference:
     random or zero initial copy, one layer's Keras-layout tensors in flight at a time, and on
     TensorFlow no copy at all of those tensors (see `_Given`)."""
 
-    def __init__(self, spec: ModelSpec, built: Built, weights: Mapping[str, np.ndarray]) -> None:
+    def __init__(
+        self, spec: ModelSpec, built: Built, weights: Mapping[str, np.ndarray], source: str = ""
+    ) -> None:
         from keras_ref.backend import keras  # TensorFlow's start-up lines silenced
 
+        self.source = source
         seq = _as_sequential(spec)
         config = model_config(seq, [None] * len(seq.layers))["config"]
         tensorflow = keras.backend.backend() == "tensorflow"
@@ -48,6 +51,9 @@ class KerasReference:
             by_layer.setdefault(row.keras.rsplit("/", 1)[0], []).append(row.keras)
         layers = []
         for cfg, original in zip(config["layers"][1:], spec.layers, strict=True):
+            # Named by its positional path (conv2d, dense_1, …), not by the file's name for it:
+            # the reference computes the same either way, and a name is file text.
+            cfg = {**cfg, "config": {**cfg["config"], "name": original.path}}
             layer = keras.layers.deserialize(cfg)
             for name in by_layer.get(original.path, []):
                 var = name.rsplit("/", 1)[1]  # kernel, bias, gamma, beta, moving_mean, …
@@ -55,7 +61,7 @@ class KerasReference:
             layers.append(layer)
         self.model = keras.Sequential(
             [keras.Input(batch_shape=config["layers"][0]["config"]["batch_shape"]), *layers],
-            name=config["name"],
+            name="reference",
         )
         for layer, original in zip(self.model.layers, spec.layers, strict=True):
             names = by_layer.get(original.path, [])
@@ -68,8 +74,26 @@ class KerasReference:
         self.description = f"keras {keras.__version__} (CPU)"
 
     def outputs(self, images: np.ndarray) -> list[np.ndarray]:
-        out = self.cut.predict(images, verbose=0, batch_size=250)
+        """Every layer's output on `images` (one batch)."""
+        out = _keras_call(
+            lambda: self.cut.predict(images, verbose=0, batch_size=len(images)), self.source)
         return [np.asarray(o) for o in (out if isinstance(out, list) else [out])]
+
+    def final(self, images: np.ndarray) -> np.ndarray:
+        """The model's output on `images` (one batch)."""
+        return np.asarray(_keras_call(
+            lambda: self.model.predict(images, verbose=0, batch_size=len(images)), self.source))
+
+
+def _keras_call(fn, source: str):
+    """Keras's and TensorFlow's own exceptions while the reference runs, as our one line."""
+    try:
+        return fn()
+    except UserError:
+        raise
+    except Exception as err:  # noqa: BLE001  (a third party's boundary: any of its errors)
+        raise UserError(f"{source}: Keras could not run the model ({type(err).__name__}: "
+                        f"{first_line(err)})") from None
 
 
 class NumpyReference:
@@ -83,20 +107,22 @@ class NumpyReference:
         self.weights = {name: np.array(weights[name], dtype=np.float32) for name in weights}
 
     def outputs(self, images: np.ndarray) -> list[np.ndarray]:
-        parts = [layer_outputs(self.spec, self.weights, images[i : i + 250])
-                 for i in range(0, len(images), 250)]
-        return [np.concatenate(layer) for layer in zip(*parts, strict=True)]
+        """Every layer's output on `images` (one batch)."""
+        return layer_outputs(self.spec, self.weights, images)
+
+    def final(self, images: np.ndarray) -> np.ndarray:
+        return self.outputs(images)[-1]
 
 
 def keras_reference(
-    spec: ModelSpec, built: Built, weights: Mapping[str, np.ndarray]
+    spec: ModelSpec, built: Built, weights: Mapping[str, np.ndarray], source: str = ""
 ) -> KerasReference | NumpyReference:
     """Keras itself where it imports; the numpy reference of its layers where it does not."""
     try:
         from keras_ref.backend import keras  # noqa: F401
     except ImportError:
         return NumpyReference(spec, weights)
-    return KerasReference(spec, built, weights)
+    return _keras_call(lambda: KerasReference(spec, built, weights, source), source)
 
 
 class _Given:

@@ -1,12 +1,19 @@
 """`python -m parity.port --module-py model.py`: a readable PyTorch source file of a ported
-module — a class with its layers in `__init__`, `forward` with a shape comment per line, and a
-docstring naming the Keras layers it came from."""
+module — a class with its layers in `__init__`, `forward` with a shape comment per line, and the
+Keras layers it came from.
+
+A file's text is data here: module and class names are our own checked identifiers, and the
+Keras layer names and the checkpoint's name appear only as `ascii()` literals. The source is
+parsed, compiled and token-checked before anything is written (`_checked`)."""
 
 from __future__ import annotations
 
 import inspect
+import io
+import keyword
+import math
 import re
-import textwrap
+import tokenize
 from pathlib import Path
 
 import torch
@@ -47,21 +54,54 @@ def _constructor(module: torch.nn.Module) -> str:
     return f"nn.{module!r}"
 
 
+def _float(value: float) -> str:
+    """A float literal (configs are checked finite where they are parsed; never nan/inf here)."""
+    if not math.isfinite(value):
+        raise AssertionError(f"a non-finite value {value!r} reached the generated source")
+    return repr(float(value))
+
+
 def _helper_call(module: torch.nn.Module) -> str:
     args = {
         AvgPool2dSame: lambda m: f"{m.kernel_size}, {m.stride}, {m.pad}",
         GlobalPool2d: lambda m: f"{m.mode!r}, {m.keepdims}",
         Exponential: lambda m: "",
-        Rescale: lambda m: f"{m.scale!r}, {m.offset!r}",
+        Rescale: lambda m: f"{_float(m.scale)}, {_float(m.offset)}",
         KerasReshape: lambda m: f"{m.target}, {m.image_in}",
         FlattenHWC: lambda m: "",
     }[type(module)](module)
     return f"{type(module).__name__}({args})"
 
 
+def _checked(text: str, where: str) -> str:
+    """The generated file, refused unless it parses and compiles, every name in it is a plain
+    ASCII identifier and every comment printable ASCII: text from a file can only have reached
+    it as an `ascii()` literal."""
+    compile(text, where, "exec")
+    for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+        if tok.type == tokenize.NAME and not (tok.string.isascii() and tok.string.isidentifier()):
+            raise AssertionError(f"generated source holds the name {tok.string!r}")
+        if tok.type == tokenize.COMMENT and not all(" " <= c <= "~" for c in tok.string):
+            raise AssertionError(f"generated source holds the comment {tok.string!r}")
+    return text
+
+
+def class_name(path: Path) -> str:
+    """A class name from a file name: letters, digits and underscores only (CamelCase), never a
+    keyword, never starting with a digit; `PortedModel` when nothing of the name is left."""
+    words = re.findall(r"[A-Za-z0-9]+", path.stem)
+    name = "".join(w[:1].upper() + w[1:] for w in words)
+    if not name or keyword.iskeyword(name) or not name.isidentifier():
+        return "PortedModel"
+    return name if name[0].isalpha() else f"Model{name}"
+
+
 def module_source(built: Built, class_name: str, origin: str) -> str:
     """A Python file: the helper modules it needs, then one class with its layers in __init__
-    and `forward` with a shape comment per line."""
+    and `forward` with a shape comment per line. Names from the file (the layers', the
+    checkpoint's) appear only as `ascii()` literals in KERAS_LAYERS and SOURCE."""
+    if not (class_name.isascii() and class_name.isidentifier()) or keyword.iskeyword(class_name):
+        raise AssertionError(f"not a class name: {class_name!r}")
     module = built.module
     shape = module.keras_spec.input_shape
     with torch.no_grad():  # the output shape of every module, from one zero image
@@ -74,19 +114,24 @@ def module_source(built: Built, class_name: str, origin: str) -> str:
         for h in hooks:
             h.remove()
     helpers = [h for h in _HELPERS if any(isinstance(m, h) for m in module.children())]
-    keras_layers = ", ".join(f"{i.keras.name} ({i.keras.class_name})" for i in built.layers)
     lines = [
-        f'"""{class_name}: the Keras model {origin}, ported by `python -m parity.port`.',
+        f'"""{class_name}: a Keras model ported by `python -m parity.port`.',
         "",
-        *textwrap.wrap(f"Keras layers: {keras_layers}.", 96),
         "Input: "
         + (f"NCHW images {torch_shape(shape)}" if len(shape) == 3 else f"{torch_shape(shape)}")
         + "; the output is what the Keras model outputs.",
+        "KERAS_LAYERS lists the Keras layer (name, class) each module comes from.",
         '"""',
         "",
         "import torch",
         *(["import torch.nn.functional as F"] if AvgPool2dSame in helpers else []),
         "from torch import nn",
+        "",
+        f"SOURCE = {ascii(origin)}  # the checkpoint this module was ported from",
+        "KERAS_LAYERS = (  # (Keras layer name, class, the modules it became)",
+        *(f"    ({ascii(i.keras.name)}, {ascii(i.keras.class_name)}, {tuple(i.modules)!r}),"
+          for i in built.layers),
+        ")",
         "",
     ]
     for helper in helpers:
@@ -101,15 +146,12 @@ def module_source(built: Built, class_name: str, origin: str) -> str:
         dims = ", ".join(map(str, shapes[name][1:]))
         lines.append(f"        x = self.{name}(x)  # (N, {dims})")
     lines += ["        return x", ""]
-    text = "\n".join(lines)
-    return re.sub(r"\n{4,}", "\n\n\n", text)
+    text = re.sub(r"\n{4,}", "\n\n\n", "\n".join(lines))
+    return _checked(text, "<generated module>")
 
 
-def write_module_py(built: Built, dst: Path, origin: str, *, force: bool = False) -> Path:
+def write_module_py(dst: Path, text: str, *, force: bool = False) -> Path:
+    """Write a source made by `module_source` (already parsed and checked), atomically."""
     from fashion_cnn.files import atomic_write
 
-    stem = re.sub(r"\W", "_", dst.stem.title().replace("_", "")) or "Ported"
-    name = stem if stem[0].isalpha() else f"Model{stem}"
-    text = module_source(built, name, origin)
-    compile(text, str(dst), "exec")  # a generated file that does not parse is never written
     return atomic_write(dst, lambda tmp: tmp.write_text(text), force=force)

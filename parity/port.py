@@ -23,12 +23,12 @@ import numpy as np
 import torch
 
 from fashion_cnn.cli import add_data_dir, int_range
-from fashion_cnn.errors import UserError, cli_entry
-from fashion_cnn.files import check_destination
+from fashion_cnn.errors import UserError, cli_entry, one_line
+from fashion_cnn.files import check_destination, check_not_input
 from parity.compare import ATOL
 from parity.weights import EXTENSIONS, framework_of
 
-DEFAULT_SAMPLES = 1000
+DEFAULT_SAMPLES = 1000  # parity.generic_port's; fewer for a model whose activations are large
 
 
 def dst_bytes(src: Path, dst: Path) -> int:
@@ -44,7 +44,7 @@ def port(
     *,
     force: bool = False,
     allow_nonfinite: bool = False,
-    samples: int = DEFAULT_SAMPLES,
+    samples: int | None = None,
     data_dir: str | None = None,
     config: Path | None = None,
     module_py: Path | None = None,
@@ -60,6 +60,7 @@ def port(
     # DST (and --module-py) are checked, their folders probed, before SRC is read.
     check_destination(dst, force=force, need_bytes=dst_bytes(src, dst))
     if module_py is not None:
+        check_not_input(module_py, src, dst)
         check_destination(module_py, force=force)
     return port_generic(
         src, dst, force=force, allow_nonfinite=allow_nonfinite, samples=samples,
@@ -85,9 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--samples",
         type=int_range(1, 10_000),
-        default=DEFAULT_SAMPLES,
+        default=None,
         help="real test images both models must agree on before writing "
-        f"(default: {DEFAULT_SAMPLES})",
+        f"(default: {DEFAULT_SAMPLES}, fewer for a model whose layer outputs are large: the "
+        "output says so)",
     )
     p.add_argument(
         "--generic",
@@ -125,14 +127,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     from parity.generic_port import layer_table
 
-    print(f"{args.src} → {args.dst}")
+    print(one_line(f"{args.src} → {args.dst}"))
     n_params = sum(int(np.prod(r.keras_shape)) for r in source.built.rows)
-    print(f"read: {source.layout} ({len(source.built.rows)} tensors, {n_params:,} parameters)")
+    print(one_line(f"read: {source.layout} ({len(source.built.rows)} tensors, "
+                   f"{n_params:,} parameters)"))
     print(layer_table(source.built))
     print(f"checked against: {result.keras_side} vs torch {torch.__version__} (CPU), "
           f"on {result.images}")
+    if result.note:
+        print(f"images: {result.note}")
     worst = max(result.layers, key=lambda d: d.max_abs)
-    print(f"every layer within atol {ATOL:g}: worst {worst.name} max |diff| {worst.max_abs:.3e}; "
+    print(f"every layer within atol {ATOL:g}: worst {one_line(worst.name)} max |diff| "
+          f"{worst.max_abs:.3e}; "
           f"output max |diff| {result.max_abs:.3e}")
     if result.agreeing is not None:
         ties = f" (and {result.ties} ties within atol {ATOL:g})" if result.ties else ""
@@ -141,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"not compared: {result.nonfinite} test images with NaN/Inf outputs "
               f"(--allow-nonfinite)")
     if args.module_py:
-        print(f"module source: {args.module_py}")
+        print(one_line(f"module source: {args.module_py}"))
     return 0
 
 

@@ -158,30 +158,44 @@ def _tensor_kind(tensor: torch.Tensor) -> str | None:
     return None
 
 
+def tensor_problem(name: str, value: object, dtype: torch.dtype | None = None) -> str | None:
+    """The one gate every tensor read from a PyTorch file passes before anything reads its
+    values (the book's checkpoints, last.pt, the generic port's .pt/.pth/.safetensors): a plain
+    dense CPU tensor (of `dtype`, when given) whose storage holds every value it stands for —
+    `torch.zeros(1).expand(n, n)` saves 4 bytes and stands for n² floats. Returns the problem,
+    or None."""
+    if not isinstance(value, torch.Tensor):
+        return f"{name} is a {type(value).__name__}, not a tensor"
+    kind = _tensor_kind(value)
+    if kind is not None:
+        return f"{name} is {kind}; only dense float32 tensors (strided, on the CPU) are loaded"
+    if dtype is not None and value.dtype != dtype:
+        return f"{name} has dtype {value.dtype}, expected {dtype}"
+    size = value.element_size()
+    held = value.untyped_storage().nbytes() // size - value.storage_offset()
+    if value.numel() > max(held, 0):
+        return (f"{name} stands for {value.numel():,} values but its storage holds "
+                f"{max(held, 0):,} (an expanded view); refused")
+    return None
+
+
 def validate_state_dict(
     state: Mapping[str, object], source: str | os.PathLike, *, allow_nonfinite: bool = False
 ) -> dict[str, torch.Tensor]:
     """Check keys, shapes, layout, dtype and finiteness against the book's CNN; return a plain
     dict. Raises one UserError naming `source` and listing every problem."""
 
-    def dense(key: str, tensor: torch.Tensor) -> str | None:
-        kind = _tensor_kind(tensor)
-        if kind is None:
-            return None
-        return f"{key} is {kind}; only dense float32 tensors (strided, on the CPU) are loaded"
-
     def float32(key: str, tensor: torch.Tensor) -> str | None:
-        ok = tensor.dtype == torch.float32
-        return None if ok else f"{key} has dtype {tensor.dtype}, expected torch.float32"
+        return tensor_problem(key, tensor, torch.float32)
 
     check_tensors(
         state, EXPECTED_SHAPES, str(source),
         shape_of=lambda v: tuple(v.shape) if isinstance(v, torch.Tensor) else None,
         checks=[float32, finite(allow_nonfinite)],
-        before_shape=lambda key, v: dense(key, v) if isinstance(v, torch.Tensor) else None,
+        before_shape=lambda key, v: tensor_problem(key, v) if isinstance(v, torch.Tensor) else None,
         what="not the book's CNN: ",
     )
-    return {key: state[key] for key in EXPECTED_SHAPES}
+    return {key: state[key].contiguous() for key in EXPECTED_SHAPES}
 
 
 def load_state_dict(

@@ -19,7 +19,7 @@ from torch import nn
 from fashion_cnn.errors import UserError, first_line
 from fashion_cnn.files import atomic_write
 from torch_impl.callbacks import EarlyStopping
-from torch_impl.checkpoint import EXPECTED_SHAPES, torch_bytes, validate_state_dict
+from torch_impl.checkpoint import EXPECTED_SHAPES, tensor_problem, torch_bytes, validate_state_dict
 from torch_impl.optim import KerasAdam
 
 LAST_FILE = "last.pt"
@@ -155,8 +155,9 @@ def _count(where: str, value) -> None:
 def _tensor(where: str, value, shape: tuple[int, ...], dtype: torch.dtype) -> None:
     if not isinstance(value, torch.Tensor):
         raise _Bad(f"{where} is a {type(value).__name__}, expected a {dtype} tensor")
-    if value.layout != torch.strided or value.device.type != "cpu":
-        raise _Bad(f"{where} is a {value.layout} tensor on {value.device}, expected dense on cpu")
+    problem = tensor_problem(where, value)  # the one gate: dense, on the CPU, storage backed
+    if problem is not None:
+        raise _Bad(problem)
     if value.dtype != dtype or tuple(value.shape) != shape:
         raise _Bad(f"{where} is {value.dtype} {tuple(value.shape)}, expected {dtype} {shape}")
 

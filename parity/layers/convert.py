@@ -25,10 +25,13 @@ from parity.layers.registry import (
     activation,
     channels_last,
     converter,
+    flag,
     flat_dense,
     flat_vector,
     image_hwc,
+    number,
     pair,
+    positive_int,
     same_pads,
 )
 from parity.mapping import BIAS, CONV, DENSE
@@ -45,9 +48,9 @@ def input_layer(cfg: Mapping, chain: Chain, where: str) -> Converted:
 def conv2d(cfg: Mapping, chain: Chain, where: str) -> Converted:
     channels_last(cfg, where)
     h, w, c = image_hwc(chain, where)
-    filters = cfg.get("filters")
-    groups = cfg.get("groups", 1) or 1
-    if not isinstance(filters, int) or filters < 1 or c % groups or filters % groups:
+    filters = positive_int(cfg.get("filters"), "filters", where)
+    groups = positive_int(cfg.get("groups", 1) or 1, "groups", where)
+    if c % groups or filters % groups:
         raise UserError(f"{where}: filters={filters!r}, groups={groups!r} do not fit {c} channels")
     kh, kw = pair(cfg.get("kernel_size"), "kernel_size", where)
     sh, sw = pair(cfg.get("strides", 1), "strides", where)
@@ -55,7 +58,7 @@ def conv2d(cfg: Mapping, chain: Chain, where: str) -> Converted:
     if (sh > 1 or sw > 1) and (dh > 1 or dw > 1):
         raise UserError(f"{where}: strides > 1 with dilation_rate > 1 is not supported by Keras")
     padding = cfg.get("padding", "valid")
-    use_bias = cfg.get("use_bias", True)
+    use_bias = flag(cfg, "use_bias", True, where)
     modules: list[tuple[str, nn.Module]] = []
     if padding == "valid":
         pad = (0, 0)
@@ -139,7 +142,7 @@ def average_pooling2d(cfg: Mapping, chain: Chain, where: str) -> Converted:
 def _global_pool(cfg: Mapping, chain: Chain, where: str, mode: str) -> Converted:
     channels_last(cfg, where)
     h, w, c = image_hwc(chain, where)
-    keepdims = bool(cfg.get("keepdims", False))
+    keepdims = flag(cfg, "keepdims", False, where)
     kind = "gap" if mode == "avg" else "gmp"
     return Converted([(kind, GlobalPool2d(mode, keepdims))], (1, 1, c) if keepdims else (c,))
 
@@ -164,9 +167,9 @@ def zero_padding2d(cfg: Mapping, chain: Chain, where: str) -> Converted:
         and len(padding) == 2
         and all(isinstance(p, list | tuple) for p in padding)
     ):
-        (top, bottom), (left, right) = (pair(p, "padding", where) for p in padding)
+        (top, bottom), (left, right) = (pair(p, "padding", where, minimum=0) for p in padding)
     else:
-        (top, bottom), (left, right) = [(p, p) for p in pair(padding, "padding", where)]
+        (top, bottom), (left, right) = [(p, p) for p in pair(padding, "padding", where, 0)]
     pad = nn.ZeroPad2d((left, right, top, bottom))
     return Converted([("pad", pad)], (h + top + bottom, w + left + right, c))
 
@@ -174,7 +177,7 @@ def zero_padding2d(cfg: Mapping, chain: Chain, where: str) -> Converted:
 @converter("Flatten")
 def flatten(cfg: Mapping, chain: Chain, where: str) -> Converted:
     channels_last(cfg, where)
-    size = int(np.prod(chain.shape))
+    size = math.prod(chain.shape)
     if len(chain.shape) == 3 and not chain.dense_follows:
         return Converted([("flatten", FlattenHWC())], (size,))
     # An (H, W, C) map flattens in C,H,W order here: the next Dense takes the permutation.
@@ -190,10 +193,8 @@ def dense(cfg: Mapping, chain: Chain, where: str) -> Converted:
             f"supported (only on flat (N, features) inputs; add a Flatten)"
         )
     (n_in,) = chain.shape
-    units = cfg.get("units")
-    if not isinstance(units, int) or units < 1:
-        raise UserError(f"{where}: units={units!r} is not a positive int")
-    use_bias = cfg.get("use_bias", True)
+    units = positive_int(cfg.get("units"), "units", where)
+    use_bias = flag(cfg, "use_bias", True, where)
     if cfg.get("quantization_config") or cfg.get("lora_rank"):
         raise UserError(f"{where}: quantized or LoRA Dense layers are not supported")
     linear = nn.Linear(n_in, units, bias=bool(use_bias))
@@ -208,7 +209,7 @@ def dense(cfg: Mapping, chain: Chain, where: str) -> Converted:
 @converter("Dropout")
 def dropout(cfg: Mapping, chain: Chain, where: str) -> Converted:
     rate = cfg.get("rate")
-    if not isinstance(rate, int | float) or not 0 <= rate < 1:
+    if not isinstance(rate, int | float) or isinstance(rate, bool) or not 0 <= rate < 1:
         raise UserError(f"{where}: rate={rate!r} is not in [0, 1)")
     if cfg.get("noise_shape") is not None:
         raise UserError(f"{where}: a noise_shape is not supported")
@@ -233,14 +234,10 @@ def batch_normalization(cfg: Mapping, chain: Chain, where: str) -> Converted:
             f"{where}: on an input of shape {chain.shape}: only after a Conv2D "
             f"(H, W, C) or a Dense (features,) is supported"
         )
-    center, scale = bool(cfg.get("center", True)), bool(cfg.get("scale", True))
-    momentum = cfg.get("momentum", 0.99)
-    module = bn(
-        c,
-        eps=float(cfg.get("epsilon", 1e-3)),
-        momentum=round(1.0 - float(momentum), 12),
-        affine=center or scale,
-    )
+    center, scale = flag(cfg, "center", True, where), flag(cfg, "scale", True, where)
+    momentum = number(cfg.get("momentum", 0.99), "momentum", where, low=0.0, high=1.0)
+    epsilon = number(cfg.get("epsilon", 1e-3), "epsilon", where, low=0.0, low_open=True)
+    module = bn(c, eps=epsilon, momentum=round(1.0 - momentum, 12), affine=center or scale)
     vec = flat_vector(*chain.flat_from) if chain.flat_from else BIAS
     vars_, fixed = [], []
     for keras, param, present, default in (
@@ -271,8 +268,10 @@ def activation_layer(cfg: Mapping, chain: Chain, where: str) -> Converted:
 @converter("ReLU")
 def relu_layer(cfg: Mapping, chain: Chain, where: str) -> Converted:
     max_value = cfg.get("max_value")
-    slope = float(cfg.get("negative_slope") or 0.0)
-    threshold = float(cfg.get("threshold") or 0.0)
+    if max_value is not None:  # 0 would make the layer a constant zero (torch's Hardtanh asserts)
+        max_value = number(max_value, "max_value", where, low=0.0, low_open=True)
+    slope = number(cfg.get("negative_slope") or 0.0, "negative_slope", where)
+    threshold = number(cfg.get("threshold") or 0.0, "threshold", where)
     if threshold != 0.0 or (slope != 0.0 and max_value is not None) or slope < 0:
         raise UserError(
             f"{where}: ReLU(max_value={max_value}, negative_slope={slope}, threshold={threshold}) "
@@ -291,7 +290,7 @@ def relu_layer(cfg: Mapping, chain: Chain, where: str) -> Converted:
 
 @converter("LeakyReLU")
 def leaky_relu_layer(cfg: Mapping, chain: Chain, where: str) -> Converted:
-    slope = float(cfg.get("negative_slope", cfg.get("alpha", 0.3)))
+    slope = number(cfg.get("negative_slope", cfg.get("alpha", 0.3)), "negative_slope", where)
     return Converted([("leakyrelu", nn.LeakyReLU(slope))], chain.shape, flat_from=chain.flat_from)
 
 
@@ -306,26 +305,24 @@ def softmax_layer(cfg: Mapping, chain: Chain, where: str) -> Converted:
 
 @converter("Rescaling")
 def rescaling(cfg: Mapping, chain: Chain, where: str) -> Converted:
-    scale, offset = cfg.get("scale", 1.0), cfg.get("offset", 0.0)
-    for name, value in (("scale", scale), ("offset", offset)):
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            raise UserError(f"{where}: {name}={value!r}; only a number is supported")
+    scale = number(cfg.get("scale", 1.0), "scale", where)
+    offset = number(cfg.get("offset", 0.0), "offset", where)
     return Converted([("rescale", Rescale(scale, offset))], chain.shape, flat_from=chain.flat_from)
 
 
 @converter("Reshape")
 def reshape(cfg: Mapping, chain: Chain, where: str) -> Converted:
     target = cfg.get("target_shape")
-    if not isinstance(target, list | tuple) or not all(
+    if not isinstance(target, list | tuple) or not target or not all(
         isinstance(t, int) and not isinstance(t, bool) for t in target
     ):
         raise UserError(f"{where}: target_shape={target!r} is not a list of ints")
-    size = int(np.prod(chain.shape))
+    size = math.prod(chain.shape)  # Python ints: no overflow, whatever the file says
     target = list(target)
     if target.count(-1) == 1:
-        rest = int(np.prod([t for t in target if t != -1]))
-        target[target.index(-1)] = size // rest if rest else 0
-    if int(np.prod(target)) != size or any(t < 1 for t in target):
+        rest = math.prod(t for t in target if t != -1)
+        target[target.index(-1)] = size // rest if rest > 0 else 0
+    if math.prod(target) != size or any(t < 1 for t in target):
         raise UserError(f"{where}: cannot reshape {chain.shape} to {tuple(cfg['target_shape'])}")
     module = KerasReshape(tuple(target), image_in=len(chain.shape) == 3)
     return Converted([("reshape", module)], tuple(target))

@@ -142,16 +142,56 @@ def supported() -> str:
 # --- config helpers ---------------------------------------------------------------------------
 
 
-def pair(value, what: str, where: str) -> tuple[int, int]:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return (value, value)
+def _int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def positive_int(value: object, what: str, where: str) -> int:
+    """A config value Keras requires to be a positive int (units, filters, groups)."""
+    if not _int(value) or value < 1:  # type: ignore[operator]
+        raise UserError(f"{where}: {what}={value!r} is not a positive int")
+    return value  # type: ignore[return-value]
+
+
+def pair(value, what: str, where: str, minimum: int = 1) -> tuple[int, int]:
+    """An int or a pair of ints, each at least `minimum` (1 for kernel sizes, strides, pools and
+    dilations, which Keras requires positive; 0 for paddings)."""
+    if _int(value):
+        value = (value, value)
     if (
-        isinstance(value, list | tuple)
-        and len(value) == 2
-        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        not isinstance(value, list | tuple)
+        or len(value) != 2
+        or not all(_int(v) for v in value)
     ):
-        return (value[0], value[1])
-    raise UserError(f"{where}: {what}={value!r} is not an int or a pair of ints")
+        raise UserError(f"{where}: {what}={value!r} is not an int or a pair of ints")
+    if min(value) < minimum:
+        raise UserError(f"{where}: {what}={list(value)!r}: each must be at least {minimum}")
+    return (value[0], value[1])
+
+
+def number(
+    value: object, what: str, where: str, *, low: float | None = None, high: float | None = None,
+    low_open: bool = False,
+) -> float:
+    """A finite number (not a bool) within [low, high] ((low, high] with `low_open`)."""
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        raise UserError(f"{where}: {what}={value!r} is not a finite number")
+    value = float(value)
+    if low is not None and (value < low or (low_open and value == low)):
+        raise UserError(f"{where}: {what}={value!r} must be {'>' if low_open else '≥'} {low:g}")
+    if high is not None and value > high:
+        raise UserError(f"{where}: {what}={value!r} must be ≤ {high:g}")
+    return value
+
+
+def flag(cfg: Mapping, key: str, default: bool, where: str) -> bool:
+    """A boolean config value (use_bias, center, scale, keepdims)."""
+    value = cfg.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise UserError(f"{where}: {key}={value!r} is not true or false")
+    return value
 
 
 def channels_last(cfg: Mapping, where: str) -> None:

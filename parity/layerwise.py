@@ -1,0 +1,162 @@
+"""The check's comparison of two sides, layer by layer, within budgets stated here rather than by
+what a file says.
+
+Both sides run on the same images, a batch at a time; each layer's outputs are compared as they
+come (`parity.compare.RunningDiff` keeps the running maxima) and dropped, so the check holds one
+batch's layer outputs at most, whatever the model's depth or input size. The batch comes from a
+byte budget; where the user does not say how many images to compare, their number comes from a
+budget of activation values computed, with a floor, and the report says so.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from fashion_cnn.errors import UserError
+from parity.compare import ATOL, LayerDiff, RunningDiff, real_disagreements
+
+# Bytes of layer outputs in flight at once beyond the model's weights: both sides' float32
+# outputs of one batch, the Keras-layout copy of one, and one layer's float64 comparison.
+CHECK_BYTES = 256 << 20
+BYTES_PER_VALUE = 12  # 4 per side, 4 for the layout copy and the comparison's transient
+# Activation values computed per side when the number of images is left to the check: the
+# book's CNN (50,000 per image) keeps its 1,000 images; ResNet50 at 224×224 compares 16.
+CHECK_VALUES = 1 << 27
+MIN_SAMPLES = 16
+MAX_BATCH = 250  # images per forward pass when memory allows more
+
+
+def values_per_image(input_shape: Sequence[int], layer_shapes: Sequence[Sequence[int]]) -> int:
+    """Activation values one image makes: its input and every layer's output (Python ints)."""
+    return math.prod(input_shape) + sum(math.prod(s) for s in layer_shapes)
+
+
+@dataclass(frozen=True)
+class Plan:
+    samples: int  # images to compare
+    batch: int  # images per pass through both sides
+    note: str  # why fewer images than asked for by default, or ""
+
+
+def plan(
+    input_shape: Sequence[int], layer_shapes: Sequence[Sequence[int]], weight_bytes: int,
+    requested: int | None, default: int, source: str,
+) -> Plan:
+    """How many images, in batches of how many, the check can afford.
+
+    The byte budget grows with the weights the file really holds (their shapes are checked
+    against its bytes before the check), so a large real model gets the room its activations
+    need while a small file that declares huge maps is refused: one line, before any work."""
+    per_image = values_per_image(input_shape, layer_shapes)
+    budget = CHECK_BYTES + 2 * weight_bytes
+    need = per_image * BYTES_PER_VALUE
+    if need > budget:
+        raise UserError(
+            f"{source}: one image's layer outputs take {need:,} bytes on the two sides, more "
+            f"than the check's budget of {budget:,} bytes; refused"
+        )
+    note = ""
+    samples = requested
+    if samples is None:
+        samples = min(default, max(MIN_SAMPLES, CHECK_VALUES // max(per_image, 1)))
+        if samples < default:
+            note = (f"{default:,} by default, cut to {samples:,} to keep to the check's budget "
+                    f"of {CHECK_VALUES:,} activation values (--samples sets it)")
+    batch = max(1, min(MAX_BATCH, samples, budget // max(need, 1)))
+    return Plan(samples, batch, note)
+
+
+@dataclass
+class Layerwise:
+    """What the layer-by-layer comparison found."""
+
+    layers: list[LayerDiff]
+    compared: int  # images compared (those with non-finite outputs left out, if allowed)
+    nonfinite: int  # images left out
+    agreeing: int | None  # argmax agreements of a 2-D output
+    ties: int  # argmaxes that differ by a tie within ATOL
+    real: int  # argmaxes that differ beyond a tie
+
+    @property
+    def output(self) -> LayerDiff:
+        return self.layers[-1]
+
+
+def _finite_rows(outputs: list[np.ndarray]) -> np.ndarray:
+    """Per image: True where every output holds only finite values."""
+    rows = np.ones(len(outputs[0]), dtype=bool)
+    for out in outputs:
+        rows &= np.isfinite(out.reshape(len(out), -1)).all(axis=1)
+    return rows
+
+
+def compare_layerwise(
+    names: Sequence[str],
+    keras_side: Callable[[np.ndarray], list[np.ndarray]],
+    torch_side: Callable[[np.ndarray], list[np.ndarray]],
+    images: np.ndarray,
+    batch: int,
+    *,
+    allow_nonfinite: bool = False,
+) -> Layerwise:
+    """Each side's outputs of every layer (Keras layout) on `images`, a batch at a time.
+
+    With `allow_nonfinite`, images with a NaN/Inf output in any layer on either side are left
+    out (the frameworks propagate NaN differently, e.g. through max pooling) and counted."""
+    running = [RunningDiff(name) for name in names]
+    agree = Agreement()
+    nonfinite = 0
+    for start in range(0, len(images), batch):
+        x = images[start : start + batch]
+        ko, to = keras_side(x), torch_side(x)
+        if len(ko) != len(names) or len(to) != len(names):
+            raise AssertionError("a side returned another number of layer outputs")
+        if allow_nonfinite:
+            rows = _finite_rows(ko) & _finite_rows(to)
+            nonfinite += int((~rows).sum())
+            ko, to = [k[rows] for k in ko], [t[rows] for t in to]
+        last_k, last_t = ko[-1], to[-1]
+        for i, diff in enumerate(running):
+            diff.update(ko[i], to[i])
+            ko[i] = to[i] = None  # type: ignore[call-overload]  (each layer freed once compared)
+        agree.update(last_k, last_t)
+    return Layerwise([d.result() for d in running], len(images) - nonfinite, nonfinite,
+                     agree.agreeing, agree.ties, agree.real)
+
+
+class Agreement:
+    """Argmax agreement of 2-D outputs, counted over batches (None for other outputs)."""
+
+    def __init__(self) -> None:
+        self.agreeing: int | None = None
+        self.ties = self.real = 0
+
+    def update(self, keras: np.ndarray, torch: np.ndarray) -> None:
+        if keras.ndim != 2 or keras.shape != torch.shape or not len(keras):
+            return
+        same = int((keras.argmax(1) == torch.argmax(1)).sum())
+        real = int(real_disagreements(keras, torch, atol=ATOL).size)
+        self.agreeing = (self.agreeing or 0) + same
+        self.real += real
+        self.ties += len(keras) - same - real
+
+
+def compare_outputs(
+    keras_final: Callable[[np.ndarray], np.ndarray],
+    torch_final: Callable[[np.ndarray], np.ndarray],
+    images: np.ndarray,
+    batch: int,
+) -> tuple[LayerDiff, Agreement]:
+    """The two sides' final outputs on `images`, a batch at a time: one comparison and the
+    argmax agreement."""
+    diff, agree = RunningDiff("outputs (all)"), Agreement()
+    for start in range(0, len(images), batch):
+        x = images[start : start + batch]
+        k, t = keras_final(x), torch_final(x)
+        diff.update(k, t)
+        agree.update(k, t)
+    return diff.result(), agree
