@@ -300,3 +300,4 @@ def test_torch_adam_is_not_keras_adam(keras_run):
         assert_bitwise(keras_run.weights[1], torch_weights(model), "torch.optim.Adam")
     diff = max_diff(keras_run.weights[1], torch_weights(model))
     assert diff > 1e-5, f"torch.optim.Adam's step is only {diff} from Keras's"
+    print(f"\ntorch.optim.Adam(eps=1e-7) after one step: {diff:.2e} from Keras's Adam")
