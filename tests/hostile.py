@@ -64,9 +64,14 @@ os.write(int(report), f"{child.returncode} {usage.ru_maxrss}".encode())
 """
 
 
-def run_cli(module: str, *args, cwd: Path) -> Run:
-    """`python -m module args…` with this worktree's code, in its own process."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+def run_cli(module: str, *args, cwd: Path, blocked: Path | None = None) -> Run:
+    """`python -m module args…` with this worktree's code, in its own process; with module
+    "-c", `python -c args…` (a small script given as the first argument). With `blocked` (the
+    `keras_blocker` folder), Keras and TensorFlow cannot be imported in the child, as on a
+    machine with PyTorch only."""
+    path = str(ROOT) if blocked is None else f"{blocked}{os.pathsep}{ROOT}"
+    env = {**os.environ, "PYTHONPATH": path, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    command = ["-c", *map(str, args)] if module == "-c" else ["-m", module, *map(str, args)]
     read_end, write_end = os.pipe()
     start = time.monotonic()
     try:
@@ -78,9 +83,7 @@ def run_cli(module: str, *args, cwd: Path) -> Run:
                 str(write_end),
                 str(TIMEOUT_S),
                 sys.executable,
-                "-m",
-                module,
-                *map(str, args),
+                *command,
             ],
             cwd=cwd,
             env=env,
@@ -136,27 +139,55 @@ def _files(folder: Path) -> dict[str, tuple[int, int]]:
     }
 
 
-@pytest.fixture
-def refuse(tmp_path, canary):
-    """refuse(module, *args, fragments=[…]) → the one error line, after asserting everything
-    the issue asks of a refusal."""
+@pytest.fixture(scope="session")
+def keras_blocker(tmp_path_factory) -> Path:
+    """A folder that, first on PYTHONPATH, makes `import keras` and `import tensorflow` fail
+    (as on a machine with PyTorch only): run_cli(…, blocked=this folder)."""
+    folder = tmp_path_factory.mktemp("keras-blocked")
+    for name in ("keras", "tensorflow"):
+        (folder / name).mkdir()
+        (folder / name / "__init__.py").write_text('raise ImportError("blocked for this test")\n')
+    return folder
 
-    def check(module: str, *args, fragments: tuple[str, ...] = ()) -> str:
+
+KERAS_MODES = ("importable", "blocked")  # parametrise a case over both where the paths differ
+
+
+def assert_refused(
+    run: Run, module: str, *, before: dict, folder: Path, canary: Canary,
+    fragments: tuple[str, ...] = (),
+) -> str:
+    """Everything the issue asks of a refusal, of a finished run: the one error line."""
+    assert run.code is not None, f"{module} did not finish within {TIMEOUT_S} s"
+    assert run.code == 1, f"exit {run.code}; stderr: {run.err[-2000:]}"
+    lines = run.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), run.err[-3000:]
+    assert "Traceback" not in run.err and "\x1b" not in run.err, run.err
+    assert canary.token not in run.out + run.err, "the canary secret was printed"
+    # Nothing written or changed, so no output can hold the canary's bytes either.
+    assert _files(folder) == before, "a file was written or changed"
+    assert run.peak_mb < MAX_RSS_MB, f"peak RSS {run.peak_mb:.0f} MB"
+    for fragment in fragments:
+        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
+    print(f"{module} {run.seconds:.1f}s {run.peak_mb:.0f}MB: {lines[0]}")
+    return lines[0]
+
+
+@pytest.fixture
+def refuse(tmp_path, canary, keras_blocker):
+    """refuse(module, *args, fragments=[…], keras="importable"|"blocked") → the one error line,
+    after asserting everything the issue asks of a refusal."""
+
+    def check(
+        module: str, *args, fragments: tuple[str, ...] = (), keras: str = "importable"
+    ) -> str:
+        assert keras in KERAS_MODES, keras
         before = _files(tmp_path)
-        run = run_cli(module, *args, cwd=tmp_path)
-        assert run.code is not None, f"{module} did not finish within {TIMEOUT_S} s"
-        assert run.code == 1, f"exit {run.code}; stderr: {run.err[-2000:]}"
-        lines = run.err.splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: "), run.err[-3000:]
-        assert "Traceback" not in run.err and "\x1b" not in run.err, run.err
-        assert canary.token not in run.out + run.err, "the canary secret was printed"
-        # Nothing written or changed, so no output can hold the canary's bytes either.
-        assert _files(tmp_path) == before, "a file was written or changed"
-        assert run.peak_mb < MAX_RSS_MB, f"peak RSS {run.peak_mb:.0f} MB"
-        for fragment in fragments:
-            assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
-        print(f"{module} {run.seconds:.1f}s {run.peak_mb:.0f}MB: {lines[0]}")
-        return lines[0]
+        blocked = keras_blocker if keras == "blocked" else None
+        run = run_cli(module, *args, cwd=tmp_path, blocked=blocked)
+        return assert_refused(
+            run, module, before=before, folder=tmp_path, canary=canary, fragments=fragments
+        )
 
     return check
 

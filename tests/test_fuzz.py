@@ -1,18 +1,25 @@
 """A seeded mutation fuzz of every reader of untrusted files: nothing but UserError escapes.
 
-About 2,000 mutants of real files — `.keras`, legacy `.h5`, `.weights.h5`, `.pt`, `.safetensors`,
+About 2,500 mutants of real files — `.keras`, legacy `.h5`, `.weights.h5`, `.pt`, `.safetensors`,
 PNG and TIFF — made by bit flips, byte overwrites, truncations, insertions, duplicated chunks
 and corrupted zip members (re-zipped with a good CRC, so the damage reaches the HDF5, pickle or
 JSON parser inside), fed in-process to `parity.keras_files.read_keras`,
 `torch_impl.checkpoint.load_state_dict` and `torch_impl.predict.load_image`. Each must either
 refuse with UserError or return what a good file gives: float32 weights of the book's shapes, all
-finite, or a (1, 28, 28) float32 image in [0, 1]. How many loaded and how many were refused is
-printed (run with -s), not asserted.
+finite, or a (1, 28, 28) float32 image in [0, 1].
+
+The generic path's files too — a small CNN with BatchNormalization (`.keras`) and a Dense MLP
+(legacy `.h5`) made by Keras, and the CNN as generic `.pt` / `.safetensors` carrying its
+architecture — mutated in their bytes and in their JSON (a config field replaced by a hostile
+value, a key removed, a layer duplicated), fed to `parity.load_torch_model`: a UserError, or a
+module in eval mode whose tensors are dense CPU tensors, floats float32 and finite. How many
+loaded and how many were refused is printed (run with -s), not asserted.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import time
 import warnings
 import zipfile
@@ -25,13 +32,14 @@ import pytest
 import torch
 
 from fashion_cnn.errors import UserError
+from parity.generic_files import load_torch_model, save_torch_model
 from parity.keras_files import read_keras
 from parity.keras_spec import KERAS_SHAPES
 from parity.mapping import keras_to_torch
 from torch_impl.checkpoint import EXPECTED_SHAPES, load_state_dict, save_state_dict
 from torch_impl.predict import load_image
 
-pytestmark = pytest.mark.slow  # 2,000 mutants
+pytestmark = pytest.mark.slow  # 2,500 mutants
 
 SEED = 20240612
 
@@ -123,6 +131,81 @@ def mutate_member(rng: np.random.Generator, data: bytes) -> bytes:
     return rezip(members)
 
 
+# Values a mutated config field takes: zeros, negatives, huge and non-finite numbers, wrong types.
+HOSTILE_VALUES = (
+    0, -1, 1, 3, 10**12, -(10**12), 2**63, 0.5, -0.0, 1e308, float("nan"), float("inf"),
+    "", "same", "relu", "x\x1b[2J\n", None, True, False, [], {}, [0, 0], [-1, -1], [1, 2, 3],
+    {"class_name": "Lambda", "config": {}},
+)
+
+
+def _slots(node, found: list) -> list:
+    """Every (container, key) of a JSON value, depth first."""
+    if isinstance(node, dict):
+        items = list(node.items())
+    elif isinstance(node, list):
+        items = list(enumerate(node))
+    else:
+        return found
+    for key, value in items:
+        found.append((node, key))
+        _slots(value, found)
+    return found
+
+
+def mutate_json(rng: np.random.Generator, config: object) -> object:
+    """One or two edits anywhere in a model config: a value replaced by a hostile one, a key
+    removed, or a list item (a layer, a dimension) duplicated."""
+    config = json.loads(json.dumps(config))
+    for _ in range(int(rng.integers(1, 3))):
+        slots = _slots(config, [])
+        if not slots:
+            break
+        node, key = slots[int(rng.integers(len(slots)))]
+        roll = rng.random()
+        if roll < 0.1 and isinstance(node, dict):
+            del node[key]
+        elif roll < 0.2 and isinstance(node, list):
+            node.insert(key, json.loads(json.dumps(node[key])))
+        else:
+            value = HOSTILE_VALUES[int(rng.integers(len(HOSTILE_VALUES)))]
+            node[key] = json.loads(json.dumps(value))
+    return config
+
+
+def mutate_keras_json(rng: np.random.Generator, data: bytes) -> bytes:
+    members = zip_members(data)
+    config = mutate_json(rng, json.loads(members["config.json"]))
+    members["config.json"] = json.dumps(config).encode()
+    return rezip(members)
+
+
+def mutate_h5_json(rng: np.random.Generator, data: bytes) -> bytes:
+    buffer = io.BytesIO(data)
+    with h5py.File(buffer, "r+") as h5:
+        config = mutate_json(rng, json.loads(h5.attrs["model_config"]))
+        h5.attrs["model_config"] = json.dumps(config).encode()
+    return buffer.getvalue()
+
+
+def mutate_pt_json(rng: np.random.Generator, data: bytes) -> bytes:
+    state = torch.load(io.BytesIO(data), weights_only=True)
+    entry = state._metadata[""]
+    entry["keras_config"] = json.dumps(mutate_json(rng, json.loads(entry["keras_config"])))
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def mutate_safetensors_json(rng: np.random.Generator, data: bytes) -> bytes:
+    from safetensors.torch import load, save
+
+    size = int.from_bytes(data[:8], "little")
+    metadata = json.loads(data[8 : 8 + size])["__metadata__"]
+    config = mutate_json(rng, json.loads(metadata["keras_config"]))
+    return save(load(data), metadata={**metadata, "keras_config": json.dumps(config)})
+
+
 # --- what a file that still loads must give ------------------------------------------------------
 
 
@@ -145,6 +228,16 @@ def check_torch(path: Path) -> None:
         assert torch.isfinite(tensor).all(), key
 
 
+def check_generic(path: Path) -> None:
+    module = load_torch_model(path)
+    assert isinstance(module, torch.nn.Module) and not module.training
+    for key, tensor in module.state_dict().items():
+        assert type(tensor) in (torch.Tensor, torch.nn.Parameter), key
+        assert tensor.layout == torch.strided and tensor.device.type == "cpu", key
+        if tensor.is_floating_point():
+            assert tensor.dtype == torch.float32 and torch.isfinite(tensor).all(), key
+
+
 def check_image(path: Path) -> None:
     image = load_image(path)
     assert tuple(image.shape) == (1, 28, 28) and image.dtype == torch.float32
@@ -152,6 +245,47 @@ def check_image(path: Path) -> None:
 
 
 # --- the fuzz ----------------------------------------------------------------------------------
+
+
+def _generic_files(folder: Path) -> dict[str, bytes]:
+    """Files of the generic path, none of them the book's CNN: a CNN with BatchNormalization
+    (`.keras`, and as generic `.pt` / `.safetensors` carrying its architecture) and a Dense MLP
+    (legacy `.h5`), made by Keras."""
+    import keras
+
+    L = keras.layers
+    keras.utils.set_random_seed(SEED % 2**31)
+    cnn = keras.Sequential(
+        [
+            keras.Input((12, 12, 1)),
+            L.Conv2D(3, 3, padding="same", name="conv"),
+            L.BatchNormalization(name="bn"),
+            L.ReLU(name="relu"),
+            L.MaxPooling2D(2, name="pool"),
+            L.Flatten(name="flat"),
+            L.Dense(5, activation="softmax", name="dense"),
+        ],
+        name="cnn",
+    )
+    mlp = keras.Sequential(
+        [
+            keras.Input((6,)),
+            L.Dense(4, activation="relu", name="hidden"),
+            L.BatchNormalization(name="bn"),
+            L.Dropout(0.1, name="drop"),
+            L.Dense(3, name="out"),
+        ],
+        name="mlp",
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Keras calls .h5 legacy
+        cnn.save(folder / "cnn.keras")
+        mlp.save(folder / "mlp.h5")
+    module = load_torch_model(folder / "cnn.keras")
+    save_torch_model(module, folder / "cnn.pt")
+    save_torch_model(module, folder / "cnn.safetensors")
+    names = ("cnn.keras", "mlp.h5", "cnn.pt", "cnn.safetensors")
+    return {name: (folder / name).read_bytes() for name in names}
 
 
 def _image_bytes(rng: np.random.Generator, fmt: str) -> bytes:
@@ -176,8 +310,13 @@ def test_mutated_files_load_or_are_refused(keras_ckpts, tmp_path, capsys):
     weights_h5 = random.files[".weights.h5"].read_bytes()
     pt_bytes, st_bytes = pt.read_bytes(), st.read_bytes()
     png, tiff = _image_bytes(rng, "PNG"), _image_bytes(rng, "TIFF")
+    generic_folder = tmp_path / "generic"
+    generic_folder.mkdir()
+    generic = _generic_files(generic_folder)
+    g_keras, g_h5 = generic["cnn.keras"], generic["mlp.h5"]
+    g_pt, g_st = generic["cnn.pt"], generic["cnn.safetensors"]
 
-    spans = {id(b): _metadata_spans(b) for b in (h5_bytes, tf2_bytes, weights_h5)}
+    spans = {id(b): _metadata_spans(b) for b in (h5_bytes, tf2_bytes, weights_h5, g_h5)}
 
     def raw(base: bytes) -> Callable[[], bytes]:
         return lambda: mutate(rng, base, spans.get(id(base)))
@@ -194,6 +333,16 @@ def test_mutated_files_load_or_are_refused(keras_ckpts, tmp_path, capsys):
         ("safetensors", ".safetensors", 250, raw(st_bytes), check_torch),
         ("png", ".png", 150, raw(png), check_image),
         ("tiff", ".tiff", 150, raw(tiff), check_image),
+        ("generic/keras", ".keras", 60, raw(g_keras), check_generic),
+        ("generic/k-member", ".keras", 80, lambda: mutate_member(rng, g_keras), check_generic),
+        ("generic/k-json", ".keras", 80, lambda: mutate_keras_json(rng, g_keras), check_generic),
+        ("generic/h5", ".h5", 60, raw(g_h5), check_generic),
+        ("generic/h5-json", ".h5", 60, lambda: mutate_h5_json(rng, g_h5), check_generic),
+        ("generic/pt", ".pt", 60, lambda: mutate_member(rng, g_pt), check_generic),
+        ("generic/pt-json", ".pt", 60, lambda: mutate_pt_json(rng, g_pt), check_generic),
+        ("generic/st", ".safetensors", 40, raw(g_st), check_generic),
+        ("generic/st-json", ".safetensors", 40, lambda: mutate_safetensors_json(rng, g_st),
+         check_generic),
     ]
     start = time.monotonic()
     totals = {"cases": 0, "loaded": 0, "refused": 0}
@@ -214,7 +363,7 @@ def test_mutated_files_load_or_are_refused(keras_ckpts, tmp_path, capsys):
             except Exception as err:  # noqa: BLE001 - the point: report any other escape
                 escapes.append(f"{name} case {i}: {type(err).__name__}: {str(err)[:200]}")
             path.unlink()
-        lines.append(f"{name:14s} {cases:5d} cases: {loaded:4d} loaded, {refused:4d} refused")
+        lines.append(f"{name:16s} {cases:5d} cases: {loaded:4d} loaded, {refused:4d} refused")
         totals["cases"] += cases
         totals["loaded"] += loaded
         totals["refused"] += refused
@@ -225,7 +374,7 @@ def test_mutated_files_load_or_are_refused(keras_ckpts, tmp_path, capsys):
             f"  total {totals['cases']} cases: {totals['loaded']} loaded, "
             f"{totals['refused']} refused, {seconds:.1f} s"
         )
-    assert totals["cases"] == 2000
+    assert totals["cases"] == 2540
     kinds = sorted({e.split(": ")[0].split(" case")[0] + ": " + e.split(": ")[1] for e in escapes})
     assert not escapes, (
         f"{len(escapes)} mutants raised something else than UserError ({', '.join(kinds)}):\n"
