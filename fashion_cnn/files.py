@@ -73,10 +73,13 @@ def _check_path(dst: Path, force: bool) -> None:
 
 def _check_path_at(dst: Path, force: bool) -> None:
     if os.path.islink(dst):
-        target = os.path.realpath(dst)
-        if os.path.exists(target) and not os.path.isfile(target):
-            raise UserError(f"{dst}: is a symbolic link to {target}, not to a regular file; "
-                            f"refused (writing would replace the link)")
+        try:
+            target = os.stat(dst)  # what the link leads to (a device, a pipe, a folder, …)
+        except OSError:
+            target = None  # a dangling link: replaced by the new file, as a missing DST
+        if target is not None and not stat.S_ISREG(target.st_mode):
+            raise UserError(f"{dst}: is a symbolic link to {os.readlink(dst)}, not to a regular "
+                            f"file; refused (writing would replace the link)")
     if dst.is_dir():
         raise UserError(f"{dst}: is a folder, not a file")
     problem = _folder_problem(dst.parent)
@@ -92,12 +95,11 @@ def check_not_input(dst: str | os.PathLike, *inputs: str | os.PathLike) -> None:
     dst = Path(dst)
     for src in inputs:
         src = Path(src)
-        same = dst.resolve() == src.resolve()
-        if not same and dst.exists() and src.exists():
-            try:
-                same = dst.samefile(src)
-            except OSError:
-                same = False
+        try:
+            same = dst.resolve() == src.resolve() or (
+                os.path.exists(dst) and os.path.exists(src) and os.path.samefile(dst, src))
+        except OSError:  # a name the file system cannot take: not the input, and refused later
+            same = False
         if same:
             raise UserError(f"{dst}: is the input file {src}; choose another name")
 

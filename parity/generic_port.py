@@ -33,7 +33,7 @@ from parity.generic_read import _json, _read_keras3, check_finite, read_keras_mo
 from parity.generic_sides import keras_reference, torch_input, torch_layer_outputs
 from parity.generic_write import write_keras_model
 from parity.keras_spec import CONFIG_MEMBER, MAX_JSON_BYTES, keras_kind
-from parity.layerwise import Plan, compare_layerwise, compare_outputs, plan
+from parity.layerwise import Images, Plan, compare_layerwise, compare_outputs, plan
 from parity.module_py import class_name, module_source, write_module_py
 
 FASHION_SHAPE = (28, 28, 1)
@@ -156,18 +156,15 @@ def _read_book_weights(path: Path, allow_nonfinite: bool) -> Source:
     return Source(spec, built, ckpt.weights, f"{ckpt.layout} (the book's CNN){skipped}", source)
 
 
-def images_for(shape: tuple[int, ...], n: int, data_dir: str | None) -> tuple[np.ndarray, str]:
-    """Test images of the model's input shape (Keras layout) and what they are."""
-    if int(np.prod(shape)) == int(np.prod(FASHION_SHAPE)):
+def images_for(shape: tuple[int, ...], n: int, data_dir: str | None) -> Images:
+    """Test images of the model's input shape (Keras layout), made a batch at a time."""
+    if math.prod(shape) == math.prod(FASHION_SHAPE):
         from parity.runners import load_test_images
 
         images, _ = load_test_images(data_dir)
-        return images[:n].reshape(-1, *shape), f"{min(n, len(images))} Fashion-MNIST test images"
-    rng = np.random.default_rng(0)
-    return (
-        rng.random((n, *shape), dtype=np.float32),
-        f"{n} seeded uniform [0, 1) images of shape {shape} (Fashion-MNIST does not fit it)",
-    )
+        return Images(shape, n, images, f"{min(n, len(images))} Fashion-MNIST test images")
+    return Images(shape, n, None, f"{n} seeded uniform [0, 1) images of shape {shape} "
+                                  f"(Fashion-MNIST does not fit it)")
 
 
 @dataclass
@@ -192,8 +189,7 @@ def check_plan(src: Source, samples: int | None, default: int) -> Plan:
 
 
 def verify(
-    src: Source, images: np.ndarray, description: str, batch: int, *,
-    allow_nonfinite: bool = False,
+    src: Source, images: Images, batch: int, *, allow_nonfinite: bool = False
 ) -> GenericAgreement:
     """Both sides on the same images, every layer compared in Keras's layout, a batch at a time.
 
@@ -211,8 +207,8 @@ def verify(
     gc.collect()  # a Keras model sits in reference cycles: free its variables before writing
     passed = all(d.passed for d in found.layers) and found.real == 0
     return GenericAgreement(
-        found.compared, description, found.layers, found.output.max_abs, found.agreeing, passed,
-        description_k, found.nonfinite, found.ties,
+        found.compared, images.description, found.layers, found.output.max_abs, found.agreeing,
+        passed, description_k, found.nonfinite, found.ties,
     )
 
 
@@ -248,13 +244,13 @@ def port_generic(
     the model's activations would exceed the check's budget, said in the result's note)."""
     source = read_source(src, config=config, allow_nonfinite=allow_nonfinite, module=False)
     check = check_plan(source, samples, DEFAULT_SAMPLES)
-    images, description = images_for(source.spec.input_shape, check.samples, data_dir)
-    result = verify(source, images, description, check.batch, allow_nonfinite=allow_nonfinite)
+    images = images_for(source.spec.input_shape, check.samples, data_dir)
+    result = verify(source, images, check.batch, allow_nonfinite=allow_nonfinite)
     result.note = check.note
     if not result.passed:
         bad = next((d for d in result.layers if not d.passed), result.layers[-1])
         raise UserError(
-            f"{src}: refused to write {dst}: the two models disagree on {description} "
+            f"{src}: refused to write {dst}: the two models disagree on {images.description} "
             f"(first at {bad.name}: max |diff| {bad.max_abs:.3e} > {ATOL:g})"
         )
     # The module's source is made and checked before any file is written: a name it cannot
@@ -293,13 +289,13 @@ def run_generic_check(
     check = check_plan(keras_src, samples, DEFAULT_SAMPLES)
     if test_images is None:  # the whole test set, or ten times the layer report's images
         test_images = TEST_IMAGES if not check.note else min(TEST_IMAGES, 10 * check.samples)
-    images, description = images_for(keras_src.spec.input_shape, test_images, data_dir)
+    images = images_for(keras_src.spec.input_shape, test_images, data_dir)
     keras_side = keras_reference(keras_src.spec, keras_src.built, keras_src.weights, keras_src.path)
     del keras_src  # its weights now live in the reference
     names = [one_line(i.keras.name) for i in torch_src.built.layers]
     found = compare_layerwise(
         names, keras_side.outputs, lambda x: torch_layer_outputs(torch_src.built, x),
-        images[: check.samples], check.batch,
+        images.first(check.samples), check.batch,
     )
     first = next((d.name for d in found.layers if not d.passed), None)
 
@@ -308,7 +304,7 @@ def run_generic_check(
         return module(torch_input(x).to(device)).cpu().numpy()
 
     outputs, agree = compare_outputs(keras_side.final, torch_final, images, check.batch)
-    test_set: dict = {"images": description, "outputs": outputs.as_dict()}
+    test_set: dict = {"images": images.description, "outputs": outputs.as_dict()}
     if agree.agreeing is not None:
         test_set["predictions_agreeing"] = agree.agreeing
         test_set["prediction_ties"] = agree.ties

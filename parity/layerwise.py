@@ -22,7 +22,10 @@ from parity.compare import ATOL, LayerDiff, RunningDiff, real_disagreements
 # Bytes of layer outputs in flight at once beyond the model's weights: both sides' float32
 # outputs of one batch, the Keras-layout copy of one, and one layer's float64 comparison.
 CHECK_BYTES = 256 << 20
-BYTES_PER_VALUE = 12  # 4 per side, 4 for the layout copy and the comparison's transient
+# float32 outputs on each side (4 + 4), the PyTorch side's Keras-layout copy (4), Keras's own
+# buffers while it predicts (4); the comparison works on slices of COMPARE_VALUES at a time.
+BYTES_PER_VALUE = 16
+COMPARE_VALUES = 1 << 20
 # Activation values computed per side when the number of images is left to the check: the
 # book's CNN (50,000 per image) keeps its 1,000 images; ResNet50 at 224×224 compares 16.
 CHECK_VALUES = 1 << 27
@@ -33,6 +36,33 @@ MAX_BATCH = 250  # images per forward pass when memory allows more
 def values_per_image(input_shape: Sequence[int], layer_shapes: Sequence[Sequence[int]]) -> int:
     """Activation values one image makes: its input and every layer's output (Python ints)."""
     return math.prod(input_shape) + sum(math.prod(s) for s in layer_shapes)
+
+
+class Images:
+    """The images a check runs on, made a batch at a time: slices of the real test set, or,
+    for a model Fashion-MNIST cannot fill, seeded uniform [0, 1) images — each drawn from its
+    own index, so a batch of any size holds the same images and none is held beyond it."""
+
+    def __init__(self, shape: Sequence[int], count: int, test_set: np.ndarray | None = None,
+                 description: str = "") -> None:
+        self.shape, self.test_set = tuple(shape), test_set
+        self.count = count if test_set is None else min(count, len(test_set))
+        self.description = description
+
+    def __len__(self) -> int:
+        return self.count
+
+    def batch(self, start: int, stop: int) -> np.ndarray:
+        stop = min(stop, self.count)
+        if self.test_set is not None:
+            return self.test_set[start:stop].reshape(-1, *self.shape)
+        out = np.empty((stop - start, *self.shape), np.float32)
+        for i in range(start, stop):
+            out[i - start] = np.random.default_rng([0, i]).random(self.shape, dtype=np.float32)
+        return out
+
+    def first(self, n: int) -> Images:
+        return Images(self.shape, min(n, self.count), self.test_set, self.description)
 
 
 @dataclass(frozen=True)
@@ -98,7 +128,7 @@ def compare_layerwise(
     names: Sequence[str],
     keras_side: Callable[[np.ndarray], list[np.ndarray]],
     torch_side: Callable[[np.ndarray], list[np.ndarray]],
-    images: np.ndarray,
+    images: Images,
     batch: int,
     *,
     allow_nonfinite: bool = False,
@@ -111,7 +141,7 @@ def compare_layerwise(
     agree = Agreement()
     nonfinite = 0
     for start in range(0, len(images), batch):
-        x = images[start : start + batch]
+        x = images.batch(start, start + batch)
         ko, to = keras_side(x), torch_side(x)
         if len(ko) != len(names) or len(to) != len(names):
             raise AssertionError("a side returned another number of layer outputs")
@@ -148,14 +178,14 @@ class Agreement:
 def compare_outputs(
     keras_final: Callable[[np.ndarray], np.ndarray],
     torch_final: Callable[[np.ndarray], np.ndarray],
-    images: np.ndarray,
+    images: Images,
     batch: int,
 ) -> tuple[LayerDiff, Agreement]:
     """The two sides' final outputs on `images`, a batch at a time: one comparison and the
     argmax agreement."""
     diff, agree = RunningDiff("outputs (all)"), Agreement()
     for start in range(0, len(images), batch):
-        x = images[start : start + batch]
+        x = images.batch(start, start + batch)
         k, t = keras_final(x), torch_final(x)
         diff.update(k, t)
         agree.update(k, t)

@@ -53,8 +53,7 @@ def port(
     images, write DST. Raises UserError. Returns (Source, GenericAgreement)."""
     framework_of(src)
     framework_of(dst)
-    if src.resolve() == dst.resolve() or (dst.exists() and src.exists() and src.samefile(dst)):
-        raise UserError(f"{dst}: the destination is the source file; choose another name")
+    check_not_input(dst, src)
     from parity.generic_port import port_generic
 
     # DST (and --module-py) are checked, their folders probed, before SRC is read.

@@ -722,13 +722,14 @@ def test_load_torch_model_within_bounds(sources, tmp_path, attempt, case):
 
 # --- 4. terminal injection -----------------------------------------------------------------------
 
-FORGED = "evil\x1b[2J\x1b]0;title\x07\rerror: forged\nerror: forged too\x9b31m\r\n"
+# ("forgery" would be in pytest's own tmp_path names, which these outputs print)
+FORGED = "evil\x1b[2J\x1b]0;title\x07\rerror: zqxw\nerror: zqxw too\x9b31m\r\n"
 
 
 def assert_not_forged(run_out: str, run_err: str) -> None:
-    """The hostile name stays on its line: every line that shows "forged" also shows "evil"."""
+    """The hostile name stays on its line: every line that shows "zqxw" also shows "evil"."""
     for line in (run_out + "\n" + run_err).splitlines():
-        if "forged" in line:
+        if "zqxw" in line:
             assert "evil" in line, f"a line forged from a layer name: {line!r}"
 
 

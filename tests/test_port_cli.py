@@ -83,7 +83,7 @@ def test_dst_equal_to_src_is_refused(keras_ckpts, tmp_path, capsys):
     # The same file, also through another spelling of its path.
     for dst in (src, tmp_path / "." / "model.keras"):
         assert main([str(src), str(dst), "--force"]) == 1
-        assert "the destination is the source file" in _one_error_line(capsys)
+        assert "is the input file" in _one_error_line(capsys)
     assert src.read_bytes() == before
 
 
