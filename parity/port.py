@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from fashion_cnn.cli import add_data_dir, int_range
-from fashion_cnn.errors import UserError, cli_entry, one_line
+from fashion_cnn.errors import cli_entry, one_line
 from fashion_cnn.files import check_destination, check_not_input
 from parity.compare import ATOL
 from parity.weights import EXTENSIONS, framework_of

@@ -869,13 +869,31 @@ NAMED_BY_ITS_WEIGHTS = {"dense-units-huge"}
     ALL_CONFIG_CASES,
     ids=[f"{c[0]}-keras-{c[4]}" for c in ALL_CONFIG_CASES],
 )
-def test_bad_layer_config_is_one_line(sources, tmp_path, refuse, case, base, layer, fields, keras):
+def test_bad_layer_config_is_one_line(
+    sources, tmp_path, refuse, capsys, case, base, layer, fields, keras
+):
+    """With Keras importable, in this process (the refusal comes before any framework work, and
+    a subprocess per case would cost the suite a minute); with Keras blocked, in its own."""
     edit = set_fields(layer, **fields)
     src = edited_keras(sources[f"{base}.keras"], tmp_path / "bad.keras", edit)
-    refuse(
-        "parity.port", src, tmp_path / "out.pt", *SAMPLES, "--module-py", tmp_path / "m.py",
-        keras=keras, fragments=(str(src),) if case in NAMED_BY_ITS_WEIGHTS else (str(src), layer),
-    )
+    argv = [src, tmp_path / "out.pt", *SAMPLES, "--module-py", tmp_path / "m.py"]
+    fragments = (str(src),) if case in NAMED_BY_ITS_WEIGHTS else (str(src), layer)
+    if keras == "blocked":
+        refuse("parity.port", *argv, keras=keras, fragments=fragments)
+        return
+    from parity.port import main
+
+    before = _files(tmp_path)
+    capsys.readouterr()
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    lines = err.splitlines()
+    assert code == 1, err[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err[-3000:]
+    assert "\x1b" not in err and "Traceback" not in err, err
+    assert _files(tmp_path) == before, "a file was written or changed"
+    for fragment in fragments:
+        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
 
 
 def test_bad_converter_value_in_a_generic_pt(sources, tmp_path, refuse):
