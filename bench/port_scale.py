@@ -107,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
         },
         "baseline_rss_mib": {
-            "import parity.generic (torch, h5py)": baseline("parity.generic"),
-            "import parity.generic_port, keras": baseline("parity.generic_port, keras"),
+            "import parity.build (torch, h5py)": baseline("parity.build"),
+            "import parity.pipeline, keras": baseline("parity.pipeline, keras"),
         },
         "rows": rows,
         "date": time.strftime("%Y-%m-%d"),

@@ -17,11 +17,11 @@ __all__ = ["load_torch_model", "save_keras"]
 
 def __getattr__(name: str):
     if name == "load_torch_model":
-        from parity.generic_files import load_torch_model
+        from parity.formats.torch_files import load_torch_model
 
         return load_torch_model
     if name == "save_keras":
-        from parity.to_keras import save_keras
+        from parity.export.to_keras import save_keras
 
         return save_keras
     raise AttributeError(f"module 'parity' has no attribute {name!r}")

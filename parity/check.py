@@ -25,7 +25,6 @@ import torch
 from fashion_cnn.cli import add_data_dir, add_device, int_range
 from fashion_cnn.errors import UserError, cli_entry, one_line
 from fashion_cnn.files import atomic_write, check_destination, check_not_input
-from parity.compare import ATOL, check_report, compare, format_table, real_disagreements
 from parity.keras_files import keras_kind
 from parity.runners import (
     KerasSide,
@@ -35,6 +34,7 @@ from parity.runners import (
     torch_outputs,
     torch_probabilities,
 )
+from parity.verify.compare import ATOL, check_report, compare, format_table, real_disagreements
 from parity.weights import read_weights
 from torch_impl.checkpoint import checkpoint_kind
 
@@ -60,10 +60,10 @@ def run_check(
     if keras_kind(keras_file) is None:
         raise UserError(f"{keras_file}: not a Keras checkpoint (.keras, .h5 or .weights.h5)")
     checkpoint_kind(torch_file)  # .pt, .pth or .safetensors, else refused
-    from parity.generic_files import carries_architecture
+    from parity.formats.torch_files import carries_architecture
 
     if generic or config is not None or carries_architecture(torch_file):
-        from parity.generic_port import run_generic_check
+        from parity.pipeline import run_generic_check
 
         return run_generic_check(
             keras_file, torch_file, samples=samples, test_images=test_images,
@@ -105,10 +105,10 @@ def run_check(
 
 
 def format_report(report: dict) -> str:
-    from parity.compare import LayerDiff
+    from parity.verify.compare import LayerDiff
 
     if "keras_accuracy" not in report["test_set"]:  # the generic path's report
-        from parity.generic_port import format_generic_report
+        from parity.pipeline import format_generic_report
 
         return format_generic_report(report)
 

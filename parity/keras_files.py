@@ -1,7 +1,7 @@
 """Keras checkpoint files of the book's CNN, read without TensorFlow or Keras: the public
 interface of `parity.keras_spec` (the architecture and config checks), `parity.keras_read` (the
 readers) and `parity.keras_write` (the book's config). Files are written, for the book's CNN as
-for every model, by `parity.generic_write`.
+for every model, by `parity.formats.keras_write`.
 
 Only h5py, zipfile and json are used, so nothing in a file is ever run: a config is read as JSON
 and compared field by field with the book's architecture; Keras's own deserialization (which can

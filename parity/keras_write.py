@@ -1,6 +1,7 @@
 """The book's CNN as the config Keras 3.15.1 writes for it (`config.json` of a `.keras`, and the
 legacy `.h5`'s `model_config`): the architecture a weights-only file or a plain `BookCNN`
-state_dict is read as. Files themselves are written by `parity.generic_write` for every model."""
+state_dict is read as. Files themselves are written by `parity.formats.keras_write` for
+every model."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ PyTorch, exactly.
 Formats come from the extensions: `.keras`, `.h5`, `.weights.h5` (Keras) ⇄ `.pt`, `.pth`,
 `.safetensors` (PyTorch); same-framework conversions work too. The flow is one way: SRC's Keras
 config (or the architecture a PyTorch file carries; the book's CNN for a file with none) → one
-converter per layer (`parity.generic`) → the PyTorch module, weights mapped per tensor → both
+converter per layer (`parity.build`) → the PyTorch module, weights mapped per tensor → both
 sides run on real test images, compared layer by layer, and must agree within tolerance → DST,
 written atomically (a temporary file beside it, then a rename). Nothing from SRC is executed.
 A layer table is printed. The book's CNN keeps its plain `BookCNN` state_dict on the PyTorch side.
@@ -25,10 +25,10 @@ import torch
 from fashion_cnn.cli import add_data_dir, int_range
 from fashion_cnn.errors import cli_entry, one_line
 from fashion_cnn.files import check_destination, check_not_input
-from parity.compare import ATOL
+from parity.verify.compare import ATOL
 from parity.weights import EXTENSIONS, framework_of
 
-DEFAULT_SAMPLES = 1000  # parity.generic_port's; fewer for a model whose activations are large
+DEFAULT_SAMPLES = 1000  # parity.pipeline's; fewer for a model whose activations are large
 
 
 def dst_bytes(src: Path, dst: Path) -> int:
@@ -54,7 +54,7 @@ def port(
     framework_of(src)
     framework_of(dst)
     check_not_input(dst, src)
-    from parity.generic_port import port_generic
+    from parity.pipeline import port_generic
 
     # DST (and --module-py) are checked, their folders probed, before SRC is read.
     check_destination(dst, force=force, need_bytes=dst_bytes(src, dst))
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         config=args.config,
         module_py=args.module_py,
     )
-    from parity.generic_port import layer_table
+    from parity.pipeline import layer_table
 
     print(one_line(f"{args.src} → {args.dst}"))
     n_params = sum(int(np.prod(r.keras_shape)) for r in source.built.rows)

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from fashion_cnn.errors import UserError
-from parity.compare import LAYERS, nchw_to_keras
 from parity.mapping import KERAS_NAMES
+from parity.verify.compare import LAYERS, nchw_to_keras
 from torch_impl.device import resolve_device
 from torch_impl.model import BookCNN
 

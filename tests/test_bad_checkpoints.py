@@ -140,7 +140,7 @@ def test_config_edit_keeping_every_shape_is_another_model(
     model: it ports as that model, checked against Keras, with its architecture stored (it is no
     longer the book's CNN, so not a plain BookCNN state_dict)."""
     from parity import load_torch_model
-    from parity.generic_files import carries_architecture
+    from parity.formats.torch_files import carries_architecture
 
     def edit(cfg):
         _layer(cfg, index)["config"][key] = value

@@ -37,7 +37,7 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from parity.compare import sum_rtol, ulp_distance
+from parity.verify.compare import sum_rtol, ulp_distance
 from torch_impl import distributed as ddp
 from torch_impl.distributed import World, shard, world_from_env
 from torch_impl.evaluate import evaluate

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from fashion_cnn.fashion_mnist import CLASS_NAMES, CLASS_NAMES_KO
-from parity.compare import sum_rtol
+from parity.verify.compare import sum_rtol
 from torch_impl import evaluate as evaluate_cli
 from torch_impl import predict as predict_cli
 from torch_impl.checkpoint import load_model, save_state_dict

@@ -32,7 +32,7 @@ import pytest
 import torch
 
 from fashion_cnn.errors import UserError
-from parity.generic_files import load_torch_model, save_torch_model
+from parity.formats.torch_files import load_torch_model, save_torch_model
 from parity.keras_files import read_keras
 from parity.keras_spec import KERAS_SHAPES
 from parity.mapping import keras_to_torch

@@ -96,6 +96,7 @@ def test_parity_mapping_and_keras_files_load_no_framework():
     """The mapping table, the Keras file readers and the numpy reference of the Keras layers are
     numpy + h5py only: reading a Keras file's weights, and checking a port where Keras cannot be
     imported, need neither torch nor TensorFlow."""
-    modules = ["parity.mapping", "parity.keras_files", "parity.compare", "parity.numpy_keras"]
+    modules = ["parity.mapping", "parity.keras_files", "parity.verify.compare",
+               "parity.reference.numpy_keras"]
     loaded = _loaded_after_import(modules, FRAMEWORKS_TORCH + FRAMEWORKS_TF)
     assert loaded == [], f"{modules} loaded {loaded[:5]}"

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from parity.compare import sum_rtol
+from parity.verify.compare import sum_rtol
 
 pytestmark = pytest.mark.slow  # real Keras training runs
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from parity.compare import ulp_distance
+from parity.verify.compare import ulp_distance
 from torch_impl.optim import KERAS_EPSILON, KerasAdam, float_power
 
 # Adam is elementwise float32 arithmetic: no sums, so no summation order. KerasAdam evaluates

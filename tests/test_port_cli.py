@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from parity.generic_files import carries_architecture
+from parity.formats.torch_files import carries_architecture
 from parity.keras_files import read_keras
 from parity.port import main
 from parity.tests.testdata import all_agree

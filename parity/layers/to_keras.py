@@ -1,6 +1,6 @@
 """The other direction: one function per PyTorch module class, registered in `TO_KERAS` with
 `@to_keras(nn.Conv2d)`, giving the Keras layer(s) it is and their variables in Keras layout.
-`parity.to_keras.save_keras` walks an `nn.Sequential` through them."""
+`parity.export.to_keras.save_keras` walks an `nn.Sequential` through them."""
 
 from __future__ import annotations
 

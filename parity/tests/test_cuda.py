@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from parity.compare import LAYERS, compare
 from parity.mapping import keras_to_torch
 from parity.runners import KerasSide, torch_device, torch_model, torch_outputs, torch_probabilities
+from parity.verify.compare import LAYERS, compare
 
 pytestmark = [
     pytest.mark.cuda,

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from parity.compare import compare
 from parity.keras_files import read_keras
 from parity.mapping import KERAS_NAMES, keras_to_torch, torch_to_keras
 from parity.port import main as port_main
 from parity.runners import torch_probabilities
 from parity.tests.testdata import all_agree
+from parity.verify.compare import compare
 from torch_impl.checkpoint import load_model, load_state_dict, save_state_dict
 from torch_impl.model import BookCNN
 

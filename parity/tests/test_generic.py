@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from fashion_cnn.errors import UserError
-from parity.generic import build, parse_config
-from parity.generic_read import read_keras_model
+from parity.build import build, parse_config
+from parity.formats.keras_read import read_keras_model
 from parity.keras_files import book_config, legacy_book_config
 from parity.mapping import TABLE
 from torch_impl.model import BookCNN

@@ -61,7 +61,7 @@ def test_keras_to_pt_with_module_py_and_back(bn_model, tmp_path, capsys, eval_im
     import keras
 
     import parity
-    from parity.generic_read import read_keras_model
+    from parity.formats.keras_read import read_keras_model
 
     src, _, original = bn_model
     pt, py = tmp_path / "bn.pt", tmp_path / "model.py"

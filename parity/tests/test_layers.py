@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from parity.check import main as check_main
-from parity.compare import LAYERS, compare
 from parity.mapping import keras_to_torch
 from parity.runners import KerasSide, torch_model, torch_outputs, torch_probabilities
+from parity.verify.compare import LAYERS, compare
 
 SAMPLES = 500  # images for the layer-by-layer comparison (the full 10,000 for predictions)
 
@@ -82,7 +82,8 @@ def test_check_cli_passes_on_a_faithful_pair(keras_ckpts, tmp_path, data_dir, ca
     report = json.loads(report_path.read_text())
     assert report["passed"] and report["first_failure"] is None
     assert [layer["name"] for layer in report["layers"]] == list(LAYERS)
-    # every layer within the report's own elementwise bound, atol + rtol·|keras| (parity.compare)
+    # every layer within the report's own elementwise bound, atol + rtol·|keras|
+    # (parity.verify.compare)
     assert all(layer["passed"] for layer in report["layers"]), report["layers"]
     assert report["test_set"]["images"] == 10_000
     assert report["test_set"]["real_disagreements"] == 0  # the rest agree, or tie within atol

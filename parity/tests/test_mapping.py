@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from parity.compare import compare
 from parity.mapping import FLAT_DENSE, KERAS_NAMES, TABLE, keras_to_torch, torch_to_keras
 from parity.runners import KerasSide, torch_model, torch_probabilities
+from parity.verify.compare import compare
 from torch_impl.model import BookCNN
 
 

@@ -1,8 +1,9 @@
-"""The numpy reference of the Keras layers (`parity.numpy_keras`) against Keras itself: every
+"""The numpy reference of the Keras layers (`parity.reference.numpy_keras`) against Keras
+itself: every
 layer's output of every zoo model, on the zoo's real test images; each activation name and each
 layer variant the port takes (ReLU/LeakyReLU/Softmax/Rescaling/Reshape/ZeroPadding2D, 'same'
 pooling and convolutions with TF's asymmetric padding, …) as a tiny real Keras model on real
-Fashion-MNIST test images. Agreement is parity's: `parity.compare.compare(...).passed`."""
+Fashion-MNIST test images. Agreement is parity's: `parity.verify.compare.compare(...).passed`."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ import json
 import numpy as np
 import pytest
 
-from parity.compare import compare
-from parity.numpy_keras import ACTIVATIONS, SUPPORTED, layer_outputs, same_pads
+from parity.reference.numpy_keras import ACTIVATIONS, SUPPORTED, layer_outputs, same_pads
 from parity.tests import test_zoo
+from parity.verify.compare import compare
 
 zoo = test_zoo.zoo  # the zoo's module-scoped fixture: the same seven briefly trained models
 BATCH = 250  # images per call, as the port passes them
@@ -42,8 +43,8 @@ def _failures(spec, keras_outs, numpy_outs) -> tuple[list[str], float]:
 @pytest.mark.parametrize("suffix", test_zoo.FORMATS)
 @pytest.mark.parametrize("name", test_zoo.ZOO)
 def test_zoo_layer_outputs_match_keras(zoo, name, suffix):
-    from parity.generic_port import read_source
-    from parity.generic_sides import KerasReference
+    from parity.pipeline import read_source
+    from parity.reference.keras_live import KerasReference
 
     z = zoo[name]
     src = read_source(z.files[suffix])
@@ -69,7 +70,7 @@ def _check(shape, layers, images: np.ndarray, what: str) -> float:
     and BatchNormalization statistics), run both on the images; return the worst max |diff|."""
     import keras
 
-    from parity.generic import parse_config
+    from parity.build import parse_config
 
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input(shape), *layers])
@@ -202,8 +203,8 @@ def test_conv_is_the_same_in_bounded_slices(images, monkeypatch):
     """A batch cut into slices (MAX_WINDOW_ELEMENTS) gives the same outputs as one."""
     import keras
 
-    import parity.numpy_keras as nk
-    from parity.generic import parse_config
+    import parity.reference.numpy_keras as nk
+    from parity.build import parse_config
 
     L = keras.layers
     model = keras.Sequential([keras.Input((28, 28, 1)), L.Conv2D(4, 3, padding="same")])
@@ -219,7 +220,7 @@ def test_gelu_is_the_exact_erf_form():
     """numpy has no erf: the module's own is held to math.erf/math.erfc in float64."""
     import math
 
-    from parity.numpy_keras import _erf_erfc
+    from parity.reference.numpy_keras import _erf_erfc
 
     x = np.linspace(-12.0, 12.0, 24_001)
     want = np.array([0.5 * v * math.erfc(-v / math.sqrt(2.0)) for v in x])
@@ -241,7 +242,7 @@ def test_same_pads_are_the_registry_s():
 
 
 def test_unknown_class_and_bad_config_raise_value_error():
-    from parity.generic import KerasLayer, ModelSpec
+    from parity.build import KerasLayer, ModelSpec
 
     x = np.zeros((2, 4, 4, 1), np.float32)
     with pytest.raises(ValueError, match="LSTM"):

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from parity import visualize as pv
-from parity.compare import sum_rtol
 from parity.port import port
+from parity.verify.compare import sum_rtol
 
 pytestmark = pytest.mark.slow  # both frameworks on real checkpoints
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch import nn
 
-from parity.compare import ATOL, RTOL, compare
+from parity.verify.compare import ATOL, RTOL, compare
 
 SEED = 42
 TRAIN_IMAGES = 512  # one epoch of 8 batches of 64: enough to move every weight and BN statistic
@@ -181,7 +181,7 @@ def test_zoo_names_are_the_fixtures():
 @pytest.mark.parametrize("name", ZOO)
 def test_predicts_as_keras_layer_by_layer(zoo, name, suffix):
     import parity
-    from parity.generic import to_keras_layout
+    from parity.build import to_keras_layout
 
     z = zoo[name]
     module = parity.load_torch_model(z.files[suffix])
@@ -215,8 +215,8 @@ def test_predicts_as_keras_layer_by_layer(zoo, name, suffix):
 @pytest.mark.parametrize("name", ZOO)
 def test_round_trip_is_bit_identical(zoo, name, suffix, tmp_path):
     import parity
-    from parity.generic import keras_to_torch, torch_to_keras
-    from parity.generic_read import read_keras_model
+    from parity.build import keras_to_torch, torch_to_keras
+    from parity.formats.keras_read import read_keras_model
 
     z = zoo[name]
     read = read_keras_model(z.files[suffix])
@@ -228,7 +228,7 @@ def test_round_trip_is_bit_identical(zoo, name, suffix, tmp_path):
         assert back[key].tobytes() == array.tobytes(), f"{key} changed in Keras → torch → Keras"
     module = parity.load_torch_model(z.files[suffix])
     for torch_suffix in (".pt", ".safetensors"):  # through a PyTorch file and back, bit for bit
-        from parity.generic_files import save_torch_model
+        from parity.formats.torch_files import save_torch_model
 
         pt = tmp_path / f"model{torch_suffix}"
         save_torch_model(module, pt)

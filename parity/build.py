@@ -5,9 +5,9 @@
     by those rows → `load_state_dict(strict=True)`.
 
 The book's CNN is one model this path handles: its module's keys are exactly `BookCNN`'s, its
-rows exactly `parity.mapping.TABLE` (pinned by parity/tests/test_generic.py). Files are read
-(`parity.generic_read`) and written (`parity.generic_write`) with h5py, zipfile and json only;
-nothing in them is deserialised or run.
+rows exactly `parity.mapping.TABLE` (pinned by parity/tests/test_generic.py). Files are
+read (`parity.formats.keras_read`) and written (`parity.formats.keras_write`) with h5py,
+zipfile and json only; nothing in them is deserialised or run.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import numpy as np
 from fashion_cnn.errors import UserError
 from fashion_cnn.files import atomic_write
 from fashion_cnn.validate import check_tensors
-from parity.generic import KerasLayer, ModelSpec, build, to_snake_case
+from parity.build import KerasLayer, ModelSpec, build, to_snake_case
 from parity.keras_spec import (
     CONFIG_MEMBER,
     KERAS_FORMAT_VERSION,

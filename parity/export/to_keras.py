@@ -3,7 +3,7 @@ built) → a `.keras` or `.h5` that plain `keras.models.load_model` opens.
 
 One small function per PyTorch module class (`parity.layers.to_keras`) gives the Keras
 layer(s) and their variables in Keras layout. The chain they describe is then rebuilt in
-PyTorch by the Keras → PyTorch converters (`parity.generic.build`) and run beside the source
+PyTorch by the Keras → PyTorch converters (`parity.build.build`) and run beside the source
 module on seeded inputs: a module is written only when the Keras model it describes computes
 what it computes.
 """
@@ -18,8 +18,7 @@ import torch
 from torch import nn
 
 from fashion_cnn.errors import UserError
-from parity.compare import ATOL, RTOL
-from parity.generic import (
+from parity.build import (
     KerasLayer,
     KerasSequential,
     ModelSpec,
@@ -28,9 +27,10 @@ from parity.generic import (
     to_snake_case,
     torch_to_keras,
 )
-from parity.generic_write import write_keras_model
+from parity.formats.keras_write import write_keras_model
 from parity.keras_spec import dtype_policy
 from parity.layers.to_keras import ACTIVATIONS, PASS_FLATTEN, TO_KERAS, State, params_ok
+from parity.verify.compare import ATOL, RTOL
 
 Shape = tuple[int, ...]
 

@@ -8,7 +8,7 @@ functions are computed in float64, each layer's output rounded to float32: Keras
 kernels differ from it by their own rounding only (parity/tests/test_numpy_keras.py).
 
 numpy only: no torch, Keras or TensorFlow is imported. The port validates the spec before
-(`parity.generic.build`); what it refuses raises a ValueError here naming the layer's class.
+(`parity.build.build`); what it refuses raises a ValueError here naming the layer's class.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 if TYPE_CHECKING:
-    from parity.generic import KerasLayer, ModelSpec
+    from parity.build import KerasLayer, ModelSpec
 
 # Elements of a convolution's window matrix (N·OH·OW × kh·kw·C, float64) held at once: the batch
 # is cut into slices below this (128 MiB), whatever the caller passes.

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from parity.generic import Built
+from parity.build import Built
 from parity.layers import (
     AvgPool2dSame,
     Exponential,

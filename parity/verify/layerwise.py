@@ -2,10 +2,10 @@
 what a file says.
 
 Both sides run on the same images, a batch at a time; each layer's outputs are compared as they
-come (`parity.compare.RunningDiff` keeps the running maxima) and dropped, so the check holds one
-batch's layer outputs at most, whatever the model's depth or input size. The batch comes from a
-byte budget; where the user does not say how many images to compare, their number comes from a
-budget of activation values computed, with a floor, and the report says so.
+come (`parity.verify.compare.RunningDiff` keeps the running maxima) and dropped, so the check
+holds one batch's layer outputs at most, whatever the model's depth or input size. The batch
+comes from a byte budget; where the user does not say how many images to compare, their number
+comes from a budget of activation values computed, with a floor, and the report says so.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fashion_cnn.errors import UserError
-from parity.compare import ATOL, LayerDiff, RunningDiff, real_disagreements
+from parity.verify.compare import ATOL, LayerDiff, RunningDiff, real_disagreements
 
 # Bytes of layer outputs in flight at once beyond the model's weights: both sides' float32
 # outputs of one batch, the Keras-layout copy of one, and one layer's float64 comparison.

@@ -2,7 +2,7 @@
 supported Keras chain: both sides run on the same images, every layer compared, a layer table,
 a readable PyTorch source file.
 
-The two sides that run are in `parity.generic_sides`: Keras (or, where it cannot be imported,
+The two sides that run are in `parity.reference.keras_live`: Keras (or, where it cannot be imported,
 the numpy reference of its layers) and the PyTorch module.
 """
 
@@ -19,8 +19,7 @@ import torch
 
 from fashion_cnn.errors import UserError, one_line
 from fashion_cnn.hdf5 import open_h5
-from parity.compare import ATOL, LayerDiff, check_report
-from parity.generic import (
+from parity.build import (
     Built,
     ModelSpec,
     ModuleWeights,
@@ -28,13 +27,14 @@ from parity.generic import (
     keras_to_torch,
     parse_config,
 )
-from parity.generic_files import save_torch_model, torch_built
-from parity.generic_read import _json, _read_keras3, check_finite, read_keras_model
-from parity.generic_sides import keras_reference, torch_input, torch_layer_outputs
-from parity.generic_write import write_keras_model
+from parity.export.module_py import class_name, module_source, write_module_py
+from parity.formats.keras_read import _json, _read_keras3, check_finite, read_keras_model
+from parity.formats.keras_write import write_keras_model
+from parity.formats.torch_files import save_torch_model, torch_built
 from parity.keras_spec import CONFIG_MEMBER, MAX_JSON_BYTES, keras_kind
-from parity.layerwise import Images, Plan, compare_layerwise, compare_outputs, plan
-from parity.module_py import class_name, module_source, write_module_py
+from parity.reference.keras_live import keras_reference, torch_input, torch_layer_outputs
+from parity.verify.compare import ATOL, LayerDiff, check_report
+from parity.verify.layerwise import Images, Plan, compare_layerwise, compare_outputs, plan
 
 FASHION_SHAPE = (28, 28, 1)
 DEFAULT_SAMPLES = 1000  # test images a port or check compares layer by layer, where affordable
@@ -182,7 +182,8 @@ class GenericAgreement:
 
 
 def check_plan(src: Source, samples: int | None, default: int) -> Plan:
-    """The images the check compares, in batches its byte budget affords (parity.layerwise)."""
+    """The images the check compares, in batches its byte budget affords
+    (parity.verify.layerwise)."""
     weight_bytes = sum(4 * math.prod(r.keras_shape) for r in src.built.rows)
     return plan(src.spec.input_shape, [i.shape for i in src.built.layers], weight_bytes,
                 samples, default, src.path)
@@ -323,7 +324,7 @@ def run_generic_check(
 
 
 def format_generic_report(report: dict) -> str:
-    from parity.compare import format_table
+    from parity.verify.compare import format_table
 
     diffs = [LayerDiff(**{**d, "shape": tuple(d["shape"])}) for d in report["layers"]]
     t = report["test_set"]

@@ -21,7 +21,7 @@ from fashion_cnn import jsonfile
 from fashion_cnn.errors import UserError, first_line
 from fashion_cnn.hdf5 import H5Tree, attr_list, open_h5, read_array, read_attr, walk
 from fashion_cnn.validate import check_tensors, finite
-from parity.generic import (
+from parity.build import (
     Built,
     ModelSpec,
     build,

@@ -26,9 +26,9 @@ from torch import nn
 from fashion_cnn.errors import UserError
 from fashion_cnn.files import atomic_write
 from fashion_cnn.validate import check_tensors, finite
-from parity.generic import Built, KerasSequential, build, parse_config
-from parity.generic_read import _json, load_keras_as_torch
-from parity.generic_write import model_config
+from parity.build import Built, KerasSequential, build, parse_config
+from parity.formats.keras_read import _json, load_keras_as_torch
+from parity.formats.keras_write import model_config
 from parity.keras_files import book_config
 from parity.keras_spec import MAX_JSON_BYTES, check_config, keras_kind
 from torch_impl.checkpoint import tensor_problem, torch_bytes, write_safetensors

@@ -1,6 +1,7 @@
 """The two sides of a generic port's check, each layer's output in Keras's layout: the Keras
 side (`keras_reference`: Keras itself, or where it cannot be imported the numpy reference of its
-layers, `parity.numpy_keras`) and the PyTorch side (`torch_layer_outputs`, read with forward hooks).
+layers, `parity.reference.numpy_keras`) and the PyTorch side (`torch_layer_outputs`, read
+with forward hooks).
 
 The Keras model is built from the *checked* config this port writes (only the fields the
 converters read, for supported built-in layer classes), each variable created holding the port's
@@ -17,9 +18,9 @@ import torch
 
 from fashion_cnn.errors import UserError, first_line
 from fashion_cnn.hdf5 import aligned
-from parity.generic import Built, ModelSpec, to_keras_layout
-from parity.generic_write import _as_sequential, model_config
-from parity.numpy_keras import layer_outputs
+from parity.build import Built, ModelSpec, to_keras_layout
+from parity.formats.keras_write import _as_sequential, model_config
+from parity.reference.numpy_keras import layer_outputs
 
 
 def torch_input(images: np.ndarray) -> torch.Tensor:
@@ -98,7 +99,7 @@ def _keras_call(fn, source: str):
 
 class NumpyReference:
     """Where Keras cannot be imported (a GPU box with torch only): the float32 numpy
-    implementation of the Keras layers in Keras's own layout (`parity.numpy_keras`)."""
+    implementation of the Keras layers in Keras's own layout (`parity.reference.numpy_keras`)."""
 
     description = "numpy float32 reference of the Keras layers (Keras not importable)"
 
