@@ -17,7 +17,7 @@ import torch
 from torch_impl import train as train_mod
 from torch_impl.callbacks import EarlyStopping
 from torch_impl.checkpoint import load_state_dict
-from torch_impl.model import BookCNN, PoolFirst
+from torch_impl.model import BookCNN, PoolFirst, predict_proba
 from torch_impl.train import TrainConfig, build_parser, config_from_args, main
 
 pytestmark = pytest.mark.slow  # real training runs
@@ -120,6 +120,18 @@ def test_early_stopping_restores_best_epoch(early_stop_run, interrupted_run):
     assert not torch.equal(last(out)["model"]["dense2.weight"], at_best["dense2.weight"]), (
         f"epoch {best + 1} should have moved the weights on"
     )
+
+
+def test_first_val_prediction_is_the_restored_models(early_stop_run, book_data):
+    """history.json's example prediction is predict_proba's of the best weights: in eval mode,
+    dropout off (the trainer's last evaluation leaves the model in training mode)."""
+    out, summary = early_stop_run
+    model = BookCNN()
+    model.load_state_dict(torch.load(out / "best-cnn-model.pt", weights_only=True))
+    probs = predict_proba(model.to(memory_format=torch.channels_last), book_data.val_x[:1])[0]
+    first = summary["first_val_prediction"]
+    assert first["class"] == int(probs.argmax())
+    assert first["probability"] == float(probs[first["class"]]), (first, probs.tolist())
 
 
 def test_resume_equals_uninterrupted_run(early_stop_run, interrupted_run):
