@@ -30,7 +30,6 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fashion_cnn.cli import add_device, add_recipe, non_negative_int, positive_float
@@ -49,6 +48,7 @@ from torch_impl.device import (
     seed_everything,
     versions,
 )
+from torch_impl.epoch import make_train_step, train_epoch
 from torch_impl.model import BookCNN, PoolFirst
 from torch_impl.optim import KerasAdam
 from torch_impl.resume import (
@@ -95,59 +95,6 @@ class TrainConfig:
     def run_keys(self) -> dict:
         """What last.pt records of the settings (those --resume must match, and the rest)."""
         return {k: getattr(self, k) for k in (*RESUME_KEYS, "patience", "epochs")}
-
-
-# ---------------------------------------------------------------------------------------------
-# One epoch
-
-
-def train_epoch(
-    model: nn.Module,
-    step_fn,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    batch_size: int,
-    shuffle: torch.Generator,
-    progress=None,
-) -> tuple[float, float]:
-    """One pass over (x, y) in a fresh random order; returns Keras's (loss, accuracy).
-
-    Keras reports the running mean over the epoch's batches in training mode (dropout on):
-    loss weighted by batch size, accuracy over examples. Both are summed on the device and read
-    once at the end: no host synchronisation per step.
-    """
-    model.train()
-    n = len(x)
-    # Shuffle by index over the whole training set (one tensor on the device); the order comes
-    # from a CPU generator of our own, so it is the same on every device.
-    order = torch.randperm(n, generator=shuffle).to(x.device)
-    loss_sum = torch.zeros((), device=x.device)
-    correct = torch.zeros((), dtype=torch.int64, device=x.device)
-    for start in range(0, n, batch_size):
-        idx = order[start : start + batch_size]
-        loss, batch_correct = step_fn(x[idx], y[idx])
-        loss_sum += loss * len(idx)
-        correct += batch_correct
-        if progress is not None:
-            progress.update(1)
-            if progress.n % 50 == 0:  # reading the loss syncs with the device: not every step
-                seen = min(start + batch_size, n)
-                progress.set_postfix_str(f"loss: {loss_sum.item() / seen:.4f}")
-    return loss_sum.item() / n, correct.item() / n
-
-
-def make_train_step(forward: nn.Module, optimizer: torch.optim.Optimizer):
-    """The training step: forward, cross-entropy on logits, backward, Keras's Adam update."""
-
-    def step(xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = forward(xb)  # (B, 10)
-        loss = F.cross_entropy(logits, yb)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return loss.detach(), (logits.detach().argmax(1) == yb).sum()
-
-    return step
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,10 +180,7 @@ def _train(config: TrainConfig, out: Path, device: torch.device, data: BookData 
     if config.compile:
         forward = torch.compile(forward)
         train_forward = torch.compile(train_forward) if world.distributed else forward
-    if world.distributed:
-        step_fn = ddp.make_train_step(train_forward, optimizer, world)
-    else:
-        step_fn = make_train_step(forward, optimizer)
+    step_fn = make_train_step(train_forward, optimizer, world)
     steps = math.ceil(len(train_x) / config.batch_size)
     show_progress = sys.stdout.isatty()
 
@@ -245,12 +189,9 @@ def _train(config: TrainConfig, out: Path, device: torch.device, data: BookData 
         print(f"Epoch {epoch + 1}/{config.epochs}")
         start = time.perf_counter()
         with _progress(steps, show_progress) as bar:
-            batches = (model, step_fn, train_x, train_y, config.batch_size, shuffle)
-            if world.distributed:
-                ddp.reseed_dropout(world, config.seed, epoch)
-                loss, acc = ddp.train_epoch(*batches, world, bar)
-            else:
-                loss, acc = train_epoch(*batches, bar)
+            ddp.reseed_dropout(world, config.seed, epoch)
+            loss, acc = train_epoch(model, step_fn, train_x, train_y, config.batch_size, shuffle,
+                                    world, bar)
         val = ddp.evaluate(forward, val_x, val_y, world)
         val_loss, val_acc = val.loss, val.accuracy
         seconds = time.perf_counter() - start
