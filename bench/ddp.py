@@ -4,10 +4,10 @@
     python -m bench.ddp --out bench/results/ddp.json [--epochs 3] [--rounds 1] [--limit 0]
 
 Each side runs in its own subprocess, one after the other (alternating over --rounds), with the
-trainer's own epoch functions (`torch_impl.train.train_epoch`, `torch_impl.distributed.
-train_epoch`: the book's recipe, dropout on, no validation, so the epoch is the training pass
-alone). The first epoch is a warm-up; the median of the others is reported. A benchmark, not a
-test: the numbers depend on what else the machine runs (the load average is recorded).
+trainer's own epoch and step (`torch_impl.epoch`, given the torchrun world or one process: the
+book's recipe, dropout on, no validation, so the epoch is the training pass alone). The first
+epoch is a warm-up; the median of the others is reported. A benchmark, not a test: the numbers
+depend on what else the machine runs (the load average is recorded).
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ def worker(args: argparse.Namespace) -> dict | None:
     from torch_impl import distributed as ddp
     from torch_impl.data import load_book_data
     from torch_impl.device import numerics, preferred_memory_format, seed_everything
+    from torch_impl.epoch import make_train_step, train_epoch
     from torch_impl.model import BookCNN, PoolFirst
     from torch_impl.optim import KerasAdam
-    from torch_impl.train import make_train_step, train_epoch
 
     torch.set_num_threads(args.threads)
     world = ddp.world_from_env()
@@ -50,19 +50,14 @@ def worker(args: argparse.Namespace) -> dict | None:
             x, y = x[: args.limit], y[: args.limit]
         x = x.contiguous(memory_format=fmt)
         optimizer = KerasAdam(model.parameters())
-        if world.distributed:
-            step = ddp.make_train_step(ddp.wrap(PoolFirst(model), device, world), optimizer, world)
-        else:
-            step = make_train_step(PoolFirst(model), optimizer)
+        step = make_train_step(ddp.wrap(PoolFirst(model), device, world), optimizer, world)
         seconds = []
         for epoch in range(args.epochs):
             start = time.perf_counter()
+            ddp.reseed_dropout(world, 42, epoch)
+            train_epoch(model, step, x, y, BATCH_SIZE, shuffle, world)
             if world.distributed:
-                ddp.reseed_dropout(world, 42, epoch)
-                ddp.train_epoch(model, step, x, y, BATCH_SIZE, shuffle, world)
                 dist.barrier()
-            else:
-                train_epoch(model, step, x, y, BATCH_SIZE, shuffle)
             seconds.append(time.perf_counter() - start)
     if not world.is_main:
         return None

@@ -105,10 +105,9 @@ def torch_worker(args: argparse.Namespace) -> dict:
 
     from torch_impl.data import load_book_data
     from torch_impl.device import numerics, preferred_memory_format, seed_everything
-    from torch_impl.evaluate import EVAL_BATCH_SIZE
-    from torch_impl.model import BookCNN, PoolFirst
+    from torch_impl.epoch import make_train_step, train_epoch
+    from torch_impl.model import EVAL_BATCH_SIZE, BookCNN, PoolFirst
     from torch_impl.optim import KerasAdam
-    from torch_impl.train import make_train_step, train_epoch
 
     if EVAL_BATCH_SIZE not in INFERENCE_BATCH_SIZES:
         raise SystemExit(f"bench.speed: add the trainer's EVAL_BATCH_SIZE {EVAL_BATCH_SIZE}")

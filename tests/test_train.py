@@ -17,7 +17,9 @@ import torch
 from torch_impl import train as train_mod
 from torch_impl.callbacks import EarlyStopping
 from torch_impl.checkpoint import load_state_dict
-from torch_impl.model import BookCNN, PoolFirst
+from torch_impl.epoch import make_train_step
+from torch_impl.model import BookCNN, PoolFirst, predict_proba
+from torch_impl.optim import KerasAdam
 from torch_impl.train import TrainConfig, build_parser, config_from_args, main
 
 pytestmark = pytest.mark.slow  # real training runs
@@ -122,6 +124,18 @@ def test_early_stopping_restores_best_epoch(early_stop_run, interrupted_run):
     )
 
 
+def test_first_val_prediction_is_the_restored_models(early_stop_run, book_data):
+    """history.json's example prediction is predict_proba's of the best weights: in eval mode,
+    dropout off (the trainer's last evaluation leaves the model in training mode)."""
+    out, summary = early_stop_run
+    model = BookCNN()
+    model.load_state_dict(torch.load(out / "best-cnn-model.pt", weights_only=True))
+    probs = predict_proba(model.to(memory_format=torch.channels_last), book_data.val_x[:1])[0]
+    first = summary["first_val_prediction"]
+    assert first["class"] == int(probs.argmax())
+    assert first["probability"] == float(probs[first["class"]]), (first, probs.tolist())
+
+
 def test_resume_equals_uninterrupted_run(early_stop_run, interrupted_run):
     out, full = early_stop_run
     resumed_out, _, resumed = interrupted_run
@@ -172,6 +186,31 @@ def test_pool_first_is_bitwise_the_model(book_data, memory_format):
     assert all_nonpositive.sum() > 100, "no all-negative windows: the test shows nothing"
     for name in grads_a:
         assert torch.equal(grads_a[name], grads_b[name]), f"gradient of {name} differs"
+
+
+@pytest.mark.parametrize("n", [32, 9, 24, 31])
+def test_step_is_the_batch_mean_bitwise(book_data, n):
+    """For one process the step's loss, the summed cross-entropy ÷ (n / 1) that lets DDP weight
+    unequal slices, is F.cross_entropy's mean bit for bit: its value and every gradient, on full
+    and partial batches (where multiplying by 1/n instead would round differently)."""
+    torch.manual_seed(0)
+    start = BookCNN(init="keras").state_dict()
+    x, y = book_data.train_x[:n], book_data.train_y[:n]
+    results = []
+    for via_step in (False, True):
+        model = BookCNN()
+        model.load_state_dict(start)
+        torch.manual_seed(1)  # the same dropout mask for both
+        if via_step:  # the optimizer's update leaves .grad as the backward wrote it
+            loss, _ = make_train_step(PoolFirst(model), KerasAdam(model.parameters()))(x, y, n)
+        else:
+            loss = torch.nn.functional.cross_entropy(PoolFirst(model.train())(x), y)
+            loss.backward()
+        results.append((loss.detach(), {k: p.grad for k, p in model.named_parameters()}))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    assert torch.equal(loss_a, loss_b), f"batch of {n}: loss {loss_b.item()} vs {loss_a.item()}"
+    for name in grads_a:
+        assert torch.equal(grads_a[name], grads_b[name]), f"batch of {n}: gradient of {name}"
 
 
 @pytest.mark.parametrize("ops", [

@@ -3,15 +3,18 @@
     torchrun --nproc-per-node N -m torch_impl.train [--device cpu|cuda] …
 
 The semantics are those of Keras's distribution strategies: `--batch-size` is the global batch.
-Every rank draws the same permutation of the training set per epoch (the trainer's seeded CPU
-generator) and takes its slice of each global batch (`shard`: `tensor_split`, so slices differ by
-one image at most, a last partial batch included). Each rank's loss is its slice's summed
-cross-entropy × world_size / global_batch; DDP averages the gradients over the ranks, so the
-step is the single-process step on the mean loss of the global batch, up to float summation
-order (tests/test_distributed.py checks 10 steps: the gradients within float32 summation error of
-one process's, the optimizer's update from them bit for bit). Validation and test metrics are
-sums over disjoint shards that cover every image once, all-reduced (`evaluate`); the callbacks
-then decide from the same val_loss on every rank, so all ranks stop at the same epoch.
+The trainer's one epoch loop and step (`torch_impl.train.train_epoch`, `make_train_step`) take the
+world as a parameter and call the hooks here; a plain run passes `ONE_PROCESS`, for which every
+hook is the identity. Every rank draws the same permutation of the training set per epoch (the
+trainer's seeded CPU generator) and takes its slice of each global batch (`shard`:
+`tensor_split`, so slices differ by one image at most, a last partial batch included). Each
+rank's loss is its slice's summed cross-entropy ÷ (global_batch / world_size); DDP averages the
+gradients over the ranks, so the step is the single-process step on the mean loss of the global
+batch, up to float summation order (tests/test_distributed.py checks 10 steps: the gradients
+within float32 summation error of one process's, the optimizer's update from them bit for bit).
+The epoch's metrics and the validation and test metrics are sums over disjoint shards that cover
+every image once, all-reduced (`all_reduce_sums`, `evaluate`); the callbacks then decide from
+the same val_loss on every rank, so all ranks stop at the same epoch.
 
 Only rank 0 takes the output folder's lock, writes files and prints (the other ranks' stdout goes
 to /dev/null); its failures to do so reach the other ranks through `on_main`, so all of them stop.
@@ -37,14 +40,14 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from fashion_cnn.errors import UserError
 from torch_impl.device import resolve_device
-from torch_impl.evaluate import EVAL_BATCH_SIZE, EvalResult, evaluate_sums, result_from_sums
+from torch_impl.evaluate import EvalResult, evaluate_sums, result_from_sums
 from torch_impl.evaluate import evaluate as evaluate_one
+from torch_impl.model import EVAL_BATCH_SIZE
 
 # A rank's dropout seed at an epoch: seed + STRIDE × (epoch × world_size + rank), mod 2^64.
 SEED_STRIDE = 1_000_003
@@ -64,11 +67,14 @@ class World:
         return self.rank == 0
 
 
+ONE_PROCESS = World()  # a plain run: every hook below is then the identity
+
+
 def world_from_env(env: dict | None = None) -> World:
     """The world torchrun describes in WORLD_SIZE, RANK and LOCAL_RANK; none → one process."""
     env = os.environ if env is None else env
     if "WORLD_SIZE" not in env:
-        return World()
+        return ONE_PROCESS
     try:
         size, rank, local = (int(env.get(k, "0")) for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"))
     except ValueError:
@@ -168,23 +174,6 @@ def wrap(model: nn.Module, device: torch.device, world: World) -> nn.Module:
     return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
 
-def make_train_step(forward: nn.Module, optimizer: torch.optim.Optimizer, world: World):
-    """The distributed training step on this rank's slice of a global batch of `global_n`:
-    backward of (slice's summed loss × world_size / global_n); DDP's mean over the ranks then
-    gives the gradient of the global batch's mean loss. Returns the slice's summed loss and
-    correct count."""
-
-    def step(xb: torch.Tensor, yb: torch.Tensor, global_n: int):
-        logits = forward(xb)  # (b, 10), b = this rank's slice
-        loss_sum = F.cross_entropy(logits, yb, reduction="sum")
-        optimizer.zero_grad(set_to_none=True)
-        (loss_sum * (world.size / global_n)).backward()
-        optimizer.step()
-        return loss_sum.detach(), (logits.detach().argmax(1) == yb).sum()
-
-    return step
-
-
 def all_reduce_sums(*sums: torch.Tensor | float, world: World) -> list[float]:
     """Sums over every rank, in float64 (on the CPU with gloo, on the GPU with nccl)."""
     device = next((s.device for s in sums if isinstance(s, torch.Tensor)), torch.device("cpu"))
@@ -192,27 +181,6 @@ def all_reduce_sums(*sums: torch.Tensor | float, world: World) -> list[float]:
     if world.distributed:
         dist.all_reduce(t)
     return t.tolist()
-
-
-def train_epoch(model, step_fn, x, y, batch_size: int, shuffle: torch.Generator, world: World,
-                progress=None) -> tuple[float, float]:
-    """`torch_impl.train.train_epoch` over N ranks: one permutation shared by all ranks, each
-    taking its slice of every global batch; Keras's (loss, accuracy) over the whole epoch."""
-    model.train()
-    n = len(x)
-    order = torch.randperm(n, generator=shuffle).to(x.device)  # the same on every rank
-    loss_sum = torch.zeros((), device=x.device)
-    correct = torch.zeros((), dtype=torch.int64, device=x.device)
-    for start in range(0, n, batch_size):
-        idx = order[start : start + batch_size]
-        mine = shard(idx, world)
-        loss, batch_correct = step_fn(x[mine], y[mine], len(idx))
-        loss_sum += loss
-        correct += batch_correct
-        if progress is not None:
-            progress.update(1)
-    total_loss, total_correct = all_reduce_sums(loss_sum, correct, world=world)
-    return total_loss / n, total_correct / n
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, world: World,

@@ -31,7 +31,7 @@ from fashion_cnn.fashion_mnist import CLASS_NAMES, CLASS_NAMES_KO
 from torch_impl.checkpoint import load_model
 from torch_impl.data import load_book_data
 from torch_impl.device import resolve_device
-from torch_impl.model import INPUT_SHAPE, NUM_CLASSES
+from torch_impl.model import INPUT_SHAPE, NUM_CLASSES, predict_proba
 
 NAMES = {"en": CLASS_NAMES, "ko": CLASS_NAMES_KO}
 IMAGE_SIZE = INPUT_SHAPE[1:]  # (28, 28)
@@ -91,18 +91,6 @@ def load_image(path: str | Path) -> torch.Tensor:
     if pixels.shape != IMAGE_SIZE:
         raise UserError(f"{path}: not a readable image (decoded to shape {pixels.shape})")
     return torch.from_numpy(pixels.astype(np.float32)).unsqueeze(0)
-
-
-@torch.no_grad()
-def predict_proba(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Softmax probabilities (N, 10) on the CPU for images x (N, 1, 28, 28), in eval mode."""
-    was_training = model.training
-    model.eval()
-    try:
-        device = next(model.parameters()).device
-        return torch.softmax(model(x.to(device)), dim=1).cpu()
-    finally:
-        model.train(was_training)
 
 
 def predict(

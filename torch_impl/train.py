@@ -25,12 +25,12 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fashion_cnn.cli import add_device, add_recipe, non_negative_int, positive_float
@@ -49,7 +49,9 @@ from torch_impl.device import (
     seed_everything,
     versions,
 )
-from torch_impl.model import BookCNN, PoolFirst
+from torch_impl.epoch import make_train_step, train_epoch
+from torch_impl.evaluate import EvalResult
+from torch_impl.model import BookCNN, PoolFirst, predict_proba
 from torch_impl.optim import KerasAdam
 from torch_impl.resume import (
     HISTORY_KEYS,
@@ -98,59 +100,6 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# One epoch
-
-
-def train_epoch(
-    model: nn.Module,
-    step_fn,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    batch_size: int,
-    shuffle: torch.Generator,
-    progress=None,
-) -> tuple[float, float]:
-    """One pass over (x, y) in a fresh random order; returns Keras's (loss, accuracy).
-
-    Keras reports the running mean over the epoch's batches in training mode (dropout on):
-    loss weighted by batch size, accuracy over examples. Both are summed on the device and read
-    once at the end: no host synchronisation per step.
-    """
-    model.train()
-    n = len(x)
-    # Shuffle by index over the whole training set (one tensor on the device); the order comes
-    # from a CPU generator of our own, so it is the same on every device.
-    order = torch.randperm(n, generator=shuffle).to(x.device)
-    loss_sum = torch.zeros((), device=x.device)
-    correct = torch.zeros((), dtype=torch.int64, device=x.device)
-    for start in range(0, n, batch_size):
-        idx = order[start : start + batch_size]
-        loss, batch_correct = step_fn(x[idx], y[idx])
-        loss_sum += loss * len(idx)
-        correct += batch_correct
-        if progress is not None:
-            progress.update(1)
-            if progress.n % 50 == 0:  # reading the loss syncs with the device: not every step
-                seen = min(start + batch_size, n)
-                progress.set_postfix_str(f"loss: {loss_sum.item() / seen:.4f}")
-    return loss_sum.item() / n, correct.item() / n
-
-
-def make_train_step(forward: nn.Module, optimizer: torch.optim.Optimizer):
-    """The training step: forward, cross-entropy on logits, backward, Keras's Adam update."""
-
-    def step(xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = forward(xb)  # (B, 10)
-        loss = F.cross_entropy(logits, yb)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return loss.detach(), (logits.detach().argmax(1) == yb).sum()
-
-    return step
-
-
-# ---------------------------------------------------------------------------------------------
 # The run
 
 
@@ -173,9 +122,54 @@ def train(config: TrainConfig, data: BookData | None = None,
             torch.set_num_threads(config.threads)
         try:
             with numerics(device):
-                return _train(config, out, device, data, world)
+                run = _set_up(config, out, device, data, world)
+                forward, step_fn = _forwards(run)
+                while run.state.epoch < config.epochs and not run.state.stopped:
+                    _epoch(run, forward, step_fn)
+                return _finish(run)
         finally:
             torch.set_num_threads(threads)
+
+
+@dataclass
+class _Run:
+    """One run's working parts, handed from step to step: set-up, the epochs, the end."""
+
+    config: TrainConfig
+    out: Path
+    device: torch.device
+    world: ddp.World
+    run_keys: dict  # what last.pt records of the settings
+    data: BookData  # on the device; training images cut to --limit
+    model: BookCNN
+    optimizer: KerasAdam
+    shuffle: torch.Generator  # the epochs' order (its state is in last.pt)
+    stopper: EarlyStopping
+    checkpoint: ModelCheckpoint
+    state: RunState
+    best_weights: dict[str, torch.Tensor] | None = None  # EarlyStopping's, on the CPU
+
+
+def _set_up(config: TrainConfig, out: Path, device: torch.device, data: BookData | None,
+            world: ddp.World) -> _Run:
+    """Seed, build the model and its optimizer, put the data on the device; with --resume,
+    continue from last.pt."""
+    run_keys = config.run_keys() | {"world_size": world.size}
+    # Rank 0 reads and checks last.pt; every rank gets it.
+    last = ddp.on_main(world, lambda: _load_last(config, out / LAST_FILE, run_keys))
+
+    seed_everything(config.seed)
+    shuffle = torch.Generator().manual_seed(config.seed)
+    # The model is built right after seeding, so --init torch draws the same weights every time.
+    model = BookCNN(init=config.init)
+    data = _on_device(config, load_book_data(config.data_dir) if data is None else data, device)
+    model = model.to(device=device, memory_format=preferred_memory_format(device))
+    run = _Run(config, out, device, world, run_keys, data, model,
+               KerasAdam(model.parameters(), lr=config.lr), shuffle,
+               EarlyStopping(patience=config.patience), ModelCheckpoint(), RunState())
+    if last is not None:
+        _resume(run, last)
+    return run
 
 
 def _load_last(config: TrainConfig, path: Path, run_keys: dict) -> dict | None:
@@ -185,136 +179,129 @@ def _load_last(config: TrainConfig, path: Path, run_keys: dict) -> dict | None:
     return last
 
 
-def _train(config: TrainConfig, out: Path, device: torch.device, data: BookData | None,
-           world: ddp.World) -> dict:
-    run_keys = config.run_keys() | {"world_size": world.size}
-    # Rank 0 reads and checks last.pt; every rank gets it.
-    last = ddp.on_main(world, lambda: _load_last(config, out / LAST_FILE, run_keys))
-
-    seed_everything(config.seed)
-    shuffle = torch.Generator().manual_seed(config.seed)
-    # The model is built right after seeding, so --init torch draws the same weights every time.
-    model = BookCNN(init=config.init)
-
-    if data is None:
-        data = load_book_data(config.data_dir)
+def _on_device(config: TrainConfig, data: BookData, device: torch.device) -> BookData:
+    """The split on the device, images in its preferred memory format, training cut to --limit."""
     fmt = preferred_memory_format(device)
-
-    def on_device(t: torch.Tensor) -> torch.Tensor:
-        return t.to(device).contiguous(memory_format=fmt)
-
     train_x, train_y = data.train_x, data.train_y
     if config.limit:
         train_x, train_y = train_x[: config.limit], train_y[: config.limit]
-    train_x, val_x, test_x = map(on_device, (train_x, data.val_x, data.test_x))
-    train_y, val_y, test_y = train_y.to(device), data.val_y.to(device), data.test_y.to(device)
+    train_x, val_x, test_x = (t.to(device).contiguous(memory_format=fmt)
+                              for t in (train_x, data.val_x, data.test_x))
+    return BookData(train_x, train_y.to(device), val_x, data.val_y.to(device), test_x,
+                    data.test_y.to(device))
 
-    model = model.to(device=device, memory_format=fmt)
-    optimizer = KerasAdam(model.parameters(), lr=config.lr)
-    stopper = EarlyStopping(patience=config.patience)
-    checkpoint = ModelCheckpoint()
-    state = RunState()
-    best_weights: dict[str, torch.Tensor] | None = None
 
-    if last is not None:
-        model.load_state_dict(last["model"])
-        optimizer.load_state_dict(last["optimizer"])
-        stopper = EarlyStopping(**{**last["early_stopping"], "patience": config.patience})
-        state = RunState(**last["run"])
-        checkpoint = ModelCheckpoint(state.checkpoint_best)
-        best_weights = last["best_weights"]
-        set_rng_state(last["rng"], shuffle)
-        print(f"resuming {out / LAST_FILE} after epoch {state.epoch}")
+def _resume(run: _Run, last: dict) -> None:
+    """Continue from last.pt (already validated): weights, Adam, callbacks, history, RNGs."""
+    run.model.load_state_dict(last["model"])
+    run.optimizer.load_state_dict(last["optimizer"])
+    run.stopper = EarlyStopping(**{**last["early_stopping"], "patience": run.config.patience})
+    run.state = RunState(**last["run"])
+    run.checkpoint = ModelCheckpoint(run.state.checkpoint_best)
+    run.best_weights = last["best_weights"]
+    set_rng_state(last["rng"], run.shuffle)
+    print(f"resuming {run.out / LAST_FILE} after epoch {run.state.epoch}")
 
-    forward: nn.Module = PoolFirst(model)
+
+def _forwards(run: _Run) -> tuple[nn.Module, Callable]:
+    """The forward validation runs (PoolFirst) and the training step (DDP's under torchrun)."""
+    forward: nn.Module = PoolFirst(run.model)
     # Under torchrun DDP wraps the forward before it is compiled (PyTorch's order); validation
     # runs the plain forward on each rank's shard.
-    train_forward = ddp.wrap(forward, device, world)
-    if config.compile:
+    train_forward = ddp.wrap(forward, run.device, run.world)
+    if run.config.compile:
         forward = torch.compile(forward)
-        train_forward = torch.compile(train_forward) if world.distributed else forward
-    if world.distributed:
-        step_fn = ddp.make_train_step(train_forward, optimizer, world)
-    else:
-        step_fn = make_train_step(forward, optimizer)
-    steps = math.ceil(len(train_x) / config.batch_size)
-    show_progress = sys.stdout.isatty()
+        train_forward = torch.compile(train_forward) if run.world.distributed else forward
+    return forward, make_train_step(train_forward, run.optimizer, run.world)
 
-    while state.epoch < config.epochs and not state.stopped:
-        epoch = state.epoch
-        print(f"Epoch {epoch + 1}/{config.epochs}")
-        start = time.perf_counter()
-        with _progress(steps, show_progress) as bar:
-            batches = (model, step_fn, train_x, train_y, config.batch_size, shuffle)
-            if world.distributed:
-                ddp.reseed_dropout(world, config.seed, epoch)
-                loss, acc = ddp.train_epoch(*batches, world, bar)
-            else:
-                loss, acc = train_epoch(*batches, bar)
-        val = ddp.evaluate(forward, val_x, val_y, world)
-        val_loss, val_acc = val.loss, val.accuracy
-        seconds = time.perf_counter() - start
-        for key, value in zip(HISTORY_KEYS, (loss, acc, val_loss, val_acc, seconds), strict=True):
-            state.history[key].append(value)
-        print(
-            f"{steps}/{steps} - {seconds:.0f}s - {seconds / steps * 1e3:.0f}ms/step - "
-            f"accuracy: {acc:.4f} - loss: {loss:.4f} - "
-            f"val_accuracy: {val_acc:.4f} - val_loss: {val_loss:.4f}"
-        )
 
-        # ModelCheckpoint(save_best_only=True): strictly lower val_loss (the first epoch always).
-        if checkpoint.update(val_loss):
-            state.checkpoint_best = checkpoint.best
-            if world.is_main:
-                save_state_dict(model, out / BEST_FILE, force=True)
-        # EarlyStopping(restore_best_weights=True) keeps the first epoch's weights from the start.
-        if best_weights is None:
-            best_weights = cpu_state_dict(model)
-        improved, stop = stopper.update(epoch, val_loss)
-        if improved:
-            best_weights = cpu_state_dict(model)
-        state.epoch += 1
-        state.stopped = stop
-        if not world.is_main:
-            continue
-        save_last(
-            out / LAST_FILE,
-            format=LAST_FORMAT,
-            config=run_keys,
-            model=cpu_state_dict(model),
-            optimizer=optimizer.state_dict(),
-            early_stopping=asdict(stopper),
-            run=asdict(state),
-            best_weights=best_weights,
-            rng=rng_state(shuffle),
-        )
+def _epoch(run: _Run, forward: nn.Module, step_fn: Callable) -> None:
+    """One epoch: train, validate, print Keras's line, then the callbacks and last.pt."""
+    config, state = run.config, run.state
+    steps = math.ceil(len(run.data.train_x) / config.batch_size)
+    print(f"Epoch {state.epoch + 1}/{config.epochs}")
+    start = time.perf_counter()
+    with _progress(steps, sys.stdout.isatty()) as bar:
+        ddp.reseed_dropout(run.world, config.seed, state.epoch)
+        loss, acc = train_epoch(run.model, step_fn, run.data.train_x, run.data.train_y,
+                                config.batch_size, run.shuffle, run.world, bar)
+    val = ddp.evaluate(forward, run.data.val_x, run.data.val_y, run.world)
+    seconds = time.perf_counter() - start
+    values = (loss, acc, val.loss, val.accuracy, seconds)
+    for key, value in zip(HISTORY_KEYS, values, strict=True):
+        state.history[key].append(value)
+    print(
+        f"{steps}/{steps} - {seconds:.0f}s - {seconds / steps * 1e3:.0f}ms/step - "
+        f"accuracy: {acc:.4f} - loss: {loss:.4f} - "
+        f"val_accuracy: {val.accuracy:.4f} - val_loss: {val.loss:.4f}"
+    )
+    _callbacks(run, val.loss)
+
+
+def _callbacks(run: _Run, val_loss: float) -> None:
+    """Keras's callbacks on the epoch's val_loss, then last.pt (rank 0 writes the files)."""
+    state = run.state
+    # ModelCheckpoint(save_best_only=True): strictly lower val_loss (the first epoch always).
+    if run.checkpoint.update(val_loss):
+        state.checkpoint_best = run.checkpoint.best
+        if run.world.is_main:
+            save_state_dict(run.model, run.out / BEST_FILE, force=True)
+    # EarlyStopping(restore_best_weights=True) keeps the first epoch's weights from the start.
+    if run.best_weights is None:
+        run.best_weights = cpu_state_dict(run.model)
+    improved, stop = run.stopper.update(state.epoch, val_loss)
+    if improved:
+        run.best_weights = cpu_state_dict(run.model)
+    state.epoch += 1
+    state.stopped = stop
+    if run.world.is_main:
+        save_last(run.out / LAST_FILE, format=LAST_FORMAT, config=run.run_keys,
+                  model=cpu_state_dict(run.model), optimizer=run.optimizer.state_dict(),
+                  early_stopping=asdict(run.stopper), run=asdict(state),
+                  best_weights=run.best_weights, rng=rng_state(run.shuffle))
+
+
+def _finish(run: _Run) -> dict:
+    """Restore the best weights, score them on validation and test data, write history.png and
+    history.json; returns the summary."""
+    state, stopper, world = run.state, run.stopper, run.world
     if state.stopped:
         print(f"Epoch {stopper.stopped_epoch + 1}: early stopping")
-    if best_weights is not None:
+    if run.best_weights is not None:
         print(f"Restoring model weights from the end of the best epoch: {stopper.best_epoch + 1}.")
-        model.load_state_dict(best_weights)
+        run.model.load_state_dict(run.best_weights)
 
-    # Evaluate the restored best weights on validation and test data.
-    model.eval()
-    val, test = (ddp.evaluate(PoolFirst(model), x, y, world)
-                 for x, y in ((val_x, val_y), (test_x, test_y)))
-    val_loss, val_acc, test_loss, test_acc = val.loss, val.accuracy, test.loss, test.accuracy
-    with torch.inference_mode():
-        probs = model.predict_proba(val_x[:1])[0].cpu()
-    first = int(probs.argmax())
+    run.model.eval()
+    val, test = (ddp.evaluate(PoolFirst(run.model), *run.data.split(name), world)
+                 for name in ("val", "test"))
+    probs = predict_proba(run.model, run.data.val_x[:1])[0]  # (10,), the book's example
 
     if world.is_main:
         plot_history(History(state.history["loss"], state.history["val_loss"], "PyTorch"),
-                     "PyTorch: loss per epoch", out / PLOT_FILE)
-    summary = {
+                     "PyTorch: loss per epoch", run.out / PLOT_FILE)
+    summary = _summary(run, val, test, probs)
+    if world.is_main:
+        atomic_write(run.out / HISTORY_FILE,
+                     lambda tmp: tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False)),
+                     force=True)
+    print(f"epochs run: {state.epoch}, best epoch: {summary['best_epoch']}")
+    print(f"validation accuracy: {val.accuracy:.4f}  loss: {val.loss:.4f}")
+    print(f"test accuracy: {test.accuracy:.4f}  loss: {test.loss:.4f}")
+    return summary
+
+
+def _summary(run: _Run, val: EvalResult, test: EvalResult, probs: torch.Tensor) -> dict:
+    """history.json: the keys of keras_ref's summary, then this run's settings and machine."""
+    config, first = run.config, int(probs.argmax())
+    return {
         "framework": f"torch {torch.__version__}",
-        "epochs_run": state.epoch,
-        "best_epoch": stopper.best_epoch + 1,
-        "stopped_early": state.stopped,
-        "val_loss": val_loss,
-        "val_accuracy": val_acc,
-        "test_loss": test_loss,
-        "test_accuracy": test_acc,
+        "epochs_run": run.state.epoch,
+        "best_epoch": run.stopper.best_epoch + 1,
+        "stopped_early": run.state.stopped,
+        "val_loss": val.loss,
+        "val_accuracy": val.accuracy,
+        "test_loss": test.loss,
+        "test_accuracy": test.accuracy,
         "first_val_prediction": {"class": first, "name": CLASS_NAMES[first],
                                  "probability": float(probs[first])},
         "seed": config.seed,
@@ -324,21 +311,13 @@ def _train(config: TrainConfig, out: Path, device: torch.device, data: BookData 
         "patience": config.patience,
         "init": config.init,
         "compile": config.compile,
-        "device": str(device),
-        "device_name": device_name(device),
+        "device": str(run.device),
+        "device_name": device_name(run.device),
         "threads": torch.get_num_threads(),
-        "world_size": world.size,
+        "world_size": run.world.size,
         "versions": versions(),
-        "history": state.history,
+        "history": run.state.history,
     }
-    if world.is_main:
-        atomic_write(out / HISTORY_FILE,
-                     lambda tmp: tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False)),
-                     force=True)
-    print(f"epochs run: {state.epoch}, best epoch: {summary['best_epoch']}")
-    print(f"validation accuracy: {val_acc:.4f}  loss: {val_loss:.4f}")
-    print(f"test accuracy: {test_acc:.4f}  loss: {test_loss:.4f}")
-    return summary
 
 
 @contextmanager

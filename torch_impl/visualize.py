@@ -37,7 +37,7 @@ from fashion_cnn.fashion_mnist import CLASS_NAMES, CLASS_NAMES_KO, book_split, l
 from fashion_cnn.files import atomic_write, output_folder
 from fashion_cnn.history import History, plot_history, read_history
 from torch_impl.checkpoint import load_model
-from torch_impl.model import BookCNN
+from torch_impl.model import BookCNN, predict_proba
 
 # Node → name: Keras's Conv2D output is after its built-in ReLU, so PyTorch's relu1/relu2.
 FEATURE_NODES = {"relu1": "conv1", "relu2": "conv2"}
@@ -116,12 +116,6 @@ def feature_maps(model: nn.Module, image: torch.Tensor) -> dict[str, np.ndarray]
     extractor = create_feature_extractor(model, return_nodes=FEATURE_NODES).eval()
     outputs = extractor(image)
     return {name: out[0].cpu().numpy() for name, out in outputs.items()}
-
-
-@torch.no_grad()
-def predict(model: BookCNN, image: torch.Tensor) -> np.ndarray:
-    """Class probabilities (10,) of one image (1, 1, 28, 28)."""
-    return model.predict_proba(image)[0].cpu().numpy()
 
 
 def korean_font() -> str | None:
@@ -267,6 +261,7 @@ def compute(args: argparse.Namespace) -> Results:
     untrained = untrained_models(args.seed)
     maps = feature_maps(model, image)
     val_image = val_scaled[args.val_index, :, :, 0]
+    probs = predict_proba(model, torch.from_numpy(val_image[None, None].astype(np.float32)))
     return Results(
         stats=[conv1_stats(model)] + [conv1_stats(m, label) for label, m in untrained.items()],
         image=train_input[args.index],
@@ -274,7 +269,7 @@ def compute(args: argparse.Namespace) -> Results:
         maps=maps,
         val_image=val_image,
         val_label=int(val_target[args.val_index]),
-        probs=predict(model, torch.from_numpy(val_image[None, None].astype(np.float32))),
+        probs=probs[0].numpy(),
         history=history,
     )
 
