@@ -1,9 +1,12 @@
-"""What relates the Keras reference and the PyTorch product: the mapping table, Keras and PyTorch
-checkpoint files, the port and check command lines, and the parity suite (`pytest parity/`).
+"""What relates the Keras reference and the PyTorch product: one port path for every model — a
+framework-free graph of the Keras model (`ir`, `spec`), one registry entry per Keras layer class
+(`layers`), files by format (`formats`), the PyTorch module (`build`), the two sides of the
+check (`reference`, `verify`), readable source (`export`) — thin `port`, `check` and
+`visualize` command lines over `pipeline`, and the parity suite (`pytest parity/`).
 
-The Python interface, loaded on first use so that `import parity.mapping` stays framework-free:
+The Python interface, loaded on first use so that `import parity` stays framework-free:
 
-- `parity.load_torch_model(path)`: a `.keras` or `.h5` of any supported Keras chain, or a
+- `parity.load_torch_model(path)`: a `.keras` or `.h5` of any supported Keras model, or a
   PyTorch file written by this port → an `nn.Module` in eval mode, weights loaded (NCHW images
   in, Keras's outputs out);
 - `parity.save_keras(module, path, input_shape)`: an `nn.Sequential` of supported modules, or a
@@ -17,7 +20,7 @@ __all__ = ["load_torch_model", "save_keras"]
 
 def __getattr__(name: str):
     if name == "load_torch_model":
-        from parity.formats.torch_files import load_torch_model
+        from parity.pipeline import load_torch_model
 
         return load_torch_model
     if name == "save_keras":

@@ -1,4 +1,4 @@
-"""Port a checkpoint of any supported Keras chain — the book's CNN is one — between Keras and
+"""Port a checkpoint of any supported Keras model — the book's CNN is one — between Keras and
 PyTorch, exactly.
 
     python -m parity.port SRC DST [--force] [--allow-nonfinite] [--samples N]
@@ -7,7 +7,7 @@ PyTorch, exactly.
 Formats come from the extensions: `.keras`, `.h5`, `.weights.h5` (Keras) ⇄ `.pt`, `.pth`,
 `.safetensors` (PyTorch); same-framework conversions work too. The flow is one way: SRC's Keras
 config (or the architecture a PyTorch file carries; the book's CNN for a file with none) → one
-converter per layer (`parity.build`) → the PyTorch module, weights mapped per tensor → both
+converter per layer (`parity.pipeline`) → the PyTorch module, weights mapped per tensor → both
 sides run on real test images, compared layer by layer, and must agree within tolerance → DST,
 written atomically (a temporary file beside it, then a rename). Nothing from SRC is executed.
 A layer table is printed. The book's CNN keeps its plain `BookCNN` state_dict on the PyTorch side.
@@ -25,8 +25,8 @@ import torch
 from fashion_cnn.cli import add_data_dir, int_range
 from fashion_cnn.errors import cli_entry, one_line
 from fashion_cnn.files import check_destination, check_not_input
+from parity.formats import EXTENSIONS, framework_of
 from parity.verify.compare import ATOL
-from parity.weights import EXTENSIONS, framework_of
 
 DEFAULT_SAMPLES = 1000  # parity.pipeline's; fewer for a model whose activations are large
 
@@ -50,18 +50,18 @@ def port(
     module_py: Path | None = None,
 ) -> tuple:
     """Check DST can be written, read SRC, check both sides agree layer by layer on real test
-    images, write DST. Raises UserError. Returns (Source, GenericAgreement)."""
+    images, write DST. Raises UserError. Returns (Source, Agreement)."""
     framework_of(src)
     framework_of(dst)
     check_not_input(dst, src)
-    from parity.pipeline import port_generic
+    from parity import pipeline
 
     # DST (and --module-py) are checked, their folders probed, before SRC is read.
     check_destination(dst, force=force, need_bytes=dst_bytes(src, dst))
     if module_py is not None:
         check_not_input(module_py, src, dst)
         check_destination(module_py, force=force)
-    return port_generic(
+    return pipeline.port(
         src, dst, force=force, allow_nonfinite=allow_nonfinite, samples=samples,
         data_dir=data_dir, config=config, module_py=module_py,
     )
@@ -71,8 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m parity.port",
         description="Port a checkpoint of the book's CNN, or of any supported Keras "
-        f"Sequential/single-chain model, between Keras and PyTorch (formats by extension: "
-        f"{EXTENSIONS}).",
+        f"model, between Keras and PyTorch (formats by extension: {EXTENSIONS}).",
     )
     p.add_argument("src", type=Path, help="source checkpoint")
     p.add_argument("dst", type=Path, help="destination checkpoint (written atomically)")
@@ -124,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         config=args.config,
         module_py=args.module_py,
     )
-    from parity.pipeline import layer_table
+    from parity.verify.report import layer_table
 
     print(one_line(f"{args.src} → {args.dst}"))
     n_params = sum(int(np.prod(r.keras_shape)) for r in source.built.rows)

@@ -2,12 +2,13 @@
 
     python -m parity.visualize KERAS_FILE TORCH_FILE --out DIR [--index 0] [--data-dir DIR]
 
-Both files are read by the parity readers (nothing in them is run); the Keras side is the book's
-model (`keras_ref.model.build_model`) holding the Keras file's weights, the PyTorch side a
-`BookCNN` holding the PyTorch file's, and `parity.runners` runs both on `train_input[index]` —
-an ankle boot for index 0, as in the book. Writes `keras-vs-torch-conv1.png` (32 maps, 4×8) and
-`keras-vs-torch-conv2.png` (64 maps, 8×8). Maps that differ beyond MAPS_TOLERANCE are drawn, then
-reported as an error (exit 1): the two files do not hold the same weights.
+Both files are read by the port's readers (nothing in them is run) and must hold the book's CNN;
+the check's own two sides run both on `train_input[index]` — an ankle boot for index 0, as in
+the book: Keras (or its numpy reference) holding the Keras file's weights, and the module
+rebuilt from the PyTorch file, read with the check's hooks. Writes `keras-vs-torch-conv1.png`
+(32 maps, 4×8) and `keras-vs-torch-conv2.png` (64 maps, 8×8). Maps that differ beyond
+MAPS_TOLERANCE are drawn, then reported as an error (exit 1): the two files do not hold the same
+weights.
 """
 
 from __future__ import annotations
@@ -25,8 +26,6 @@ from fashion_cnn.cli import add_data_dir, add_image_index, add_out
 from fashion_cnn.errors import UserError, cli_entry
 from fashion_cnn.fashion_mnist import load_data
 from fashion_cnn.files import atomic_write, output_folder
-from parity.runners import KerasSide, torch_model, torch_outputs
-from parity.weights import read_weights
 from torch_impl.visualize import DPI, GRIDS, book_image, draw_grid
 
 # Float32 parity tolerance for a feature map, Keras vs PyTorch: torch.testing.assert_close's
@@ -58,15 +57,27 @@ def compare_feature_maps(
     data_dir: str | os.PathLike | None = None,
 ) -> list[SideBySide]:
     """conv1 and conv2 feature maps (after ReLU) of `train_input[index]` on both sides."""
-    keras_weights = read_weights(keras_file).keras
-    torch_weights = read_weights(torch_file).torch
+    from parity import book
+    from parity.pipeline import read_source
+    from parity.reference.keras_live import keras_reference
+    from parity.verify.capture import layer_outputs
+    from parity.verify.probes import probes
+
+    keras_src = read_source(Path(keras_file), module=False)
+    torch_src = read_source(Path(torch_file))
+    for src in (keras_src, torch_src):
+        if not book.is_book(src.spec):
+            raise UserError(f"{src.path}: not the book's CNN; 8-3's feature maps are the book's")
     (train_input, _), _ = load_data(data_dir)
     image = book_image(train_input, index).numpy().transpose(0, 2, 3, 1)  # (1, 28, 28, 1)
-    keras_out = KerasSide(keras_weights).outputs(image)
-    torch_out = torch_outputs(torch_model(torch_weights), image)
+    keras_out = keras_reference(keras_src.spec, keras_src.weights, keras_src.path).outputs(image)
+    torch_out = layer_outputs(torch_src.built, image)
+    names = [p.node for p in probes(keras_src.spec)]
+    by_path = {n.node.path: n.node.name for n in keras_src.spec.nodes}
     found = []
-    for name in GRIDS:
-        k, t = (out[name][0].transpose(2, 0, 1) for out in (keras_out, torch_out))  # HWC → CHW
+    for name, path in zip(GRIDS, ("conv2d", "conv2d_1"), strict=True):  # the book's two convs
+        i = names.index(by_path[path])
+        k, t = (out[i][0].transpose(2, 0, 1) for out in (keras_out, torch_out))  # HWC → CHW
         found.append(SideBySide(name, k, t, max_abs_diff_per_map(k, t)))
     return found
 

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import torch
 
-from parity.mapping import keras_to_torch
+from parity.book import keras_to_torch
 from torch_impl.checkpoint import save_state_dict
 
 ROOT = Path(__file__).resolve().parents[1]

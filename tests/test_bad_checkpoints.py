@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from fashion_cnn.errors import UserError
-from parity.mapping import keras_to_torch
+from parity.book import keras_to_torch
+from parity.pipeline import load_into
 from parity.port import main as port_main
-from parity.weights import load_into
 from torch_impl.checkpoint import load_state_dict, save_state_dict
 from torch_impl.model import BookCNN
 

@@ -329,7 +329,7 @@ def test_evaluate_equals_kerass_model_evaluate(model, book_data):
     `model.evaluate` reports the same loss and accuracy as `evaluate`."""
     pytest.importorskip("keras")
     from keras_ref.model import build_model
-    from parity.mapping import KERAS_NAMES, torch_to_keras
+    from parity.book import KERAS_NAMES, torch_to_keras
 
     x, y = book_data.val_x[:3000], book_data.val_y[:3000]
     named = torch_to_keras({k: v.numpy() for k, v in model.state_dict().items()})

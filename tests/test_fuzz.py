@@ -3,7 +3,7 @@
 About 2,500 mutants of real files — `.keras`, legacy `.h5`, `.weights.h5`, `.pt`, `.safetensors`,
 PNG and TIFF — made by bit flips, byte overwrites, truncations, insertions, duplicated chunks
 and corrupted zip members (re-zipped with a good CRC, so the damage reaches the HDF5, pickle or
-JSON parser inside), fed in-process to `parity.keras_files.read_keras`,
+JSON parser inside), fed in-process to `parity.formats.read_keras` (the one Keras reader),
 `torch_impl.checkpoint.load_state_dict` and `torch_impl.predict.load_image`. Each must either
 refuse with UserError or return what a good file gives: float32 weights of the book's shapes, all
 finite, or a (1, 28, 28) float32 image in [0, 1].
@@ -32,10 +32,11 @@ import pytest
 import torch
 
 from fashion_cnn.errors import UserError
-from parity.formats.torch_files import load_torch_model, save_torch_model
-from parity.keras_files import read_keras
-from parity.keras_spec import KERAS_SHAPES
-from parity.mapping import keras_to_torch
+from parity import book
+from parity.book import keras_to_torch
+from parity.formats import read_keras
+from parity.formats.torch_files import save_torch_model
+from parity.pipeline import load_torch_model
 from torch_impl.checkpoint import EXPECTED_SHAPES, load_state_dict, save_state_dict
 from torch_impl.predict import load_image
 
@@ -211,8 +212,9 @@ def mutate_safetensors_json(rng: np.random.Generator, data: bytes) -> bytes:
 
 def check_keras(path: Path) -> None:
     weights = read_keras(path).weights
-    assert set(weights) == set(KERAS_SHAPES)
-    for name, shape in KERAS_SHAPES.items():
+    shapes = book.spec().shapes()
+    assert set(weights) == set(shapes)
+    for name, shape in shapes.items():
         array = weights[name]
         assert array.shape == shape and array.dtype == np.float32, name
         assert array.dtype.isnative and np.isfinite(array).all(), name

@@ -315,7 +315,7 @@ def test_cli_entry_prints_one_line_whatever_the_message(capsys):
 
 def test_model_is_untouched_by_a_refused_hostile_file(keras_ckpts, tmp_path, canary):
     from fashion_cnn.errors import UserError
-    from parity.weights import load_into
+    from parity.pipeline import load_into
 
     def edit(h5, bias):
         replace(

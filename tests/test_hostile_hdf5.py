@@ -27,7 +27,7 @@ from hostile import (  # the shared helpers; the fixtures come through conftest.
     run_cli,
 )
 
-from parity.mapping import keras_to_torch
+from parity.book import keras_to_torch
 from torch_impl.checkpoint import load_state_dict
 
 pytestmark = pytest.mark.slow  # each case runs a real CLI in its own interpreter

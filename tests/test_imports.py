@@ -92,11 +92,22 @@ def test_ast_check_sees_nested_imports(tmp_path):
 
 @pytest.mark.slow
 
-def test_parity_mapping_and_keras_files_load_no_framework():
-    """The mapping table, the Keras file readers and the numpy reference of the Keras layers are
-    numpy + h5py only: reading a Keras file's weights, and checking a port where Keras cannot be
-    imported, need neither torch nor TensorFlow."""
-    modules = ["parity.mapping", "parity.keras_files", "parity.verify.compare",
-               "parity.reference.numpy_keras"]
+def test_the_port_s_readers_and_numpy_reference_load_no_framework():
+    """The graph IR, the layer registry, the spec, every Keras file's reader and writer, the
+    book as data and the check's comparison are numpy + h5py only: reading a Keras file, and
+    checking a port where Keras cannot be imported, need no TensorFlow — and these need no
+    torch either (an entry's PyTorch parts import it when called)."""
+    modules = ["parity", "parity.ir.keras_config", "parity.layers", "parity.spec", "parity.book",
+               "parity.formats", "parity.formats.keras_v3", "parity.formats.keras_h5_legacy",
+               "parity.verify.compare", "parity.verify.layerwise"]
     loaded = _loaded_after_import(modules, FRAMEWORKS_TORCH + FRAMEWORKS_TF)
+    assert loaded == [], f"{modules} loaded {loaded[:5]}"
+
+
+@pytest.mark.slow
+def test_the_numpy_reference_loads_no_keras():
+    """Where Keras cannot be imported the check runs the numpy reference of its layers: it and
+    the port's pipeline load no TensorFlow or Keras until the Keras side is asked for."""
+    modules = ["parity.reference.numpy_keras", "parity.pipeline", "parity.port", "parity.check"]
+    loaded = _loaded_after_import(modules, FRAMEWORKS_TF)
     assert loaded == [], f"{modules} loaded {loaded[:5]}"

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from parity.formats import read_keras
 from parity.formats.torch_files import carries_architecture
-from parity.keras_files import read_keras
 from parity.port import main
 from parity.tests.testdata import all_agree
 from torch_impl.checkpoint import load_state_dict

@@ -7,7 +7,7 @@ import pytest
 
 from fashion_cnn.errors import UserError
 from fashion_cnn.validate import check_tensors
-from parity.mapping import keras_to_torch
+from parity.book import keras_to_torch
 
 EXPECTED = {"conv.weight": (4, 1, 3, 3), "conv.bias": (4,), "fc.weight": (2, 8), "fc.bias": (2,)}
 

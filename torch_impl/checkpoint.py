@@ -93,7 +93,10 @@ def _refused_pickle(path: Path, err: Exception) -> UserError:
     )
 
 
-def _read_raw(path: Path) -> Mapping[str, object]:
+def read_tensors(path: Path) -> Mapping[str, object]:
+    """What a .pt/.pth/.safetensors file holds (a training checkpoint's "model"), read with
+    `weights_only=True` and its errors as one line; the tensors are not yet checked (each goes
+    through `tensor_problem` before its values are read)."""
     kind = checkpoint_kind(path)
     if not path.is_file():
         raise UserError(f"{path}: no such file")
@@ -160,7 +163,7 @@ def _tensor_kind(tensor: torch.Tensor) -> str | None:
 
 def tensor_problem(name: str, value: object, dtype: torch.dtype | None = None) -> str | None:
     """The one gate every tensor read from a PyTorch file passes before anything reads its
-    values (the book's checkpoints, last.pt, the generic port's .pt/.pth/.safetensors): a plain
+    values (the book's checkpoints, last.pt, any model's .pt/.pth/.safetensors): a plain
     dense CPU tensor (of `dtype`, when given) whose storage holds every value it stands for —
     `torch.zeros(1).expand(n, n)` saves 4 bytes and stands for n² floats. Returns the problem,
     or None."""
@@ -203,7 +206,7 @@ def load_state_dict(
 ) -> dict[str, torch.Tensor]:
     """Read and validate a .pt/.pth/.safetensors checkpoint of the book's CNN (CPU tensors)."""
     path = Path(path)
-    return validate_state_dict(_read_raw(path), path, allow_nonfinite=allow_nonfinite)
+    return validate_state_dict(read_tensors(path), path, allow_nonfinite=allow_nonfinite)
 
 
 def load_model(

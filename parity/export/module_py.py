@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from parity.build import Built
-from parity.layers import (
+from parity.build import Built, identifier
+from parity.layers.modules import (
     AvgPool2dSame,
     Exponential,
     FlattenHWC,
@@ -103,7 +103,7 @@ def module_source(built: Built, class_name: str, origin: str) -> str:
     if not (class_name.isascii() and class_name.isidentifier()) or keyword.iskeyword(class_name):
         raise AssertionError(f"not a class name: {class_name!r}")
     module = built.module
-    shape = module.keras_spec.input_shape
+    shape = built.spec.input_shape
     with torch.no_grad():  # the output shape of every module, from one zero image
         shapes: dict[str, tuple[int, ...]] = {}
         hooks = [
@@ -129,7 +129,7 @@ def module_source(built: Built, class_name: str, origin: str) -> str:
         "",
         f"SOURCE = {ascii(origin)}  # the checkpoint this module was ported from",
         "KERAS_LAYERS = (  # (Keras layer name, class, the modules it became)",
-        *(f"    ({ascii(i.keras.name)}, {ascii(i.keras.class_name)}, {tuple(i.modules)!r}),"
+        *(f"    ({ascii(i.name)}, {ascii(i.class_name)}, {tuple(i.modules)!r}),"
           for i in built.layers),
         ")",
         "",
@@ -141,13 +141,37 @@ def module_source(built: Built, class_name: str, origin: str) -> str:
     for name, m in module.named_children():
         expr = _helper_call(m) if isinstance(m, _HELPERS) else _constructor(m)
         lines.append(f"        self.{name} = {expr}")
-    lines += ["", "    def forward(self, x: torch.Tensor) -> torch.Tensor:"]
-    for name, _ in module.named_children():
-        dims = ", ".join(map(str, shapes[name][1:]))
-        lines.append(f"        x = self.{name}(x)  # (N, {dims})")
-    lines += ["        return x", ""]
+    lines += ["", "    def forward(self, x: torch.Tensor) -> torch.Tensor:",
+              *_forward(built, shapes)]
     text = re.sub(r"\n{4,}", "\n\n\n", "\n".join(lines))
     return _checked(text, "<generated module>")
+
+
+def _forward(built: Built, shapes: dict[str, tuple[int, ...]]) -> list[str]:
+    """`forward`'s body: one line per module with its output's shape. A chain passes `x` along;
+    a graph names each layer's output after it (`block1_conv1`), so that a branch and a merge
+    read as they do in the Keras model (`add = self.add(block2_conv, shortcut)`)."""
+    module = built.module
+    if built.spec.graph.is_chain:
+        lines = []
+        for name, _ in module.named_children():
+            dims = ", ".join(map(str, shapes[name][1:]))
+            lines.append(f"        x = self.{name}(x)  # (N, {dims})")
+        return [*lines, "        return x", ""]
+    taken = {"x", "self", "torch", "nn", "F"} | {n for n, _ in module.named_children()}
+    var = {built.spec.graph.input_name: "x"}
+    lines = []
+    for info in built.layers:
+        args = ", ".join(var[i] for i in info.inputs)
+        if not info.modules:  # the identity here (a linear Activation)
+            (var[info.name],) = [var[i] for i in info.inputs]
+            continue
+        out = var[info.name] = identifier(f"{info.modules[0]}_out", taken) if info.modules[
+            0] in taken else identifier(info.modules[0], taken)
+        for k, name in enumerate(info.modules):
+            dims = ", ".join(map(str, shapes[name][1:]))
+            lines.append(f"        {out} = self.{name}({args if k == 0 else out})  # (N, {dims})")
+    return [*lines, f"        return {var[built.spec.graph.output]}", ""]
 
 
 def write_module_py(dst: Path, text: str, *, force: bool = False) -> Path:

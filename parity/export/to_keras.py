@@ -1,11 +1,11 @@
 """`parity.save_keras`: an `nn.Sequential` of supported PyTorch modules (or a module this port
 built) → a `.keras` or `.h5` that plain `keras.models.load_model` opens.
 
-One small function per PyTorch module class (`parity.layers.to_keras`) gives the Keras
-layer(s) and their variables in Keras layout. The chain they describe is then rebuilt in
-PyTorch by the Keras → PyTorch converters (`parity.build.build`) and run beside the source
-module on seeded inputs: a module is written only when the Keras model it describes computes
-what it computes.
+Each PyTorch module is turned into its Keras layer(s) by the registry entry that names its class
+(`Entry.torch_classes`, `Entry.from_torch`), the variables in Keras layout. The model they make
+is then parsed by the port's own reader, rebuilt in PyTorch by the same converters as any file,
+and run beside the source module on seeded inputs: a module is written only when the Keras model
+it describes computes what it computes.
 """
 
 from __future__ import annotations
@@ -18,21 +18,23 @@ import torch
 from torch import nn
 
 from fashion_cnn.errors import UserError
-from parity.build import (
-    KerasLayer,
-    KerasSequential,
-    ModelSpec,
-    build,
-    keras_to_torch,
-    to_snake_case,
-    torch_to_keras,
-)
-from parity.formats.keras_write import write_keras_model
-from parity.keras_spec import dtype_policy
-from parity.layers.to_keras import ACTIVATIONS, PASS_FLATTEN, TO_KERAS, State, params_ok
+from parity.build import KerasModel, build, keras_to_torch, torch_to_keras
+from parity.formats import parse, write_keras
+from parity.ir.keras_config import to_snake_case
+from parity.layers import REGISTRY, In
+from parity.spec import Spec
 from parity.verify.compare import ATOL, RTOL
 
 Shape = tuple[int, ...]
+
+
+def _torch_entries() -> dict[type, type]:
+    """torch.nn class → the registry entry whose `from_torch` takes it."""
+    found = {}
+    for entry in REGISTRY.values():
+        for name in entry.torch_classes:
+            found[getattr(nn, name)] = entry
+    return found
 
 
 def _flat_modules(module: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -45,68 +47,59 @@ def _flat_modules(module: nn.Module) -> list[tuple[str, nn.Module]]:
     return out
 
 
-def _dense_follows(modules: list[tuple[str, nn.Module]], i: int) -> bool:
+def _absorbed(modules: list[tuple[str, nn.Module]], i: int, entries: dict) -> bool:
+    """Whether a Linear takes the output of module i through elementwise modules only."""
     for _, m in modules[i + 1 :]:
         if isinstance(m, nn.Linear):
             return True
-        if (
-            not isinstance(m, PASS_FLATTEN)
-            and type(m) not in ACTIVATIONS
-            and not isinstance(m, nn.LeakyReLU | nn.Softmax | nn.Hardtanh)
-        ):
+        entry = entries.get(type(m))
+        if not (isinstance(m, nn.Identity) or (entry is not None and entry.passes_flatten)):
             return False
     return False
 
 
-def sequential_to_keras(module: nn.Module, input_shape: Shape, dst: str) -> tuple[ModelSpec, dict]:
-    """The Keras chain (ModelSpec) and its weights (Keras layout, "<path>/<var>")."""
+def sequential_to_keras(module: nn.Module, input_shape: Shape, dst: str) -> tuple[Spec, dict]:
+    """The Keras model (a checked spec) and its weights (Keras layout, "<path>/<var>")."""
     if type(module) is not nn.Sequential:
-        raise UserError(
-            f"{dst}: cannot write a {type(module).__name__}: only an nn.Sequential "
-            f"of supported modules or a module built by this port"
-        )
+        raise UserError(f"{dst}: cannot write a {type(module).__name__}: only an nn.Sequential "
+                        f"of supported modules or a module built by this port")
     modules = _flat_modules(module)
-    state = State(tuple(input_shape))
-    layers: list[KerasLayer] = []
+    entries = _torch_entries()
+    state = In(tuple(input_shape))
+    layers: list[dict] = []
     weights: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
     for i, (name, m) in enumerate(modules):
         where = f"{dst}: module {name} ({type(m).__name__})"
-        fn = TO_KERAS.get(type(m))
-        if fn is None or not params_ok(m):
-            raise UserError(
-                f"{where} has no exact Keras counterpart here; supported: "
-                f"{', '.join(sorted({c.__name__ for c in TO_KERAS}))}"
-            )
-        if isinstance(m, nn.Flatten) and len(state.shape) == 3 and state.shape[:2] != (1, 1):
-            if not _dense_follows(modules, i):
-                raise UserError(
-                    f"{where}: flattens in C,H,W order and no Linear follows to "
-                    f"absorb it; Keras flattens in H,W,C order"
-                )
-        for class_name, cfg, vars_ in fn(m, state, where):
+        if isinstance(m, nn.Identity):
+            continue
+        entry = entries.get(type(m))
+        if entry is None:
+            raise UserError(f"{where} has no exact Keras counterpart here; supported: "
+                            f"{', '.join(sorted({c.__name__ for c in entries}))}")
+        flattens_chw = (isinstance(m, nn.Flatten) and len(state.shape) == 3
+                        and state.shape[:2] != (1, 1))
+        if flattens_chw and not _absorbed(modules, i, entries):
+            raise UserError(f"{where}: flattens in C,H,W order and no Linear follows to absorb "
+                            f"it; Keras flattens in H,W,C order")
+        for class_name, cfg, vars_ in entry.from_torch(m, state, where):
             base = to_snake_case(class_name)
             k = counts.get(base, 0)
             counts[base] = k + 1
             path = base if k == 0 else f"{base}_{k}"
-            cfg = {"name": path, "trainable": True, "dtype": dtype_policy(), **cfg}
-            layer = KerasLayer(class_name, cfg, path)
-            layers.append(layer)
+            layers.append({"module": "keras.layers", "class_name": class_name,
+                           "registered_name": None, "config": {"name": path, **cfg}})
             for var, array in vars_:
                 weights[f"{path}/{var}"] = np.ascontiguousarray(array, np.float32)
-        # the shape from the Keras → PyTorch converters; the C,H,W order of a Flatten pending
-        # until the Linear that takes it (checked above to follow)
-        spec = ModelSpec(tuple(input_shape), tuple(layers))
-        info = build(spec, dst).layers if layers else []
-        if isinstance(m, nn.Flatten) and len(state.shape) == 3:
-            flat_from = state.shape if state.shape[:2] != (1, 1) else None
-        else:
-            flat_from = None if isinstance(m, nn.Linear) else state.flat_from
-        if info:
-            state = State(info[-1].shape, flat_from)
+            ns_entry = REGISTRY[class_name]
+            out = ns_entry.infer(ns_entry.parse(cfg, where), [state], where)
+            state = In(out.shape, out.flat_from)
     if not layers:
         raise UserError(f"{dst}: the module holds no layers")
-    return ModelSpec(tuple(input_shape), tuple(layers)), weights
+    config = {"class_name": "Sequential", "config": {"name": "sequential", "layers": [
+        {"class_name": "InputLayer", "config": {"batch_shape": [None, *input_shape],
+                                                "name": "input_layer"}}, *layers]}}
+    return parse(config, dst), weights
 
 
 def save_keras(
@@ -114,28 +107,25 @@ def save_keras(
 ) -> Path:
     """Write `module` as a Keras `.keras` or `.h5` (input_shape in Keras order, e.g. (28, 28, 1)).
 
-    The Keras chain is rebuilt in PyTorch and run beside `module` on seeded inputs first; the
+    The Keras model is rebuilt in PyTorch and run beside `module` on seeded inputs first; the
     file is written only when both agree within atol = rtol = 1e-5.
     """
     dst = str(path)
-    if isinstance(module, KerasSequential):
+    if isinstance(module, KerasModel):
         spec = module.keras_spec
-        built = build(spec, dst)
-        weights = torch_to_keras(built, module.state_dict(), dst)
+        weights = torch_to_keras(build(spec, dst), module.state_dict(), dst)
     else:
         spec, weights = sequential_to_keras(module, tuple(input_shape), dst)
-        if tuple(input_shape) != spec.input_shape:
-            raise AssertionError("input shape changed")
-        built = build(spec, dst)
     if tuple(input_shape) != spec.input_shape:
         raise UserError(
             f"{dst}: input_shape {tuple(input_shape)} differs from the module's {spec.input_shape}"
         )
-    _check_same(module, built, weights, spec, dst)
-    return write_keras_model(spec, weights, path, force=force)
+    _check_same(module, spec, weights, dst)
+    return write_keras(path, spec, weights, force=force)
 
 
-def _check_same(module: nn.Module, built, weights: dict, spec: ModelSpec, dst: str) -> None:
+def _check_same(module: nn.Module, spec: Spec, weights: dict, dst: str) -> None:
+    built = build(spec, dst)
     rebuilt = built.module
     rebuilt.load_state_dict(keras_to_torch(built, weights, dst), strict=True, assign=True)
     shape = spec.input_shape

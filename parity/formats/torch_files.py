@@ -1,14 +1,15 @@
-"""PyTorch files of a generically ported model, which carry their architecture, and
-`parity.load_torch_model` for every format.
+"""PyTorch files of a ported model, which carry their architecture:
 
 - `.pt` / `.pth`: a plain state_dict (`torch.save(module.state_dict())`), so that
   `module.load_state_dict(torch.load(path, weights_only=True), strict=True)` works; the Keras
-  chain it was built from travels as JSON in the state_dict's own `_metadata[""]` entry
-  (`keras_config`), which `torch.load(weights_only=True)` keeps and `load_state_dict` ignores.
+  model it was built from travels as its config.json in the state_dict's own `_metadata[""]`
+  entry (`keras_config`), which `torch.load(weights_only=True)` keeps and `load_state_dict`
+  ignores;
 - `.safetensors`: the same JSON in the header's metadata (`keras_config`).
 
-The book's CNN keeps its plain `BookCNN` state_dict with no architecture, as before; a file
-without one is read as the book's CNN.
+The book's CNN keeps its plain `BookCNN` state_dict with no architecture; a file without one is
+read as the book's CNN. Reading goes through `torch_impl.checkpoint` (weights_only, errors in
+one line) and its one tensor gate, before any value is looked at.
 """
 
 from __future__ import annotations
@@ -21,44 +22,36 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from fashion_cnn.errors import UserError
 from fashion_cnn.files import atomic_write
 from fashion_cnn.validate import check_tensors, finite
-from parity.build import Built, KerasSequential, build, parse_config
-from parity.formats.keras_read import _json, load_keras_as_torch
-from parity.formats.keras_write import model_config
-from parity.keras_files import book_config
-from parity.keras_spec import MAX_JSON_BYTES, check_config, keras_kind
-from torch_impl.checkpoint import tensor_problem, torch_bytes, write_safetensors
+from parity import book
+from parity.build import Built, KerasModel, build
+from parity.formats.keras_json import model_config
+from parity.formats.keras_v3 import json_of
+from parity.formats.limits import MAX_JSON_BYTES
+from parity.ir.keras_config import parse_model
+from parity.spec import check
+from torch_impl.checkpoint import read_tensors, tensor_problem, torch_bytes, write_safetensors
 
 ARCH_KEY = "keras_config"
+TORCH_SUFFIXES = (".pt", ".pth", ".safetensors")
 
 
-def architecture(module: KerasSequential) -> str:
-    """The module's Keras chain as the config.json a `.keras` of it would hold."""
-    spec = module.keras_spec
-    return json.dumps(model_config(spec, [None] * len(spec.layers)))
+def architecture(module: KerasModel) -> str:
+    """The module's Keras model as the config.json a `.keras` of it would hold."""
+    return json.dumps(model_config(module.keras_spec))
 
 
-def is_book_cnn(module: KerasSequential) -> bool:
-    """The module is the book's CNN (`BookCNN`'s architecture and keys)."""
-    try:
-        check_config(json.loads(architecture(module)), "the module")
-    except UserError:
-        return False
-    return True
-
-
-def save_torch_model(module: KerasSequential, dst: str | os.PathLike, *, force: bool = False):
+def save_torch_model(module: KerasModel, dst: str | os.PathLike, *, force: bool = False):
     """Write the module's weights and its architecture as `.pt`/`.pth` or `.safetensors`; the
     book's CNN as the plain `BookCNN` state_dict it always was."""
     dst = Path(dst)
     suffix = dst.suffix.lower()
-    if suffix not in (".pt", ".pth", ".safetensors"):
+    if suffix not in TORCH_SUFFIXES:
         raise UserError(f"{dst}: expected .pt, .pth or .safetensors")
-    if is_book_cnn(module):
+    if book.is_book(module.keras_spec):
         from torch_impl.checkpoint import save_state_dict
 
         return save_state_dict(dict(module.state_dict()), dst, force=force)
@@ -74,11 +67,9 @@ def save_torch_model(module: KerasSequential, dst: str | os.PathLike, *, force: 
     return atomic_write(dst, lambda tmp: tmp.write_bytes(data), force=force)
 
 
-def _read_torch(path: Path) -> tuple[dict, str | None]:
+def _read(path: Path) -> tuple[dict, str | None]:
     """The tensors and the architecture JSON (None when the file carries none)."""
-    from torch_impl.checkpoint import _read_raw  # weights_only=True, errors in one line
-
-    state = _read_raw(path)
+    state = read_tensors(path)  # weights_only=True, errors in one line
     if path.suffix.lower() == ".safetensors":
         from safetensors import safe_open
 
@@ -94,34 +85,31 @@ def _read_torch(path: Path) -> tuple[dict, str | None]:
 
 
 def carries_architecture(path: str | os.PathLike) -> bool:
-    """A PyTorch file written by the generic port (its architecture stored beside the weights);
-    False for anything else, whose own reader reports what is wrong with it."""
+    """A PyTorch file written by the port for a model other than the book's (its architecture
+    stored beside the weights); False for anything else, whose reader says what is wrong."""
     path = Path(path)
-    if path.suffix.lower() not in (".pt", ".pth", ".safetensors") or not path.is_file():
+    if path.suffix.lower() not in TORCH_SUFFIXES or not path.is_file():
         return False
     try:
-        return _read_torch(path)[1] is not None
+        return _read(path)[1] is not None
     except UserError:
         return False
 
 
-def torch_built(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> Built:
+def read_torch(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> Built:
     """A PyTorch file → the rebuilt module (weights loaded, eval mode) with its rows. A file
     with no architecture must be the book's CNN."""
     path = Path(path)
     source = str(path)
-    state, arch = _read_torch(path)
-    config = _json(arch, ARCH_KEY, source) if arch is not None else book_config()
-    built = build(parse_config(config, source), source)
+    state, arch = _read(path)
+    spec = (check(parse_model(json_of(arch, ARCH_KEY, source), source), source)
+            if arch is not None else book.spec())
+    built = build(spec, source)
     expected = {r.torch: r.torch_shape for r in built.rows}
     expected.update({k: f.value.shape for k, f in built.fixed.items()})
-    if arch is None:  # the book's plain state_dict holds no num_batches_tracked (no BN)
-        what = "not the book's CNN and no architecture stored: "
-    else:
-        what = "the tensors do not match the stored architecture: "
-
-    # numpy's isfinite on a view: torch's makes a float copy of the tensor on the way
-    finite_check = finite(allow_nonfinite)
+    what = ("the tensors do not match the stored architecture: " if arch is not None
+            else "not the book's CNN and no architecture stored: ")
+    finite_check = finite(allow_nonfinite)  # numpy's isfinite on a view: no float copy
 
     def dtype_ok(name: str, t: object) -> str | None:
         # a fixed entry keeps its own dtype: num_batches_tracked int64, a zero bias float32
@@ -150,19 +138,3 @@ def torch_built(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> Bu
     built.module.load_state_dict(state, strict=True, assign=True)
     built.module.eval()
     return built
-
-
-def load_torch_model(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> nn.Module:
-    """Any supported file → `nn.Module` in eval mode with its weights loaded.
-
-    `.keras` / `.h5`: the module built from the file's Keras config. `.pt` / `.pth` /
-    `.safetensors` written by this port: rebuilt from the architecture they carry; a plain
-    state_dict of the book's CNN: the book's module. Images are NCHW (an (H, W) Keras input
-    stays (N, H, W)); the outputs are what Keras outputs (probabilities after a softmax).
-    """
-    kind = keras_kind(path)
-    if kind in ("keras", "h5"):
-        return load_keras_as_torch(path, allow_nonfinite=allow_nonfinite)
-    if kind == "weights.h5":
-        raise UserError(f"{path}: a .weights.h5 holds no architecture; use the .keras or .h5")
-    return torch_built(path, allow_nonfinite=allow_nonfinite).module

@@ -1,1 +1,2 @@
-"""ir"""
+"""The framework-free graph IR of a Keras model (`graph`) and its Keras config, read and
+written (`keras_config`)."""

@@ -76,7 +76,7 @@ class KerasReshape(nn.Module):
     """Keras Reshape, done in Keras's layout: an NCHW map goes to NHWC first, and a (H, W, C)
     target comes back to NCHW."""
 
-    def __init__(self, target: Shape, image_in: bool) -> None:
+    def __init__(self, target: tuple[int, ...], image_in: bool) -> None:
         super().__init__()
         self.target, self.image_in = tuple(target), image_in
 

@@ -1,58 +1,82 @@
-"""The converters' registry and shared parts: what a converter takes (`Chain`) and returns
-(`Converted`, with `Var` rows: Keras variable → module parameter → transform), the dict
-`CONVERTERS` that `@converter("Conv2D")` fills, the transforms the generic path adds to
-`parity.mapping`'s, the config helpers and the activations that map exactly."""
+"""One registry entry per Keras layer class, holding everything the port knows of it.
+
+An entry (a class registered with `@register`, onnx2torch's shape: adding a layer is adding one
+entry; an unknown one is refused by name) has:
+- `kind` and `fields`: the Keras class it stands for and the config fields it reads (a written
+  file keeps only these, so nothing else a file held travels into a file Keras deserialises);
+- `parse(config, where)`: the fields checked where they are read (positive ints, finite
+  floats, …), one line naming the layer on anything else; the result is the entry's parameters,
+  which every other part takes — validation is written once, for both sides;
+- `infer(params, inputs, where)`: the output shape and the Keras variables (name, shape, in the
+  order Keras stores them): what a reader needs, framework-free;
+- `to_torch(params, inputs, out, where)`: the PyTorch modules, and each Keras variable's place
+  in them with its layout transform — the mapping as data;
+- `numpy(params, weights, inputs)`: the layer in float32 numpy, in Keras's layout — the check's
+  reference where Keras cannot be imported;
+- `torch_classes` / `from_torch(module, state, where)`: the other direction, for
+  `parity.save_keras` on an `nn.Sequential`.
+
+Nothing here or in the families imports torch at import time (the readers use `parse` and
+`infer` without it); `to_torch` and `from_torch` import it when called.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-from torch import nn
 
 from fashion_cnn.errors import UserError
-from parity.layers.modules import Exponential, Shape
-from parity.mapping import Transform
+from parity.layers.transforms import Transform
 
-# --- transforms the generic path adds to parity.mapping's -----------------------------------
+if TYPE_CHECKING:
+    from torch import nn
 
-
-def flat_dense(h: int, w: int, c: int) -> Transform:
-    """The Dense after Flatten of an (h, w, c) map: Keras rows H,W,C ↔ PyTorch columns C,H,W."""
-
-    def to_torch(kernel: np.ndarray) -> np.ndarray:
-        out = kernel.shape[1]
-        return kernel.reshape(h, w, c, out).transpose(3, 2, 0, 1).reshape(out, c * h * w)
-
-    def to_keras(weight: np.ndarray) -> np.ndarray:
-        out = weight.shape[0]
-        return weight.reshape(out, c, h, w).transpose(2, 3, 1, 0).reshape(h * w * c, out)
-
-    return Transform("dense after flatten: HWC→CHW rows, transpose", to_torch, to_keras)
+Shape = tuple[int, ...]  # Keras order, batch-free: (H, W, C), (H, W) or (F,)
 
 
-def flat_vector(h: int, w: int, c: int) -> Transform:
-    """A per-feature vector after Flatten (BatchNormalization's): H,W,C order ↔ C,H,W order."""
-    return Transform(
-        "vector after flatten: HWC→CHW",
-        lambda v: v.reshape(h, w, c).transpose(2, 0, 1).reshape(-1),
-        lambda v: v.reshape(c, h, w).transpose(1, 2, 0).reshape(-1),
-    )
+# --- what flows between entries ----------------------------------------------------------------
 
 
-# --- what a converter returns ---------------------------------------------------------------
+@dataclass(frozen=True)
+class In:
+    """What a node knows of one of its inputs."""
+
+    shape: Shape  # Keras order, batch-free
+    # A Flatten whose H,W,C → C,H,W order is still pending: the PyTorch tensor holds the
+    # (h, w, c) map flattened in C,H,W order; the Dense (or BatchNormalization) that takes it
+    # permutes its own rows instead.
+    flat_from: tuple[int, int, int] | None = None
 
 
 @dataclass(frozen=True)
 class Var:
-    """One Keras variable of a layer and where it goes in PyTorch."""
+    """One Keras variable of a layer: its name and shape, in the order Keras stores them."""
 
-    keras: str  # variable name: kernel, bias, gamma, beta, moving_mean, moving_variance
-    keras_shape: Shape
+    name: str  # kernel, bias, gamma, beta, moving_mean, moving_variance, …
+    shape: Shape
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class Out:
+    """What `infer` says of a node: its output and its variables."""
+
+    shape: Shape
+    variables: tuple[Var, ...] = ()
+    flat_from: tuple[int, int, int] | None = None
+
+
+@dataclass(frozen=True)
+class Param:
+    """Where one Keras variable goes in PyTorch: a module's parameter or buffer, transformed."""
+
+    var: str  # the Keras variable's name
     module: int  # index into Converted.modules
-    param: str  # the parameter or buffer of that module: weight, bias, running_mean, …
+    param: str  # weight, bias, running_mean, …
     torch_shape: Shape
     transform: Transform
 
@@ -71,98 +95,79 @@ class Fixed:
 
 @dataclass
 class Converted:
-    modules: list[tuple[str, nn.Module]]  # (kind, module), in forward order
-    shape: Shape  # the output shape, Keras order
-    vars: list[Var] = field(default_factory=list)  # in the order Keras stores them
+    """A node's PyTorch modules, in forward order: the first takes every input, each next one
+    the output of the one before."""
+
+    modules: list[tuple[str, nn.Module]]  # (kind, module): the builder numbers kinds: conv1, …
+    params: list[Param] = field(default_factory=list)
     fixed: list[Fixed] = field(default_factory=list)
-    flat_from: tuple[int, int, int] | None = None  # a pending Flatten's (H, W, C) after it
+    # the module whose output is the layer's value before its activation (Conv2D and Dense with
+    # an `activation`): the check compares it too for a model's output (the logits)
+    pre_activation: int | None = None
 
 
-@dataclass
-class Chain:
-    """The state a converter sees: the incoming shape and a Flatten's pending permutation."""
-
-    shape: Shape
-    flat_from: tuple[int, int, int] | None = None
-    # Whether a Flatten here is followed by a Dense (through PASS_FLATTEN layers only), which
-    # absorbs the permutation; otherwise the Flatten itself flattens in Keras's H,W,C order.
-    dense_follows: bool = True
+# --- the registry -------------------------------------------------------------------------------
 
 
-Converter = Callable[[Mapping, Chain, str], Converted]
-CONVERTERS: dict[str, Converter] = {}
-# Layers a pending Flatten permutation passes through unchanged (elementwise, or per-vector).
-PASS_FLATTEN = {
-    "Dropout",
-    "Activation",
-    "ReLU",
-    "LeakyReLU",
-    "Softmax",
-    "Rescaling",
-    "BatchNormalization",
-}
+class Entry:
+    """One Keras layer class. Subclasses set `kind`, `fields` and the methods; every method
+    is a staticmethod over the entry's parameters (whatever `parse` returns)."""
+
+    kind: ClassVar[str]
+    fields: ClassVar[tuple[str, ...]] = ()
+    inputs: ClassVar[tuple[int, int]] = (1, 1)  # how many tensors it takes, at least and at most
+    # A pending Flatten order (In.flat_from) passes through unchanged: elementwise layers.
+    passes_flatten: ClassVar[bool] = False
+    torch_classes: ClassVar[tuple[str, ...]] = ()  # torch.nn classes `from_torch` takes
+
+    parse: ClassVar[Callable[[Mapping, str], Any]]
+    infer: ClassVar[Callable[[Any, Sequence[In], str], Out]]
+    to_torch: ClassVar[Callable[[Any, Sequence[In], Out, str], Converted]]
+    numpy: ClassVar[Callable[[Any, Mapping[str, np.ndarray], Sequence[np.ndarray]], np.ndarray]]
+    from_torch: ClassVar[Callable[..., list]] | None = None
+
+    @staticmethod
+    def sample(rng: np.random.Generator, inp: In) -> dict | None:
+        """A random valid config of this layer on an input like `inp` (for the property test:
+        the generator's grammar is the registry's), or None where it takes no such input."""
+        return None
 
 
-# The config fields each class's converter reads: what a written `.keras` keeps of a layer's
-# config (with its name), so that nothing else a file held (a custom initializer or regularizer,
-# say) travels into a file Keras will deserialise.
-FIELDS: dict[str, tuple[str, ...]] = {
-    "Conv2D": ("filters", "kernel_size", "strides", "padding", "data_format", "dilation_rate",
-               "groups", "activation", "use_bias"),
-    "Dense": ("units", "activation", "use_bias"),
-    "MaxPooling2D": ("pool_size", "strides", "padding", "data_format"),
-    "AveragePooling2D": ("pool_size", "strides", "padding", "data_format"),
-    "GlobalAveragePooling2D": ("data_format", "keepdims"),
-    "GlobalMaxPooling2D": ("data_format", "keepdims"),
-    "ZeroPadding2D": ("padding", "data_format"),
-    "Flatten": ("data_format",),
-    "Dropout": ("rate", "noise_shape", "seed"),
-    "BatchNormalization": ("axis", "momentum", "epsilon", "center", "scale"),
-    "Activation": ("activation",),
-    "ReLU": ("max_value", "negative_slope", "threshold"),
-    "LeakyReLU": ("negative_slope",),
-    "Softmax": ("axis",),
-    "Rescaling": ("scale", "offset"),
-    "Reshape": ("target_shape",),
-}
+REGISTRY: dict[str, type[Entry]] = {}
 
 
-def converter(class_name: str) -> Callable[[Converter], Converter]:
-    def register(fn: Converter) -> Converter:
-        CONVERTERS[class_name] = fn
-        return fn
-
-    return register
+def register(entry: type[Entry]) -> type[Entry]:
+    if entry.kind in REGISTRY:
+        raise AssertionError(f"two entries for {entry.kind}")
+    REGISTRY[entry.kind] = entry
+    return entry
 
 
 def supported() -> str:
-    return ", ".join(sorted(CONVERTERS))
+    """The Keras layer classes the port takes, for a refusal's message."""
+    return ", ".join(sorted(k.rsplit(".", 1)[-1] for k in REGISTRY if k != "InputLayer"))
 
 
-# --- config helpers ---------------------------------------------------------------------------
+# --- reading config values: checked where they are parsed -------------------------------------
 
 
-def _int(value: object) -> bool:
+def is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
 def positive_int(value: object, what: str, where: str) -> int:
     """A config value Keras requires to be a positive int (units, filters, groups)."""
-    if not _int(value) or value < 1:  # type: ignore[operator]
+    if not is_int(value) or value < 1:  # type: ignore[operator]
         raise UserError(f"{where}: {what}={value!r} is not a positive int")
     return value  # type: ignore[return-value]
 
 
-def pair(value, what: str, where: str, minimum: int = 1) -> tuple[int, int]:
+def pair(value: object, what: str, where: str, minimum: int = 1) -> tuple[int, int]:
     """An int or a pair of ints, each at least `minimum` (1 for kernel sizes, strides, pools and
     dilations, which Keras requires positive; 0 for paddings)."""
-    if _int(value):
+    if is_int(value):
         value = (value, value)
-    if (
-        not isinstance(value, list | tuple)
-        or len(value) != 2
-        or not all(_int(v) for v in value)
-    ):
+    if not isinstance(value, list | tuple) or len(value) != 2 or not all(map(is_int, value)):
         raise UserError(f"{where}: {what}={value!r} is not an int or a pair of ints")
     if min(value) < minimum:
         raise UserError(f"{where}: {what}={list(value)!r}: each must be at least {minimum}")
@@ -194,16 +199,26 @@ def flag(cfg: Mapping, key: str, default: bool, where: str) -> bool:
     return value
 
 
+def choice(cfg: Mapping, key: str, default: str, options: tuple[str, ...], where: str) -> str:
+    value = cfg.get(key, default)
+    if value is None:
+        value = default
+    if value not in options:
+        raise UserError(f"{where}: {key}={value!r}; supported: {', '.join(map(repr, options))}")
+    return value  # type: ignore[return-value]
+
+
 def channels_last(cfg: Mapping, where: str) -> None:
     fmt = cfg.get("data_format") or "channels_last"
     if fmt != "channels_last":
         raise UserError(f"{where}: data_format={fmt!r}; only channels_last is supported")
 
 
-def image_hwc(chain: Chain, where: str) -> tuple[int, int, int]:
-    if len(chain.shape) != 3:
-        raise UserError(f"{where}: takes an (H, W, C) map, but its input has shape {chain.shape}")
-    return chain.shape  # type: ignore[return-value]
+def image(inp: In, where: str) -> tuple[int, int, int]:
+    """The (H, W, C) of an input that must be an image."""
+    if len(inp.shape) != 3:
+        raise UserError(f"{where}: takes an (H, W, C) map, but its input has shape {inp.shape}")
+    return inp.shape  # type: ignore[return-value]
 
 
 def same_pads(size: int, k: int, s: int, d: int = 1) -> tuple[int, int]:
@@ -213,49 +228,6 @@ def same_pads(size: int, k: int, s: int, d: int = 1) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-# Keras activation name → a PyTorch module that computes the same function (checked per name
-# against Keras in parity/tests/test_generic.py). Softmax and log-softmax take the channel axis.
-_ACTIVATIONS: dict[str, Callable[[int], nn.Module]] = {
-    "relu": lambda dim: nn.ReLU(),
-    "relu6": lambda dim: nn.ReLU6(),
-    "leaky_relu": lambda dim: nn.LeakyReLU(0.2),  # keras.activations.leaky_relu's default slope
-    "sigmoid": lambda dim: nn.Sigmoid(),
-    "tanh": lambda dim: nn.Tanh(),
-    "softmax": lambda dim: nn.Softmax(dim=dim),
-    "log_softmax": lambda dim: nn.LogSoftmax(dim=dim),
-    "elu": lambda dim: nn.ELU(),
-    "selu": lambda dim: nn.SELU(),
-    "celu": lambda dim: nn.CELU(),
-    "gelu": lambda dim: nn.GELU(),  # Keras's 'gelu' is the exact erf form (approximate=False)
-    "silu": lambda dim: nn.SiLU(),
-    "swish": lambda dim: nn.SiLU(),
-    "softplus": lambda dim: nn.Softplus(),
-    "softsign": lambda dim: nn.Softsign(),
-    "hard_sigmoid": lambda dim: nn.Hardsigmoid(),  # Keras 3: relu6(x + 3) / 6, as torch's
-    "hard_silu": lambda dim: nn.Hardswish(),
-    "hard_swish": lambda dim: nn.Hardswish(),
-    "hard_tanh": lambda dim: nn.Hardtanh(),
-    "tanh_shrink": lambda dim: nn.Tanhshrink(),
-    "soft_shrink": lambda dim: nn.Softshrink(0.5),
-    "hard_shrink": lambda dim: nn.Hardshrink(0.5),
-    "log_sigmoid": lambda dim: nn.LogSigmoid(),
-    "mish": lambda dim: nn.Mish(),
-    "exponential": lambda dim: Exponential(),
-}
-ACTIVATION_NAMES = ("linear", *_ACTIVATIONS)
-
-
-def activation(name: object, shape: Shape, where: str) -> list[tuple[str, nn.Module]]:
-    """The modules for a Keras `activation` argument ([] for linear)."""
-    if name is None or name == "linear":
-        return []
-    if not isinstance(name, str) or name not in _ACTIVATIONS:
-        shown = name if isinstance(name, str) else type(name).__name__
-        raise UserError(
-            f"{where}: activation {shown!r} has no exact PyTorch counterpart here; supported: "
-            f"{', '.join(ACTIVATION_NAMES)}"
-        )
-    module = _ACTIVATIONS[name](1 if len(shape) == 3 else -1)
-    return [(type(module).__name__.lower(), module)]
-
-
+def torch_shape(shape: Shape) -> Shape:
+    """A Keras-order shape as the PyTorch tensor's (batch-free): (H, W, C) → (C, H, W)."""
+    return (shape[2], shape[0], shape[1]) if len(shape) == 3 else tuple(shape)

@@ -1,12 +1,11 @@
-"""The two sides of a generic port's check, each layer's output in Keras's layout: the Keras
-side (`keras_reference`: Keras itself, or where it cannot be imported the numpy reference of its
-layers, `parity.reference.numpy_keras`) and the PyTorch side (`torch_layer_outputs`, read
-with forward hooks).
+"""The Keras side of the check: Keras itself, holding the port's own weights — or, where it
+cannot be imported, the numpy reference of its layers (`parity.reference.numpy_keras`).
 
-The Keras model is built from the *checked* config this port writes (only the fields the
-converters read, for supported built-in layer classes), each variable created holding the port's
-own tensor — never a model Keras deserialised from the source file. The book's CNN alone has its
-own runners, `parity.runners`, for `parity.check`'s named report and `parity.visualize`.
+The Keras model is built from the config this port writes for the model (only the fields the
+port read, for supported built-in layer classes, each layer named by its positional path, not
+by the file's name for it), layer by layer through Keras's functional API; each variable is
+created holding the port's tensor — never a model Keras deserialised from the source file, so
+nothing in a file is ever run by Keras either.
 """
 
 from __future__ import annotations
@@ -18,64 +17,63 @@ import torch
 
 from fashion_cnn.errors import UserError, first_line
 from fashion_cnn.hdf5 import aligned
-from parity.build import Built, ModelSpec, to_keras_layout
-from parity.formats.keras_write import _as_sequential, model_config
-from parity.reference.numpy_keras import layer_outputs
-
-
-def torch_input(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(
-        np.ascontiguousarray(images.transpose(0, 3, 1, 2) if images.ndim == 4 else images)
-    )
+from parity.formats.keras_json import written
+from parity.reference.numpy_keras import NumpyReference
+from parity.spec import Spec
+from parity.verify.probes import probes
 
 
 class KerasReference:
-    """The Keras model of a chain with its weights, built from the checked config.
+    """The Keras model of a spec with its weights, and a model giving every probe's output."""
 
-    Each layer is deserialized from the config this port writes (only the fields the converters
-    read, for supported built-in classes), unbuilt; its initializers are replaced by ones that
-    return the port's own tensors, so every Keras variable is created holding its value: no
-    random or zero initial copy, one layer's Keras-layout tensors in flight at a time, and on
-    TensorFlow no copy at all of those tensors (see `_Given`)."""
-
-    def __init__(
-        self, spec: ModelSpec, built: Built, weights: Mapping[str, np.ndarray], source: str = ""
-    ) -> None:
+    def __init__(self, spec: Spec, weights: Mapping[str, np.ndarray], source: str = "") -> None:
         from keras_ref.backend import keras  # TensorFlow's start-up lines silenced
 
         self.source = source
-        seq = _as_sequential(spec)
-        config = model_config(seq, [None] * len(seq.layers))["config"]
+        out = written(spec, source)
+        entries = out.config["config"]["layers"]
+        entries = entries[1:]  # the InputLayer: made below
         tensorflow = keras.backend.backend() == "tensorflow"
-        by_layer: dict[str, list[str]] = {}
-        for row in built.rows:
-            by_layer.setdefault(row.keras.rsplit("/", 1)[0], []).append(row.keras)
-        layers = []
-        for cfg, original in zip(config["layers"][1:], spec.layers, strict=True):
-            # Named by its positional path (conv2d, dense_1, …), not by the file's name for it:
-            # the reference computes the same either way, and a name is file text.
-            cfg = {**cfg, "config": {**cfg["config"], "name": original.path}}
+        inputs = keras.Input(batch_shape=[None, *spec.input_shape])
+        tensors = {spec.graph.input_name: inputs}
+        wanted = {p.node for p in probes(spec) if p.pre}
+        pre = {}
+        for ns, new, entry in zip(spec.nodes, out.spec.nodes, entries, strict=True):
+            # unbuilt (no build_config): its variables are made when it is called, below, by
+            # the initializers that hand over the port's tensors
+            cfg = {k: v for k, v in entry.items()
+                   if k not in ("name", "inbound_nodes", "build_config")}
+            cfg["config"] = {**cfg["config"], "name": _safe(new)}
+            split = ns.node.name in wanted
+            if split:  # the layer without its activation, then the activation
+                cfg["config"]["activation"] = "linear"
             layer = keras.layers.deserialize(cfg)
-            for name in by_layer.get(original.path, []):
-                var = name.rsplit("/", 1)[1]  # kernel, bias, gamma, beta, moving_mean, …
-                setattr(layer, f"{var}_initializer", _Given(weights, name, tensorflow))
-            layers.append(layer)
-        self.model = keras.Sequential(
-            [keras.Input(batch_shape=config["layers"][0]["config"]["batch_shape"]), *layers],
-            name="reference",
+            for var in ns.out.variables:
+                setattr(layer, f"{var.name}_initializer",
+                        _Given(weights, ns.key(var), tensorflow))
+            xs = [tensors[i] for i in ns.node.tensor_inputs]
+            y = layer(xs if len(xs) > 1 else xs[0])
+            self._check_variables(layer, ns)
+            if split:
+                pre[ns.node.name] = y
+                y = keras.layers.Activation(ns.params.activation, name=f"{_safe(new)}_act")(y)
+            tensors[ns.node.name] = y
+        self.model = keras.Model(inputs, tensors[spec.graph.output], name="reference")
+        self.cut = keras.Model(
+            inputs, [pre[p.node] if p.pre else tensors[p.node] for p in probes(spec)]
         )
-        for layer, original in zip(self.model.layers, spec.layers, strict=True):
-            names = by_layer.get(original.path, [])
-            if [v.path.rsplit("/", 1)[-1] for v in layer.weights] != [
-                n.rsplit("/", 1)[1] for n in names
-            ]:  # every variable must have come from the port's tensors, in the port's order
-                raise UserError(f"{original.name}: Keras built variables "
-                                f"{[v.path for v in layer.weights]}, the port has {names}")
-        self.cut = keras.Model(self.model.inputs, [layer.output for layer in self.model.layers])
         self.description = f"keras {keras.__version__} (CPU)"
 
+    @staticmethod
+    def _check_variables(layer, ns) -> None:
+        """Every variable must have come from the port's tensors, in the port's order."""
+        got = [v.path.rsplit("/", 1)[-1] for v in layer.weights]
+        want = [v.name for v in ns.out.variables]
+        if got != want:
+            raise UserError(f"{ns.where}: Keras built variables {got}, the port has {want}")
+
     def outputs(self, images: np.ndarray) -> list[np.ndarray]:
-        """Every layer's output on `images` (one batch)."""
+        """Every probe's output on `images` (one batch)."""
         out = _keras_call(
             lambda: self.cut.predict(images, verbose=0, batch_size=len(images)), self.source)
         return [np.asarray(o) for o in (out if isinstance(out, list) else [out])]
@@ -84,6 +82,12 @@ class KerasReference:
         """The model's output on `images` (one batch)."""
         return np.asarray(_keras_call(
             lambda: self.model.predict(images, verbose=0, batch_size=len(images)), self.source))
+
+
+def _safe(ns) -> str:
+    """A layer's name in the reference: its positional path (conv2d, dense_1), made of our
+    own characters; the reference computes the same whatever its layers are called."""
+    return (ns.node.path or ns.node.class_name.rsplit(".", 1)[-1].lower()).replace("/", "_")
 
 
 def _keras_call(fn, source: str):
@@ -97,33 +101,15 @@ def _keras_call(fn, source: str):
                         f"{first_line(err)})") from None
 
 
-class NumpyReference:
-    """Where Keras cannot be imported (a GPU box with torch only): the float32 numpy
-    implementation of the Keras layers in Keras's own layout (`parity.reference.numpy_keras`)."""
-
-    description = "numpy float32 reference of the Keras layers (Keras not importable)"
-
-    def __init__(self, spec: ModelSpec, weights: Mapping[str, np.ndarray]) -> None:
-        self.spec = spec
-        self.weights = {name: np.array(weights[name], dtype=np.float32) for name in weights}
-
-    def outputs(self, images: np.ndarray) -> list[np.ndarray]:
-        """Every layer's output on `images` (one batch)."""
-        return layer_outputs(self.spec, self.weights, images)
-
-    def final(self, images: np.ndarray) -> np.ndarray:
-        return self.outputs(images)[-1]
-
-
 def keras_reference(
-    spec: ModelSpec, built: Built, weights: Mapping[str, np.ndarray], source: str = ""
+    spec: Spec, weights: Mapping[str, np.ndarray], source: str = ""
 ) -> KerasReference | NumpyReference:
     """Keras itself where it imports; the numpy reference of its layers where it does not."""
     try:
         from keras_ref.backend import keras  # noqa: F401
     except ImportError:
         return NumpyReference(spec, weights)
-    return _keras_call(lambda: KerasReference(spec, built, weights, source), source)
+    return _keras_call(lambda: KerasReference(spec, weights, source), source)
 
 
 class _Given:
@@ -148,30 +134,3 @@ class _Given:
 
             return tf.experimental.dlpack.from_dlpack(torch.from_numpy(value).__dlpack__())
         return value
-
-
-@torch.no_grad()
-def torch_layer_outputs(built: Built, images: np.ndarray) -> list[np.ndarray]:
-    """Each Keras layer's output computed by the module (Keras layout), read with hooks."""
-    module = built.module
-    captured: dict[str, torch.Tensor] = {}
-    hooks = [
-        m.register_forward_hook(lambda _m, _i, o, n=n: captured.__setitem__(n, o))
-        for n, m in module.named_children()
-    ]
-    try:
-        x = torch_input(images).to(_device_of(module))
-        module(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    outs, previous = [], x
-    for info in built.layers:
-        previous = captured[info.modules[-1]] if info.modules else previous
-        outs.append(to_keras_layout(info, previous.cpu().numpy()))
-    return outs
-
-
-def _device_of(module: torch.nn.Module) -> torch.device:
-    tensor = next(iter(module.state_dict().values()), None)
-    return tensor.device if tensor is not None else torch.device("cpu")

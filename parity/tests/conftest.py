@@ -10,7 +10,7 @@ import pytest
 @pytest.fixture(scope="session")
 def eval_images(data_dir) -> tuple[np.ndarray, np.ndarray]:
     """The 10,000 real test images (N, 28, 28, 1) float32 scaled as the book does, and labels."""
-    from parity.runners import load_test_images
+    from parity.pipeline import load_test_images
 
     return load_test_images(str(data_dir))
 

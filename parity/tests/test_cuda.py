@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from parity.mapping import keras_to_torch
-from parity.runners import KerasSide, torch_device, torch_model, torch_outputs, torch_probabilities
-from parity.verify.compare import LAYERS, compare
+from parity.book import keras_to_torch
+from parity.check import torch_device
+from parity.tests.testdata import BOOK_NAMES as LAYERS
+from parity.tests.testdata import BookSides
+from parity.verify.compare import compare
 
 pytestmark = [
     pytest.mark.cuda,
@@ -23,8 +25,8 @@ def test_every_layer_agrees_on_cuda(ckpt, eval_images):
     device = torch_device("cuda")
     assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
     images = eval_images[0][:500]
-    keras_out = KerasSide(ckpt.weights).outputs(images)  # Keras on the CPU
-    torch_out = torch_outputs(torch_model(keras_to_torch(ckpt.weights), device), images)
+    sides = BookSides(ckpt.weights, device)  # Keras on the CPU
+    keras_out, torch_out = sides.keras_outputs(images), sides.torch_outputs(images)
     for name in LAYERS:
         diff = compare(name, keras_out[name], torch_out[name])
         assert diff.passed, f"cuda: {name} differs: {diff}"
@@ -32,9 +34,8 @@ def test_every_layer_agrees_on_cuda(ckpt, eval_images):
 
 def test_identical_predictions_on_cuda(ckpt, eval_images):
     images, _ = eval_images
-    keras_proba = KerasSide(ckpt.weights).probabilities(images)
-    model = torch_model(keras_to_torch(ckpt.weights), torch_device("cuda"))
-    torch_proba = torch_probabilities(model, images)
+    sides = BookSides(ckpt.weights, torch_device("cuda"))
+    keras_proba, torch_proba = sides.keras_probabilities(images), sides.torch_probabilities(images)
     assert compare("probabilities", keras_proba, torch_proba).passed
     assert np.array_equal(keras_proba.argmax(1), torch_proba.argmax(1))
 

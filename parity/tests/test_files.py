@@ -13,14 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from parity.keras_files import read_keras
-from parity.mapping import KERAS_NAMES, keras_to_torch, torch_to_keras
+from parity.book import KERAS_NAMES, keras_to_torch, torch_to_keras
+from parity.formats import read_keras
 from parity.port import main as port_main
-from parity.runners import torch_probabilities
 from parity.tests.testdata import all_agree
 from parity.verify.compare import compare
 from torch_impl.checkpoint import load_model, load_state_dict, save_state_dict
-from torch_impl.model import BookCNN
+from torch_impl.model import BookCNN, predict_proba
 
 KERAS_FORMATS = (".keras", ".h5", ".weights.h5")
 TORCH_FORMATS = (".pt", ".pth", ".safetensors")
@@ -83,7 +82,8 @@ def test_torch_file_to_keras_file_that_keras_loads(
         model = keras.models.load_model(dst)
     images = eval_images[0][:500]
     keras_proba = np.asarray(model.predict(images, verbose=0))
-    torch_proba = torch_probabilities(load_model(src), images)
+    nchw = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+    torch_proba = predict_proba(load_model(src), nchw).numpy()
     assert compare("probabilities", keras_proba, torch_proba).passed
     assert np.array_equal(keras_proba.argmax(1), torch_proba.argmax(1))
     for name, value in zip(KERAS_NAMES, model.get_weights(), strict=True):
@@ -112,13 +112,13 @@ def test_optimizer_state_is_never_taken_for_weights(keras_ckpts, fmt):
     weights' shapes; the reader returns the weights (model.get_weights()), not the moments."""
     ckpt = keras_ckpts["trained"]
     read = read_keras(ckpt.files[fmt])
-    assert len(read.skipped) == 18  # iteration, learning rate, 2 moments × 8 variables
+    assert len(read.optimizer) == 18  # iteration, learning rate, 2 moments × 8 variables
     for name in KERAS_NAMES:
         assert np.array_equal(read.weights[name], ckpt.weights[name]), f"{fmt}: {name}"
     # The moments really are there, same shapes, different values.
     path = ckpt.files[fmt]
     with h5py.File(path, "r") if fmt != ".keras" else _keras_h5(path) as h5:
-        moments = [ds[()] for name in read.skipped if (ds := _find(h5, name)) is not None]
+        moments = [ds[()] for name in read.optimizer if (ds := _find(h5, name)) is not None]
     shaped = [m for m in moments if m.shape == ckpt.weights["dense/kernel"].shape]
     kernel = ckpt.weights["dense/kernel"]
     assert len(shaped) == 2 and not any(np.array_equal(m, kernel) for m in shaped)
@@ -147,7 +147,7 @@ def test_second_session_names_still_map(keras_ckpts):
     assert ckpt.layer_names[0] != "conv2d" and ckpt.layer_names[-1] != "dense_1"
     for fmt in (".keras", ".h5", "tf2.h5"):
         read = read_keras(ckpt.files[fmt])
-        assert read.layer_names == ckpt.layer_names
+        assert [n.node.name for n in read.spec.nodes] == ckpt.layer_names
         assert all(np.array_equal(read.weights[k], ckpt.weights[k]) for k in KERAS_NAMES)
 
 
@@ -159,7 +159,7 @@ def test_tf2_style_legacy_h5_is_read(keras_ckpts):
         name = ckpt.layer_names[0]
         assert f"model_weights/{name}/{name}/kernel:0" in h5
     read = read_keras(path)
-    assert read.layout == "legacy-h5"
+    assert read.layout.startswith("legacy-h5")
     assert all(np.array_equal(read.weights[k], ckpt.weights[k]) for k in KERAS_NAMES)
 
 

@@ -9,18 +9,19 @@ import numpy as np
 import pytest
 import torch
 
+from parity.book import keras_to_torch
 from parity.check import main as check_main
-from parity.mapping import keras_to_torch
-from parity.runners import KerasSide, torch_model, torch_outputs, torch_probabilities
-from parity.verify.compare import LAYERS, compare
+from parity.tests.testdata import BOOK_NAMES as LAYERS
+from parity.tests.testdata import BookSides
+from parity.verify.compare import compare
 
 SAMPLES = 500  # images for the layer-by-layer comparison (the full 10,000 for predictions)
 
 
 def test_every_layer_agrees_within_tolerance(ckpt, eval_images):
     images = eval_images[0][:SAMPLES]
-    keras_out = KerasSide(ckpt.weights).outputs(images)
-    torch_out = torch_outputs(torch_model(keras_to_torch(ckpt.weights)), images)
+    sides = BookSides(ckpt.weights)
+    keras_out, torch_out = sides.keras_outputs(images), sides.torch_outputs(images)
     assert tuple(keras_out) == tuple(torch_out) == LAYERS
     for name in LAYERS:
         diff = compare(name, keras_out[name], torch_out[name])
@@ -32,8 +33,8 @@ def test_every_layer_agrees_within_tolerance(ckpt, eval_images):
 
 def test_identical_predictions_on_the_whole_test_set(ckpt, eval_images):
     images, labels = eval_images
-    keras_proba = KerasSide(ckpt.weights).probabilities(images)
-    torch_proba = torch_probabilities(torch_model(keras_to_torch(ckpt.weights)), images)
+    sides = BookSides(ckpt.weights)
+    keras_proba, torch_proba = sides.keras_probabilities(images), sides.torch_probabilities(images)
     assert len(images) == 10_000
     assert compare("probabilities", keras_proba, torch_proba).passed
     differ = np.nonzero(keras_proba.argmax(1) != torch_proba.argmax(1))[0]
@@ -46,8 +47,8 @@ def test_numpy_reference_of_keras_layers_agrees_with_keras(keras_ckpts, eval_ima
     """The stand-in used where Keras cannot be imported computes what Keras computes."""
     weights = keras_ckpts["trained"].weights
     images = eval_images[0][:100]
-    with_keras = KerasSide(weights).outputs(images)
-    without = KerasSide(weights, use_keras=False).outputs(images)
+    with_keras = BookSides(weights).keras_outputs(images)
+    without = BookSides(weights, use_keras=False).keras_outputs(images)
     for name in LAYERS:
         diff = compare(name, with_keras[name], without[name])
         assert diff.passed, f"numpy reference: {name} differs from Keras: {diff}"
@@ -85,7 +86,7 @@ def test_check_cli_passes_on_a_faithful_pair(keras_ckpts, tmp_path, data_dir, ca
     # every layer within the report's own elementwise bound, atol + rtol·|keras|
     # (parity.verify.compare)
     assert all(layer["passed"] for layer in report["layers"]), report["layers"]
-    assert report["test_set"]["images"] == 10_000
+    assert report["test_set"]["images"] == "10000 Fashion-MNIST test images"
     assert report["test_set"]["real_disagreements"] == 0  # the rest agree, or tie within atol
     assert report["test_set"]["keras_accuracy"] == report["test_set"]["torch_accuracy"]
     assert "PASS" in out and "dense1" in out

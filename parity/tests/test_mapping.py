@@ -1,5 +1,6 @@
-"""The mapping table on real weights: round trips are bit-identical, and the flatten permutation
-of dense1 is what makes the PyTorch model right."""
+"""The book's mapping table: derived from the converters, it is the literal table below (Keras
+name on the left, PyTorch's on the right, and the transform); on real weights its round trips
+are bit-identical, and the flatten permutation of dense1 is what makes the PyTorch model right."""
 
 from __future__ import annotations
 
@@ -7,10 +8,38 @@ import numpy as np
 import pytest
 import torch
 
-from parity.mapping import FLAT_DENSE, KERAS_NAMES, TABLE, keras_to_torch, torch_to_keras
-from parity.runners import KerasSide, torch_model, torch_probabilities
+from parity.book import KERAS_NAMES, TABLE, keras_to_torch, torch_to_keras
+from parity.layers.transforms import flat_dense
+from parity.tests.testdata import BookSides
 from parity.verify.compare import compare
-from torch_impl.model import BookCNN
+from torch_impl.model import BookCNN, predict_proba
+
+# The book's table as the book's PyTorch edition writes it: (Keras, PyTorch, Keras shape,
+# PyTorch shape, transform).
+LITERAL = (
+    ("conv2d/kernel", "conv1.weight", (3, 3, 1, 32), (32, 1, 3, 3), "conv HWIO→OIHW"),
+    ("conv2d/bias", "conv1.bias", (32,), (32,), "identity"),
+    ("conv2d_1/kernel", "conv2.weight", (3, 3, 32, 64), (64, 32, 3, 3), "conv HWIO→OIHW"),
+    ("conv2d_1/bias", "conv2.bias", (64,), (64,), "identity"),
+    ("dense/kernel", "dense1.weight", (3136, 100), (100, 3136),
+     "dense after flatten: HWC→CHW rows, transpose"),
+    ("dense/bias", "dense1.bias", (100,), (100,), "identity"),
+    ("dense_1/kernel", "dense2.weight", (100, 10), (10, 100), "dense transpose"),
+    ("dense_1/bias", "dense2.bias", (10,), (10,), "identity"),
+)
+
+
+def test_the_converters_make_the_books_table():
+    assert [(r.keras, r.torch, r.keras_shape, r.torch_shape, r.transform.name)
+            for r in TABLE] == list(LITERAL)
+    assert tuple(BookCNN().state_dict()) == tuple(r.torch for r in TABLE)
+
+
+def _torch_probabilities(state: dict, images: np.ndarray) -> np.ndarray:
+    model = BookCNN()
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+    x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+    return predict_proba(model, x).numpy()
 
 
 def _assert_identical(a: dict, b: dict) -> None:
@@ -40,16 +69,16 @@ def test_plain_transpose_of_dense1_gives_a_wrong_model(keras_ckpts, eval_images)
     model that runs — and disagrees with Keras; the table's permutation makes it agree."""
     weights = keras_ckpts["trained"].weights
     images = eval_images[0][:1000]
-    keras_proba = KerasSide(weights).probabilities(images)
+    keras_proba = BookSides(weights).keras_probabilities(images)
 
     right = keras_to_torch(weights)
     wrong = dict(right, **{"dense1.weight": np.ascontiguousarray(weights["dense/kernel"].T)})
     assert not np.array_equal(right["dense1.weight"], wrong["dense1.weight"])
     kernel = weights["dense/kernel"]
-    assert not np.array_equal(FLAT_DENSE.to_torch(kernel), kernel.T)
+    assert not np.array_equal(flat_dense(7, 7, 64).to_torch(kernel), kernel.T)
 
-    right_proba = torch_probabilities(torch_model(right), images)
-    wrong_proba = torch_probabilities(torch_model(wrong), images)
+    right_proba = _torch_probabilities(right, images)
+    wrong_proba = _torch_probabilities(wrong, images)
     assert compare("probabilities", keras_proba, right_proba).passed
     wrong_diff = compare("probabilities", keras_proba, wrong_proba)
     agreeing = (wrong_proba.argmax(1) == keras_proba.argmax(1)).mean()

@@ -1,6 +1,6 @@
-"""The numpy reference of the Keras layers (`parity.reference.numpy_keras`) against Keras
-itself: every
-layer's output of every zoo model, on the zoo's real test images; each activation name and each
+"""The numpy reference of the Keras layers (each registry entry's `numpy`, run over the graph by
+`parity.reference.numpy_keras`) against Keras itself: every layer's output of every zoo model,
+on the zoo's real test images; each activation name and each
 layer variant the port takes (ReLU/LeakyReLU/Softmax/Rescaling/Reshape/ZeroPadding2D, 'same'
 pooling and convolutions with TF's asymmetric padding, …) as a tiny real Keras model on real
 Fashion-MNIST test images. Agreement is parity's: `parity.verify.compare.compare(...).passed`."""
@@ -12,9 +12,11 @@ import json
 import numpy as np
 import pytest
 
-from parity.reference.numpy_keras import ACTIVATIONS, SUPPORTED, layer_outputs, same_pads
+from parity.layers.activations import NUMPY as ACTIVATIONS
+from parity.reference.numpy_keras import layer_outputs
 from parity.tests import test_zoo
 from parity.verify.compare import compare
+from parity.verify.probes import probes
 
 zoo = test_zoo.zoo  # the zoo's module-scoped fixture: the same seven briefly trained models
 BATCH = 250  # images per call, as the port passes them
@@ -30,12 +32,12 @@ def _numpy_outputs(spec, weights, images: np.ndarray) -> list[np.ndarray]:
 
 def _failures(spec, keras_outs, numpy_outs) -> tuple[list[str], float]:
     failures, worst = [], 0.0
-    for layer, k, n in zip(spec.layers, keras_outs, numpy_outs, strict=True):
-        assert n.dtype == np.float32, f"{layer.name}: {n.dtype}"
-        d = compare(layer.name, k, n)
+    for probe, k, n in zip(probes(spec), keras_outs, numpy_outs, strict=True):
+        assert n.dtype == np.float32, f"{probe.label}: {n.dtype}"
+        d = compare(probe.label, k, n)
         worst = max(worst, d.max_abs)
         if not d.passed:
-            failures.append(f"{d.name} ({layer.class_name}) max |diff| {d.max_abs:.3e}")
+            failures.append(f"{d.name} max |diff| {d.max_abs:.3e}")
     return failures, worst
 
 
@@ -48,7 +50,7 @@ def test_zoo_layer_outputs_match_keras(zoo, name, suffix):
 
     z = zoo[name]
     src = read_source(z.files[suffix])
-    keras_outs = KerasReference(src.spec, src.built, src.weights).outputs(z.images)
+    keras_outs = KerasReference(src.spec, src.weights).outputs(z.images)
     numpy_outs = _numpy_outputs(src.spec, src.weights, z.images)
     failures, worst = _failures(src.spec, keras_outs, numpy_outs)
     assert not failures, f"{name}{suffix}: " + "; ".join(failures)
@@ -60,7 +62,7 @@ def test_zoo_layer_outputs_match_keras(zoo, name, suffix):
 
 @pytest.fixture(scope="module")
 def images(data_dir) -> np.ndarray:
-    from parity.runners import load_test_images
+    from parity.pipeline import load_test_images
 
     return load_test_images(str(data_dir))[0][:IMAGES]
 
@@ -70,14 +72,14 @@ def _check(shape, layers, images: np.ndarray, what: str) -> float:
     and BatchNormalization statistics), run both on the images; return the worst max |diff|."""
     import keras
 
-    from parity.build import parse_config
+    from parity.formats import parse
 
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input(shape), *layers])
-    spec = parse_config(json.loads(model.to_json()), what)
+    spec = parse(json.loads(model.to_json()), what)
     rng = np.random.default_rng(0)
     weights = {}
-    for layer, kl in zip(model.layers, spec.layers, strict=True):
+    for layer, ns in zip(model.layers, spec.nodes, strict=True):
         for v in layer.weights:
             if v.name == "moving_variance":
                 v.assign(rng.uniform(0.5, 2.0, v.shape).astype(np.float32))
@@ -85,24 +87,45 @@ def _check(shape, layers, images: np.ndarray, what: str) -> float:
                 v.assign(rng.normal(0.0, 0.5, v.shape).astype(np.float32))
             elif v.name == "gamma":
                 v.assign(rng.normal(1.0, 0.3, v.shape).astype(np.float32))
-            weights[f"{kl.path}/{v.name}"] = np.asarray(v)
+            weights[ns.key(v.name)] = np.asarray(v)
     x = np.ascontiguousarray(images.reshape(len(images), *shape))
     cut = keras.Model(model.inputs, [layer.output for layer in model.layers])
     out = cut([x])
     keras_outs = [np.asarray(o) for o in (out if isinstance(out, list | tuple) else [out])]
-    failures, worst = _failures(spec, keras_outs, layer_outputs(spec, weights, x))
+    # every layer's output (the check's extra value before a last softmax is Keras's logits,
+    # which this cut does not give)
+    numpy_outs = [o for p, o in zip(probes(spec), layer_outputs(spec, weights, x), strict=True)
+                  if not p.pre]
+    failures, worst = _failures(_no_pre(spec), keras_outs, numpy_outs)
     assert not failures, f"{what}: " + "; ".join(failures)
     print(f"{what}: worst layer max |diff| {worst:.3e}")
     return worst
 
 
-def test_every_activation_name_is_implemented():
-    from parity.layers.registry import ACTIVATION_NAMES
+def _no_pre(spec):
+    """`spec` as `_failures` sees it when the outputs leave out the value before a softmax."""
+    from dataclasses import replace
 
-    assert set(ACTIVATIONS) == set(ACTIVATION_NAMES)
-    from parity.layers import CONVERTERS
+    last = spec.nodes[-1]
+    if any(p.pre for p in probes(spec)):
+        plain = replace(last, params=last.entry.linear(last.params))
+        return replace(spec, nodes=(*spec.nodes[:-1], plain))
+    return spec
 
-    assert set(SUPPORTED) == set(CONVERTERS)
+
+def test_every_activation_name_and_layer_has_both_forms():
+    """Each activation name has its numpy form and its PyTorch module; each registry entry its
+    numpy reference and its PyTorch converter."""
+    from parity.layers import REGISTRY
+    from parity.layers.activations import NAMES, torch_activation
+
+    assert set(ACTIVATIONS) == set(NAMES)
+    for name in NAMES:
+        if name != "linear":
+            torch_activation(name, -1)
+    for kind, entry in REGISTRY.items():
+        assert callable(getattr(entry, "numpy", None)), kind
+        assert callable(getattr(entry, "to_torch", None)), kind
 
 
 @pytest.mark.parametrize("name", sorted(ACTIVATIONS))
@@ -203,12 +226,12 @@ def test_conv_is_the_same_in_bounded_slices(images, monkeypatch):
     """A batch cut into slices (MAX_WINDOW_ELEMENTS) gives the same outputs as one."""
     import keras
 
-    import parity.reference.numpy_keras as nk
-    from parity.build import parse_config
+    import parity.layers.conv as nk
+    from parity.formats import parse
 
     L = keras.layers
     model = keras.Sequential([keras.Input((28, 28, 1)), L.Conv2D(4, 3, padding="same")])
-    spec = parse_config(json.loads(model.to_json()), "slices")
+    spec = parse(json.loads(model.to_json()), "slices")
     kernel, bias = model.get_weights()
     weights = {"conv2d/kernel": kernel, "conv2d/bias": bias + 0.5}
     whole = layer_outputs(spec, weights, images)[0]
@@ -220,7 +243,7 @@ def test_gelu_is_the_exact_erf_form():
     """numpy has no erf: the module's own is held to math.erf/math.erfc in float64."""
     import math
 
-    from parity.reference.numpy_keras import _erf_erfc
+    from parity.layers.activations import _erf_erfc
 
     x = np.linspace(-12.0, 12.0, 24_001)
     want = np.array([0.5 * v * math.erfc(-v / math.sqrt(2.0)) for v in x])
@@ -229,27 +252,3 @@ def test_gelu_is_the_exact_erf_form():
     erf, erfc = _erf_erfc(a)
     np.testing.assert_allclose(erf, [math.erf(v) for v in a], rtol=1e-14, atol=0)
     np.testing.assert_allclose(erfc, [math.erfc(v) for v in a], rtol=1e-11, atol=0)
-
-
-def test_same_pads_are_the_registry_s():
-    from parity.layers.registry import same_pads as registry_same_pads
-
-    for size in range(1, 30):
-        for k in range(1, 6):
-            for s in range(1, 4):
-                for d in range(1, 3):
-                    assert same_pads(size, k, s, d) == registry_same_pads(size, k, s, d)
-
-
-def test_unknown_class_and_bad_config_raise_value_error():
-    from parity.build import KerasLayer, ModelSpec
-
-    x = np.zeros((2, 4, 4, 1), np.float32)
-    with pytest.raises(ValueError, match="LSTM"):
-        layer_outputs(ModelSpec((4, 4, 1), (KerasLayer("LSTM", {}, "lstm"),)), {}, x)
-    relu = KerasLayer("ReLU", {"threshold": 0.5}, "re_lu")
-    with pytest.raises(ValueError, match="ReLU.*threshold=0.5"):
-        layer_outputs(ModelSpec((4, 4, 1), (relu,)), {}, x)
-    pool = KerasLayer("MaxPooling2D", {"padding": "causal"}, "max_pooling2d")
-    with pytest.raises(ValueError, match="MaxPooling2D.*padding='causal'"):
-        layer_outputs(ModelSpec((4, 4, 1), (pool,)), {}, x)

@@ -40,7 +40,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from parity.mapping import KERAS_NAMES, TORCH_NAMES, keras_to_torch, torch_to_keras
+from parity.book import KERAS_NAMES, TORCH_NAMES, keras_to_torch, torch_to_keras
 from parity.verify.compare import sum_rtol, ulp_distance
 from torch_impl.device import resolve_device
 from torch_impl.model import BookCNN

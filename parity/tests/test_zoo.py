@@ -1,6 +1,6 @@
 """The zoo: real Keras models beyond the book's, each briefly trained on the real Fashion-MNIST (so
 BatchNormalization's statistics are not trivial), saved by Keras itself as `.keras` and `.h5`,
-and ported by the generic path (`parity.load_torch_model`, `parity.save_keras`).
+and ported by the one port path (`parity.load_torch_model`, `parity.save_keras`).
 
 For each model and format: PyTorch predicts within atol = rtol = 1e-5 of Keras on real test
 images; every layer's output matches; Keras → PyTorch → Keras is bit-identical; the `.keras`
@@ -180,33 +180,27 @@ def test_zoo_names_are_the_fixtures():
 @pytest.mark.parametrize("suffix", FORMATS)
 @pytest.mark.parametrize("name", ZOO)
 def test_predicts_as_keras_layer_by_layer(zoo, name, suffix):
-    import parity
-    from parity.build import to_keras_layout
+    from parity.pipeline import read_source
+    from parity.verify.capture import layer_outputs
+    from parity.verify.probes import probes
 
     z = zoo[name]
-    module = parity.load_torch_model(z.files[suffix])
+    src = read_source(z.files[suffix])
+    module = src.built.module
     assert not module.training
-    captured = {}
-    hooks = [
-        m.register_forward_hook(lambda _m, _i, o, n=n: captured.__setitem__(n, o.detach()))
-        for n, m in module.named_children()
-    ]
     with torch.no_grad():
-        x = torch_images(z.images)
-        probabilities = module(x).numpy()
-    for h in hooks:
-        h.remove()
+        probabilities = module(torch_images(z.images)).numpy()
     diff = compare("probabilities", z.probabilities, probabilities, atol=ATOL, rtol=RTOL)
     assert diff.passed, f"{name}{suffix}: probabilities differ by {diff.max_abs:.3e}"
-    assert len(module.layers) == len(z.layer_outputs)
-    previous = x
+    # every Keras layer's output (Keras's own model), against the check's capture of the module
+    outs = [o for p, o in zip(probes(src.spec), layer_outputs(src.built, z.images), strict=True)
+            if not p.pre]
+    assert len(outs) == len(z.layer_outputs)
     failures = []
-    for info, keras_out in zip(module.layers, z.layer_outputs, strict=True):
-        out = captured[info.modules[-1]] if info.modules else previous
-        previous = out
-        d = compare(info.keras.name, keras_out, to_keras_layout(info, out.numpy()))
+    for info, keras_out, out in zip(src.built.layers, z.layer_outputs, outs, strict=True):
+        d = compare(info.name, keras_out, out)
         if not d.passed:
-            failures.append(f"{d.name} ({info.keras.class_name}) max |diff| {d.max_abs:.3e}")
+            failures.append(f"{d.name} ({info.class_name}) max |diff| {d.max_abs:.3e}")
     assert not failures, f"{name}{suffix}: " + "; ".join(failures)
     print(f"{name}{suffix}: max |diff| of probabilities {diff.max_abs:.3e}")
 
@@ -215,15 +209,16 @@ def test_predicts_as_keras_layer_by_layer(zoo, name, suffix):
 @pytest.mark.parametrize("name", ZOO)
 def test_round_trip_is_bit_identical(zoo, name, suffix, tmp_path):
     import parity
-    from parity.build import keras_to_torch, torch_to_keras
-    from parity.formats.keras_read import read_keras_model
+    from parity.build import build, keras_to_torch, torch_to_keras
+    from parity.formats import read_keras as read_keras_model
 
     z = zoo[name]
     read = read_keras_model(z.files[suffix])
     assert len(read.weights) == len(z.weights)
     for (key, array), original in zip(read.weights.items(), z.weights, strict=True):
         assert np.array_equal(array, original), f"{name}{suffix}: {key} read differently"
-    back = torch_to_keras(read.built, keras_to_torch(read.built, read.weights, "x"), "x")
+    built = build(read.spec, "x")
+    back = torch_to_keras(built, keras_to_torch(built, read.weights, "x"), "x")
     for key, array in read.weights.items():
         assert back[key].tobytes() == array.tobytes(), f"{key} changed in Keras → torch → Keras"
     module = parity.load_torch_model(z.files[suffix])

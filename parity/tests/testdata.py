@@ -19,7 +19,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from parity.mapping import KERAS_NAMES
+from parity.book import KERAS_NAMES
 
 SEED = 42  # keras.utils.set_random_seed, as the book seeds it
 TRAIN_IMAGES = 3000  # one epoch of 94 batches of 32: seconds on two cores, well past random init
@@ -99,7 +99,7 @@ def make_checkpoints(out: Path, data_dir: str | None = None) -> dict[str, KerasC
 
     from fashion_cnn.fashion_mnist import book_split, load_data
     from keras_ref.model import build_model
-    from parity.runners import load_test_images
+    from parity.pipeline import load_test_images
 
     images, _ = load_test_images(data_dir)
     keras.utils.set_random_seed(SEED)
@@ -143,3 +143,53 @@ def all_agree(out: str, samples: int) -> bool:
         return False
     agreeing, total, ties = int(found[1]), int(found[2]), int(found[3] or 0)
     return total == samples and agreeing + ties == samples
+
+
+BOOK_NAMES = ("conv1", "pool1", "conv2", "pool2", "flatten", "dense1", "logits", "probabilities")
+
+
+class BookSides:
+    """The two sides of the port's own check on the book's CNN holding `weights` (Keras layout,
+    by structural name): every compared output by the book's names (Dropout, the identity at
+    inference, left out), and the probabilities over many images."""
+
+    def __init__(self, weights, device="cpu", *, use_keras: bool = True) -> None:
+        from parity import book
+        from parity.build import build, keras_to_torch
+        from parity.reference.keras_live import KerasReference
+        from parity.reference.numpy_keras import NumpyReference
+
+        spec = book.spec()
+        self.keras = (KerasReference if use_keras else NumpyReference)(spec, weights)
+        self.built = build(spec, "the book's CNN")
+        self.built.module.load_state_dict(keras_to_torch(self.built, weights, "weights"),
+                                          assign=True)
+        self.built.module.to(device).eval()
+        self.device = device
+
+    @staticmethod
+    def _named(outputs: list) -> dict:
+        kept = outputs[:6] + outputs[7:]  # the probes: conv … dense, dropout, logits, output
+        return dict(zip(BOOK_NAMES, kept, strict=True))
+
+    def keras_outputs(self, images):
+        return self._named(self.keras.outputs(images))
+
+    def torch_outputs(self, images):
+        from parity.verify.capture import layer_outputs
+
+        return self._named(layer_outputs(self.built, images))
+
+    def keras_probabilities(self, images):
+        return np.concatenate([self.keras.final(images[i : i + 1000])
+                               for i in range(0, len(images), 1000)])
+
+    def torch_probabilities(self, images):
+        import torch
+
+        from parity.verify.capture import torch_input
+
+        with torch.no_grad():
+            return np.concatenate([
+                self.built.module(torch_input(images[i : i + 1000]).to(self.device)).cpu().numpy()
+                for i in range(0, len(images), 1000)])

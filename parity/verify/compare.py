@@ -11,8 +11,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from fashion_cnn.book import FLATTEN_CHW
-
 # Float32 parity, as the field measures it: torch.testing.assert_close's float32 default is
 # atol 1e-5 / rtol 1.3e-6, HF's TF↔PT tests use 1e-5; issue 3 asks atol = rtol = 1e-5. What it
 # bounds: one layer's output computed by two frameworks from the same inputs, which differ only
@@ -52,10 +50,6 @@ def ulp_distance(a: np.ndarray, b: np.ndarray) -> int:
         return np.where(bits < 0, -(bits & 0x7FFFFFFF), bits)
 
     return int(np.max(np.abs(ordered(a) - ordered(b))))
-
-# The outputs compared, in forward order; Keras layers carry their activation (conv1 = relu(conv)).
-LAYERS = ("conv1", "pool1", "conv2", "pool2", "flatten", "dense1", "logits", "probabilities")
-
 
 @dataclass(frozen=True)
 class LayerDiff:
@@ -137,49 +131,3 @@ def real_disagreements(
     rows = np.nonzero(ka != ta)[0]
     margin = keras_proba[rows, ka[rows]] - keras_proba[rows, ta[rows]]
     return rows[~(margin <= atol)]
-
-
-def nchw_to_keras(name: str, array: np.ndarray) -> np.ndarray:
-    """A PyTorch output in Keras's layout: (N, C, H, W) → (N, H, W, C); the flattened (N, 3136)
-    of a (N, 64, 7, 7) map from C,H,W order to H,W,C order; (N, k) unchanged."""
-    if array.ndim == 4:
-        return np.ascontiguousarray(array.transpose(0, 2, 3, 1))
-    if name == "flatten":
-        n = array.shape[0]
-        return np.ascontiguousarray(
-            array.reshape(n, *FLATTEN_CHW).transpose(0, 2, 3, 1).reshape(n, -1)
-        )
-    return array
-
-
-def format_table(diffs: list[LayerDiff], name_width: int = 14) -> str:
-    """A fixed-width report, one line per layer."""
-    lines = [
-        f"{'layer':<{name_width}}{'shape (Keras layout)':<22}{'max |diff|':>12}{'max rel':>12}"
-        f"{'atol':>9}{'rtol':>9}  result"
-    ]
-    for d in diffs:
-        lines.append(
-            f"{d.name:<{name_width}}{str(d.shape):<22}{d.max_abs:>12.3e}{d.max_rel:>12.3e}"
-            f"{d.atol:>9.0e}{d.rtol:>9.0e}  {'pass' if d.passed else 'FAIL'}"
-        )
-    return "\n".join(lines)
-
-
-def check_report(
-    files: tuple[object, object], sides: tuple[str, str], samples: int, layers: list[LayerDiff],
-    test_set: dict, first: str | None,
-) -> dict:
-    """`parity.check`'s report, the book's and any model's: the two files and what ran them, the
-    layer-by-layer comparison, the test-set numbers, and the first thing that differs."""
-    return {
-        "keras_file": str(files[0]),
-        "torch_file": str(files[1]),
-        "keras_side": sides[0],
-        "torch_side": sides[1],
-        "samples": int(samples),
-        "layers": [d.as_dict() for d in layers],
-        "test_set": test_set,
-        "passed": first is None,
-        "first_failure": first,
-    }

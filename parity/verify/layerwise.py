@@ -44,8 +44,8 @@ class Images:
     own index, so a batch of any size holds the same images and none is held beyond it."""
 
     def __init__(self, shape: Sequence[int], count: int, test_set: np.ndarray | None = None,
-                 description: str = "") -> None:
-        self.shape, self.test_set = tuple(shape), test_set
+                 description: str = "", labels: np.ndarray | None = None) -> None:
+        self.shape, self.test_set, self.labels = tuple(shape), test_set, labels
         self.count = count if test_set is None else min(count, len(test_set))
         self.description = description
 
@@ -62,7 +62,8 @@ class Images:
         return out
 
     def first(self, n: int) -> Images:
-        return Images(self.shape, min(n, self.count), self.test_set, self.description)
+        return Images(self.shape, min(n, self.count), self.test_set, self.description,
+                      self.labels)
 
 
 @dataclass(frozen=True)
@@ -159,13 +160,16 @@ def compare_layerwise(
 
 
 class Agreement:
-    """Argmax agreement of 2-D outputs, counted over batches (None for other outputs)."""
+    """Argmax agreement of 2-D outputs, counted over batches (None for other outputs), and each
+    side's correct predictions where the images have labels."""
 
     def __init__(self) -> None:
         self.agreeing: int | None = None
-        self.ties = self.real = 0
+        self.ties = self.real = self.count = 0
+        self.correct: list[int] | None = None  # Keras's, PyTorch's
 
-    def update(self, keras: np.ndarray, torch: np.ndarray) -> None:
+    def update(self, keras: np.ndarray, torch: np.ndarray,
+               labels: np.ndarray | None = None) -> None:
         if keras.ndim != 2 or keras.shape != torch.shape or not len(keras):
             return
         same = int((keras.argmax(1) == torch.argmax(1)).sum())
@@ -173,6 +177,10 @@ class Agreement:
         self.agreeing = (self.agreeing or 0) + same
         self.real += real
         self.ties += len(keras) - same - real
+        self.count += len(keras)
+        if labels is not None and len(labels) == len(keras):
+            k, t = int((keras.argmax(1) == labels).sum()), int((torch.argmax(1) == labels).sum())
+            self.correct = [(self.correct or [0, 0])[0] + k, (self.correct or [0, 0])[1] + t]
 
 
 def compare_outputs(
@@ -188,5 +196,6 @@ def compare_outputs(
         x = images.batch(start, start + batch)
         k, t = keras_final(x), torch_final(x)
         diff.update(k, t)
-        agree.update(k, t)
+        labels = None if images.labels is None else images.labels[start : start + len(x)]
+        agree.update(k, t, labels)
     return diff.result(), agree

@@ -43,7 +43,7 @@ def bn_model(tmp_path_factory, data_dir):
     (x, y), _ = load_data(str(data_dir))
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     model.fit((x[:256] / 255.0).astype(np.float32)[..., None], y[:256], epochs=1, verbose=0)
-    out = tmp_path_factory.mktemp("generic-port")
+    out = tmp_path_factory.mktemp("model-port")
     model.save(out / "bn.keras")
     model.save_weights(out / "bn.weights.h5")
     return out / "bn.keras", out / "bn.weights.h5", model.get_weights()
@@ -61,7 +61,7 @@ def test_keras_to_pt_with_module_py_and_back(bn_model, tmp_path, capsys, eval_im
     import keras
 
     import parity
-    from parity.formats.keras_read import read_keras_model
+    from parity.formats import read_keras as read_keras_model
 
     src, _, original = bn_model
     pt, py = tmp_path / "bn.pt", tmp_path / "model.py"
@@ -173,7 +173,7 @@ def test_a_shape_fashion_mnist_cannot_fill_uses_seeded_images_and_says_so(tmp_pa
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU available to PyTorch")
 def test_check_of_a_non_book_model_on_cuda(bn_model, tmp_path, capsys):
-    """The generic check's PyTorch side on the GPU (TF32 off), Keras on the CPU."""
+    """The check's PyTorch side on the GPU (TF32 off), Keras on the CPU."""
     from parity.check import main as check_main
 
     src, _, _ = bn_model

@@ -1,9 +1,9 @@
-"""Hostile files against the generic port path — any supported Keras chain, not only the book's
+"""Hostile files against the port of any model — any supported Keras chain, not only the book's
 CNN — run through the real command lines (`parity.port`, `parity.check`, and
 `parity.load_torch_model` from a small script), each in its own process.
 
 The hostile files are made from real Keras models built here (Sequential and Functional, saved
-by `model.save` as `.keras` and legacy `.h5`) and from real generic PyTorch files (`.pt` whose
+by `model.save` as `.keras` and legacy `.h5`) and from real PyTorch files that carry an architecture (`.pt` whose
 state_dict `_metadata[""]["keras_config"]` holds the architecture, `.safetensors` whose header
 metadata does), then edited: their JSON, their tensors, their names.
 
@@ -80,7 +80,7 @@ def sources(tmp_path_factory) -> dict[str, Path]:
 
     from parity.port import main as port_main
 
-    folder = tmp_path_factory.mktemp("generic-sources")
+    folder = tmp_path_factory.mktemp("model-sources")
     L = keras.layers
     keras.utils.set_random_seed(13)
     mlp = keras.Sequential(
@@ -144,7 +144,7 @@ def sources(tmp_path_factory) -> dict[str, Path]:
                 else:
                     model.save(folder / f"{name}{fmt}")
     files = {p.name: p for p in folder.iterdir()}
-    for fmt in (".pt", ".safetensors"):  # generic PyTorch files, written by the real port
+    for fmt in (".pt", ".safetensors"):  # PyTorch files with an architecture, written by the real port
         dst = folder / f"mlp{fmt}"
         assert port_main([str(folder / "mlp.keras"), str(dst), "--samples", "20"]) == 0
         files[dst.name] = dst
@@ -234,7 +234,7 @@ def edited_h5(src: Path, dst: Path, edit: Edit) -> Path:
 def edited_pt(
     src: Path, dst: Path, edit: Edit | None = None, tensors: Callable[[dict], None] | None = None
 ) -> Path:
-    """A copy of a real generic `.pt` with its `_metadata[""]["keras_config"]` and/or its
+    """A copy of a real `.pt` with an architecture with its `_metadata[""]["keras_config"]` and/or its
     tensors edited."""
     state = torch.load(src, weights_only=True)
     if edit is not None:
@@ -248,7 +248,7 @@ def edited_pt(
 
 
 def edited_safetensors(src: Path, dst: Path, edit: Edit) -> Path:
-    """A copy of a real generic `.safetensors` with its header's `keras_config` edited."""
+    """A copy of a real `.safetensors` with an architecture with its header's `keras_config` edited."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 

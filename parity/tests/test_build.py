@@ -1,5 +1,6 @@
-"""The generic port's parts: the book's CNN as one case of it (its rows are the book's table), each
-activation against Keras's own function, and bad inputs refused in one line (nothing written)."""
+"""The port's parts: the book's CNN as one case of it (its rows are the book's table, from its
+Keras 3 and legacy configs), each activation against Keras's own function, and bad inputs
+refused in one line (nothing written)."""
 
 from __future__ import annotations
 
@@ -10,25 +11,32 @@ import torch
 from torch import nn
 
 from fashion_cnn.errors import UserError
-from parity.build import build, parse_config
-from parity.formats.keras_read import read_keras_model
-from parity.keras_files import book_config, legacy_book_config
-from parity.mapping import TABLE
+from parity import book
+from parity.book import TABLE
+from parity.build import build
+from parity.formats import parse
+from parity.formats import read_keras as read_keras_model
+from parity.formats.keras_json import legacy_config, model_config
 from torch_impl.model import BookCNN
 
 
-@pytest.mark.parametrize("config", [book_config, legacy_book_config])
+def _written_config():
+    return model_config(book.spec())
+
+
+@pytest.mark.parametrize("config", [book.config, _written_config,
+                                    lambda: legacy_config(_written_config())])
 def test_book_cnn_rows_are_the_book_table(config, rng):
-    built = build(parse_config(config(), "book"), "book")
+    built = build(parse(config(), "book"), "book")
     assert [(r.keras, r.torch, r.keras_shape, r.torch_shape) for r in built.rows] == [
         (r.keras, r.torch, r.keras_shape, r.torch_shape) for r in TABLE
     ]
-    for generic, book in zip(built.rows, TABLE, strict=True):
-        assert generic.transform.name == book.transform.name
-        array = rng.standard_normal(book.keras_shape).astype(np.float32)
-        assert np.array_equal(generic.transform.to_torch(array), book.transform.to_torch(array))
-        back = rng.standard_normal(book.torch_shape).astype(np.float32)
-        assert np.array_equal(generic.transform.to_keras(back), book.transform.to_keras(back))
+    for generic, row in zip(built.rows, TABLE, strict=True):
+        assert generic.transform.name == row.transform.name
+        array = rng.standard_normal(row.keras_shape).astype(np.float32)
+        assert np.array_equal(generic.transform.to_torch(array), row.transform.to_torch(array))
+        back = rng.standard_normal(row.torch_shape).astype(np.float32)
+        assert np.array_equal(generic.transform.to_keras(back), row.transform.to_keras(back))
     state = built.module.state_dict()  # meta tensors: built modules hold no weights yet
     book = BookCNN().state_dict()
     assert [(k, tuple(v.shape)) for k, v in state.items()] == [
@@ -48,11 +56,11 @@ def test_book_cnn_rows_are_the_book_table(config, rng):
 def test_activation_matches_keras(name, rng):
     import keras
 
-    from parity.layers import activation
+    from parity.layers.activations import activation_modules
 
     x = (rng.standard_normal((64, 10)) * 4).astype(np.float32)
     want = np.asarray(keras.activations.get(name)(x))
-    (kind, module), = activation(name, (10,), "test")
+    (kind, module), = activation_modules(name, (10,))
     got = module(torch.from_numpy(x)).numpy()
     # Elementwise functions (no sums, so no order): each library's float32 exp/tanh/erf is within
     # a few ulps (~1e-6 relative) of the exact value; atol covers outputs near zero.
@@ -60,12 +68,12 @@ def test_activation_matches_keras(name, rng):
 
 
 def test_unknown_activation_and_relu_threshold_are_refused():
-    from parity.layers import Chain, activation, relu_layer
+    from parity.layers.activations import ReLU, activation_name
 
     with pytest.raises(UserError, match="activation 'sparsemax' has no exact PyTorch"):
-        activation("sparsemax", (10,), "x")
+        activation_name("sparsemax", "x")
     with pytest.raises(UserError, match="threshold=0.5"):
-        relu_layer({"threshold": 0.5}, Chain((10,)), "x")
+        ReLU.parse({"threshold": 0.5}, "x")
 
 
 def _refused(make_model, tmp_path, match: str) -> None:
@@ -102,10 +110,10 @@ def test_bad_inputs_are_refused_in_one_line(tmp_path):
             [keras.Input((1, 28, 28)), L.Conv2D(4, 3, data_format="channels_first")]
         )
 
-    def two_branches():
+    def shared_layer():
         inputs = keras.Input((784,))
-        a, b = L.Dense(4)(inputs), L.Dense(4)(inputs)
-        return keras.Model(inputs, L.Concatenate()([a, b]))
+        dense = L.Dense(784)
+        return keras.Model(inputs, dense(dense(inputs)))
 
     def two_outputs():
         inputs = keras.Input((784,))
@@ -117,16 +125,16 @@ def test_bad_inputs_are_refused_in_one_line(tmp_path):
 
     _refused(lstm, tmp_path / "lstm", r"layer 0 \(lstm\w*\) is a LSTM, which this port does not")
     _refused(channels_first, tmp_path / "cf", r"Conv2D\): data_format='channels_first'; only")
-    _refused(two_branches, tmp_path / "branches", r"branches is not supported, only a single")
-    _refused(two_outputs, tmp_path / "outputs", r"several outputs; only a single chain")
+    _refused(shared_layer, tmp_path / "shared", r"is called 2 times \(a shared layer\)")
+    _refused(two_outputs, tmp_path / "outputs", r"several outputs; only one is supported")
     _refused(dense_on_3d, tmp_path / "dense3d", r"Dense\): a Dense on a 3-D input \(28, 28\)")
 
 
 def test_a_lambda_is_refused_unread(tmp_path):
-    config = book_config()
+    config = book.config()
     config["config"]["layers"][2]["class_name"] = "Lambda"
     with pytest.raises(UserError, match=r"layer 1 \(max_pooling2d\) is a Lambda, which"):
-        parse_config(config, "x.keras")
+        parse(config, "x.keras")
 
 
 @pytest.fixture
@@ -220,7 +228,7 @@ def test_parity_imports_no_framework_until_used():
     import sys
 
     code = (
-        "import sys, parity, parity.mapping\n"
+        "import sys, parity, parity.book, parity.formats, parity.spec\n"
         "assert 'torch' not in sys.modules, 'parity loaded torch'\n"
         "assert callable(parity.load_torch_model) and 'torch' in sys.modules\n"
     )

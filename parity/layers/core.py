@@ -1,0 +1,169 @@
+"""Core layers: `InputLayer`, `Dense` (its rows permuted H,W,C → C,H,W when a Flatten's order is
+pending) and `Dropout` (the identity at inference)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from fashion_cnn.errors import UserError
+from parity.layers.activations import activate, activation_modules, activation_name
+from parity.layers.registry import (
+    Converted,
+    Entry,
+    In,
+    Out,
+    Param,
+    Var,
+    flag,
+    positive_int,
+    register,
+)
+from parity.layers.transforms import DENSE, IDENTITY, flat_dense
+
+
+@register
+class InputLayer(Entry):
+    kind = "InputLayer"
+    fields = ()
+
+    @staticmethod
+    def parse(cfg: Mapping, where: str) -> None:
+        return None
+
+    @staticmethod
+    def infer(p: None, ins: Sequence[In], where: str) -> Out:
+        return Out(ins[0].shape, flat_from=ins[0].flat_from)
+
+    @staticmethod
+    def to_torch(p: None, ins: Sequence[In], out: Out, where: str) -> Converted:
+        return Converted([])
+
+    @staticmethod
+    def numpy(p: None, w: Mapping, xs: Sequence[np.ndarray]) -> np.ndarray:
+        return xs[0]
+
+
+@dataclass(frozen=True)
+class DenseParams:
+    units: int
+    use_bias: bool
+    activation: str
+
+
+@register
+class Dense(Entry):
+    kind = "Dense"
+    fields = ("units", "activation", "use_bias")
+    torch_classes = ("Linear",)
+
+    @staticmethod
+    def sample(rng, inp: In) -> dict | None:
+        if len(inp.shape) != 1:
+            return None
+        return {"units": int(rng.integers(1, 17)), "use_bias": bool(rng.integers(2)),
+                "activation": str(rng.choice(["linear", "relu", "sigmoid", "softmax"]))}
+
+    @staticmethod
+    def parse(cfg: Mapping, where: str) -> DenseParams:
+        if cfg.get("quantization_config") or cfg.get("lora_rank"):
+            raise UserError(f"{where}: quantized or LoRA Dense layers are not supported")
+        return DenseParams(
+            positive_int(cfg.get("units"), "units", where),
+            flag(cfg, "use_bias", True, where),
+            activation_name(cfg.get("activation", "linear"), where),
+        )
+
+    @staticmethod
+    def infer(p: DenseParams, ins: Sequence[In], where: str) -> Out:
+        if len(ins[0].shape) != 1:
+            raise UserError(
+                f"{where}: a Dense on a {len(ins[0].shape) + 1}-D input {ins[0].shape} is not "
+                f"supported (only on flat (N, features) inputs; add a Flatten)"
+            )
+        (n_in,) = ins[0].shape
+        variables = [Var("kernel", (n_in, p.units))]
+        if p.use_bias:
+            variables.append(Var("bias", (p.units,)))
+        return Out((p.units,), tuple(variables))
+
+    @staticmethod
+    def to_torch(p: DenseParams, ins: Sequence[In], out: Out, where: str) -> Converted:
+        from torch import nn
+
+        (n_in,) = ins[0].shape
+        transform = flat_dense(*ins[0].flat_from) if ins[0].flat_from else DENSE
+        params = [Param("kernel", 0, "weight", (p.units, n_in), transform)]
+        if p.use_bias:
+            params.append(Param("bias", 0, "bias", (p.units,), IDENTITY))
+        acts = activation_modules(p.activation, out.shape)
+        linear = nn.Linear(n_in, p.units, bias=p.use_bias)
+        return Converted([("dense", linear), *acts], params, pre_activation=0 if acts else None)
+
+    @staticmethod
+    def numpy(p: DenseParams, w: Mapping[str, np.ndarray], xs: Sequence[np.ndarray]) -> np.ndarray:
+        out = xs[0].astype(np.float64) @ np.asarray(w["kernel"], dtype=np.float64)
+        if p.use_bias:
+            out += np.asarray(w["bias"], dtype=np.float64)
+        return activate(p.activation, out.astype(np.float32))
+
+    @staticmethod
+    def linear(p: DenseParams) -> DenseParams:
+        return replace(p, activation="linear")
+
+    @staticmethod
+    def from_torch(m, inp: In, where: str) -> list:
+        if len(inp.shape) != 1:
+            raise UserError(f"{where}: a Linear on an input of shape {inp.shape}; Keras's Dense "
+                            f"here takes flat inputs only")
+        transform = flat_dense(*inp.flat_from) if inp.flat_from else DENSE
+        cfg = {"units": m.out_features, "activation": "linear", "use_bias": m.bias is not None}
+        vars_ = [("kernel", transform.to_keras(_np(m.weight)))]
+        if m.bias is not None:
+            vars_.append(("bias", _np(m.bias)))
+        return [("Dense", cfg, vars_)]
+
+
+@register
+class Dropout(Entry):
+    kind = "Dropout"
+    fields = ("rate", "noise_shape", "seed")
+    passes_flatten = True
+    torch_classes = ("Dropout",)
+
+    @staticmethod
+    def sample(rng, inp: In) -> dict | None:
+        return {"rate": float(rng.choice([0.0, 0.3, 0.5]))}
+
+    @staticmethod
+    def parse(cfg: Mapping, where: str) -> float:
+        rate = cfg.get("rate")
+        if not isinstance(rate, int | float) or isinstance(rate, bool) or not 0 <= rate < 1:
+            raise UserError(f"{where}: rate={rate!r} is not in [0, 1)")
+        if cfg.get("noise_shape") is not None:
+            raise UserError(f"{where}: a noise_shape is not supported")
+        return float(rate)
+
+    @staticmethod
+    def infer(p: float, ins: Sequence[In], where: str) -> Out:
+        return Out(ins[0].shape, flat_from=ins[0].flat_from)
+
+    @staticmethod
+    def to_torch(p: float, ins: Sequence[In], out: Out, where: str) -> Converted:
+        from torch import nn
+
+        return Converted([("dropout", nn.Dropout(p))])
+
+    @staticmethod
+    def numpy(p: float, w: Mapping, xs: Sequence[np.ndarray]) -> np.ndarray:
+        return xs[0]  # inference: the identity, whatever the rate
+
+    @staticmethod
+    def from_torch(m, inp: In, where: str) -> list:
+        return [("Dropout", {"rate": float(m.p), "seed": None, "noise_shape": None}, [])]
+
+
+def _np(t) -> np.ndarray:
+    return t.detach().cpu().numpy().astype(np.float32)

@@ -1,0 +1,198 @@
+"""Reshaping and rescaling: `Flatten` (C,H,W order left pending for the Dense that takes it, H,W,C
+order made where anything else does), `Reshape` (in Keras's order), `ZeroPadding2D`,
+`Rescaling` (x·scale + offset)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from fashion_cnn.errors import UserError
+from parity.layers.registry import (
+    Converted,
+    Entry,
+    In,
+    Out,
+    channels_last,
+    image,
+    number,
+    pair,
+    register,
+)
+
+
+@register
+class Flatten(Entry):
+    """A Flatten of an (H, W, C) map flattens in C,H,W order in PyTorch, the order pending
+    (Out.flat_from) for the Dense or BatchNormalization that takes it, which permute their own
+    rows; where anything else takes it (the builder clears the pending order), it flattens in
+    Keras's H,W,C order (`FlattenHWC`)."""
+
+    kind = "Flatten"
+    fields = ("data_format",)
+    torch_classes = ("Flatten",)
+
+    @staticmethod
+    def sample(rng, inp: In) -> dict | None:
+        return {} if len(inp.shape) > 1 else None
+
+    @staticmethod
+    def parse(cfg: Mapping, where: str) -> None:
+        channels_last(cfg, where)
+
+    @staticmethod
+    def infer(p: None, ins: Sequence[In], where: str) -> Out:
+        shape = ins[0].shape
+        flat_from = shape if len(shape) == 3 else ins[0].flat_from
+        return Out((math.prod(shape),), flat_from=flat_from)  # type: ignore[arg-type]
+
+    @staticmethod
+    def to_torch(p: None, ins: Sequence[In], out: Out, where: str) -> Converted:
+        from torch import nn
+
+        from parity.layers.modules import FlattenHWC
+
+        if len(ins[0].shape) == 3 and out.flat_from is None:
+            return Converted([("flatten", FlattenHWC())])
+        return Converted([("flatten", nn.Flatten())])
+
+    @staticmethod
+    def numpy(p: None, w: Mapping, xs: Sequence[np.ndarray]) -> np.ndarray:
+        return xs[0].reshape(len(xs[0]), -1)  # H,W,C order
+
+    @staticmethod
+    def from_torch(m, inp: In, where: str) -> list:
+        if m.start_dim != 1 or m.end_dim != -1:
+            raise UserError(f"{where}: only Flatten(start_dim=1, end_dim=-1) maps to Keras")
+        return [("Flatten", {"data_format": "channels_last"}, [])]
+
+
+@register
+class Reshape(Entry):
+    kind = "Reshape"
+    fields = ("target_shape",)
+
+    @staticmethod
+    def sample(rng, inp: In) -> dict | None:
+        size = math.prod(inp.shape)
+        for side in (2, 3, 4):  # an (h, w, c) map when the size allows one
+            if size % (side * side) == 0 and size > side * side:
+                return {"target_shape": [side, side, -1]}
+        return {"target_shape": [-1]}
+
+    @staticmethod
+    def parse(cfg: Mapping, where: str) -> tuple[int, ...]:
+        target = cfg.get("target_shape")
+        if not isinstance(target, list | tuple) or not target or not all(
+            isinstance(t, int) and not isinstance(t, bool) for t in target
+        ):
+            raise UserError(f"{where}: target_shape={target!r} is not a list of ints")
+        if any(t < 1 and t != -1 for t in target) or list(target).count(-1) > 1:
+            raise UserError(f"{where}: target_shape={list(target)!r}: positive sizes and at "
+                            f"most one -1")
+        return tuple(target)
+
+    @staticmethod
+    def infer(p: tuple[int, ...], ins: Sequence[In], where: str) -> Out:
+        size = math.prod(ins[0].shape)  # Python ints: no overflow, whatever the file says
+        target = list(p)
+        if -1 in target:
+            rest = math.prod(t for t in target if t != -1)
+            target[target.index(-1)] = size // rest if size % rest == 0 else 0
+        if math.prod(target) != size or any(t < 1 for t in target):
+            raise UserError(f"{where}: cannot reshape {ins[0].shape} to {p}")
+        return Out(tuple(target))
+
+    @staticmethod
+    def to_torch(p: tuple[int, ...], ins: Sequence[In], out: Out, where: str) -> Converted:
+        from parity.layers.modules import KerasReshape
+
+        return Converted([("reshape", KerasReshape(out.shape, image_in=len(ins[0].shape) == 3))])
+
+    @staticmethod
+    def numpy(p: tuple[int, ...], w: Mapping, xs: Sequence[np.ndarray]) -> np.ndarray:
+        target = Reshape.infer(p, [In(tuple(xs[0].shape[1:]))], "").shape
+        return xs[0].reshape(len(xs[0]), *target)  # C order on NHWC: Keras's order
+
+
+@register
+class ZeroPadding2D(Entry):
+    kind = "ZeroPadding2D"
+    fields = ("padding", "data_format")
+    torch_classes = ("ZeroPad2d",)
+
+    @staticmethod
+    def sample(rng, inp: In) -> dict | None:
+        if len(inp.shape) != 3:
+            return None
+        return {"padding": [[int(v) for v in rng.integers(0, 3, 2)],
+                            [int(v) for v in rng.integers(0, 3, 2)]]}
+
+    @staticmethod
+    def parse(cfg: Mapping, where: str) -> tuple[tuple[int, int], tuple[int, int]]:
+        channels_last(cfg, where)
+        padding = cfg.get("padding", 1)
+        if (
+            isinstance(padding, list | tuple)
+            and len(padding) == 2
+            and all(isinstance(p, list | tuple) for p in padding)
+        ):
+            return tuple(pair(p, "padding", where, minimum=0) for p in padding)  # type: ignore
+        ph, pw = pair(padding, "padding", where, minimum=0)
+        return (ph, ph), (pw, pw)
+
+    @staticmethod
+    def infer(p, ins: Sequence[In], where: str) -> Out:
+        h, w, c = image(ins[0], where)
+        (top, bottom), (left, right) = p
+        return Out((h + top + bottom, w + left + right, c))
+
+    @staticmethod
+    def to_torch(p, ins: Sequence[In], out: Out, where: str) -> Converted:
+        from torch import nn
+
+        (top, bottom), (left, right) = p
+        return Converted([("pad", nn.ZeroPad2d((left, right, top, bottom)))])
+
+    @staticmethod
+    def numpy(p, w: Mapping, xs: Sequence[np.ndarray]) -> np.ndarray:
+        return np.pad(xs[0], ((0, 0), p[0], p[1], (0, 0)))
+
+    @staticmethod
+    def from_torch(m, inp: In, where: str) -> list:
+        image(inp, where)
+        left, right, top, bottom = m.padding
+        cfg = {"padding": [[top, bottom], [left, right]], "data_format": "channels_last"}
+        return [("ZeroPadding2D", cfg, [])]
+
+
+@register
+class Rescaling(Entry):
+    kind = "Rescaling"
+    fields = ("scale", "offset")
+    passes_flatten = True
+
+    @staticmethod
+    def sample(rng, inp: In) -> dict | None:
+        return {"scale": float(rng.uniform(0.5, 2.0)), "offset": float(rng.uniform(-1.0, 1.0))}
+
+    @staticmethod
+    def parse(cfg: Mapping, where: str) -> tuple[float, float]:
+        return (number(cfg.get("scale", 1.0), "scale", where),
+                number(cfg.get("offset", 0.0), "offset", where))
+
+    @staticmethod
+    def infer(p, ins: Sequence[In], where: str) -> Out:
+        return Out(ins[0].shape, flat_from=ins[0].flat_from)
+
+    @staticmethod
+    def to_torch(p, ins: Sequence[In], out: Out, where: str) -> Converted:
+        from parity.layers.modules import Rescale
+
+        return Converted([("rescale", Rescale(*p))])
+
+    @staticmethod
+    def numpy(p, w: Mapping, xs: Sequence[np.ndarray]) -> np.ndarray:
+        return xs[0] * np.float32(p[0]) + np.float32(p[1])  # in float32, as Keras casts both
