@@ -8,6 +8,7 @@ import importlib.util
 import json
 import re
 import sys
+import zipfile
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ import torch
 
 from parity.port import main as port_main
 from parity.tests.testdata import all_agree
+from parity.verify.compare import real_disagreements
 
 SAMPLES = "200"
 pytestmark = pytest.mark.slow  # a short Keras training run
@@ -184,3 +186,47 @@ def test_check_of_a_non_book_model_on_cuda(bn_model, tmp_path, capsys):
                        "--test-images", "1000", "--json", str(report)]) == 0
     data = json.loads(report.read_text())
     assert data["passed"] and " on cuda" in data["torch_side"], data["torch_side"]
+
+
+def test_functional_chain_with_batchnorm_ports_exactly(tmp_path, capsys, eval_images):
+    """Conv2D → BatchNormalization → ReLU …, built with keras.Input and called layer by layer.
+    Keras 3.15 writes a `mask` keyword into each BatchNormalization's inbound call; the port
+    used to take it for a second input and refuse every such model."""
+    import keras
+
+    import parity
+
+    L = keras.layers
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((28, 28, 1))
+    x = L.Conv2D(8, 3, padding="same", use_bias=False)(inputs)
+    x = L.BatchNormalization()(x)
+    x = L.ReLU()(x)
+    x = L.MaxPooling2D()(x)
+    x = L.Conv2D(8, 3, strides=2, padding="same")(x)
+    x = L.BatchNormalization(center=False)(x)
+    x = L.Activation("relu")(x)
+    x = L.Flatten()(x)
+    outputs = L.Dense(10, activation="softmax")(x)
+    model = keras.Model(inputs, outputs)
+    rng = np.random.default_rng(3)
+    for layer in model.layers:  # statistics that are not the initial ones
+        if isinstance(layer, L.BatchNormalization):
+            layer.moving_mean.assign(rng.normal(0, 0.3, layer.moving_mean.shape))
+            layer.moving_variance.assign(rng.uniform(0.5, 2, layer.moving_variance.shape))
+    src, pt = tmp_path / "functional_bn.keras", tmp_path / "functional_bn.pt"
+    model.save(src)
+    layers = json.loads(zipfile.ZipFile(src).read("config.json"))["config"]["layers"]
+    kwargs = [n["kwargs"] for layer in layers if layer["class_name"] == "BatchNormalization"
+              for n in layer["inbound_nodes"]]
+    assert kwargs and all("mask" in k for k in kwargs), kwargs  # the case the bug was about
+
+    assert port_main([str(src), str(pt), "--samples", SAMPLES]) == 0, capsys.readouterr().err
+    assert all_agree(capsys.readouterr().out, 200)
+    images = eval_images[0][:256]
+    with torch.no_grad():
+        ours = parity.load_torch_model(pt)(torch.from_numpy(images.transpose(0, 3, 1, 2).copy()))
+    theirs = model.predict(images, verbose=0)
+    # float32 sums in two orders (≤ 72-term convolutions, a 392-term dense): atol = rtol = 1e-5
+    np.testing.assert_allclose(ours.numpy(), theirs, rtol=1e-5, atol=1e-5)
+    assert not len(real_disagreements(theirs, ours.numpy()))  # argmax equal, or a tie in atol
