@@ -8,7 +8,7 @@ DATA_STAMP := $(VENV)/.data-verified
 export TF_CPP_MIN_LOG_LEVEL := 3
 DEBIAN_DATA := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup data train train-ddp train-keras test test-fast test-numerics bench bench-accuracy \
+.PHONY: setup data train train-ddp train-keras test test-fast test-numerics test-property bench bench-accuracy \
 	docs notebooks lint clean
 
 setup: $(STAMP)
@@ -66,6 +66,13 @@ test-numerics: $(DATA_STAMP)
 	  echo "== make test-numerics: $${vars:-default settings}"; \
 	  env $$vars $(BIN)/python -m pytest -q $(NUMERICS) || exit 1; \
 	done
+
+# The property test at scale: PROPERTY_MODELS seeded random models of the registry's grammar
+# (Sequential and Functional), each ported through the CLI, loaded strict from its generated
+# source, and ported back bit for bit. `make test` runs 6 of them.
+PROPERTY_MODELS ?= 200
+test-property: $(DATA_STAMP)
+	PROPERTY_MODELS=$(PROPERTY_MODELS) $(BIN)/python -m pytest -q parity/tests/test_property.py
 
 bench: $(DATA_STAMP)
 	$(BIN)/python -m bench.speed --out bench/results/speed.json

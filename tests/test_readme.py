@@ -70,3 +70,40 @@ def test_documented_flags_exist(module, help_texts):
     listed = set(FLAG.findall(help_texts[module]))
     missing = sorted(COMMANDS[module] - listed)
     assert not missing, f"README shows python -m {module} {missing}, which --help does not list"
+
+
+PROJECT = ("bench/", "docs/", "fashion_cnn/", "keras_ref/", "notebooks/", "parity/", "tests/",
+           "torch_impl/")
+
+
+def test_documented_paths_exist():
+    """Every project path the README names in backticks is in the tree (a glob matches one)."""
+    text = (ROOT / "README.md").read_text()
+    named = {p for p in re.findall(r"`([a-z_]+/[A-Za-z0-9_./*-]*)`", text) if p.startswith(PROJECT)}
+    missing = sorted(p for p in named if "/results/" not in p and "/runs/" not in p and not list(ROOT.glob(p.rstrip("/"))))
+    assert not missing, f"the README names {missing}, which the tree does not hold"
+
+
+def test_documented_names_resolve():
+    """Every `package.module.name` the README names is importable, down to its attribute."""
+    import importlib
+
+    text = (ROOT / "README.md").read_text()
+    names = set(re.findall(r"`((?:parity|torch_impl|fashion_cnn|keras_ref)(?:\.\w+)+)", text))
+    unresolved = []
+    for name in sorted(names):
+        parts = name.split(".")
+        for cut in range(len(parts), 0, -1):
+            try:
+                obj = importlib.import_module(".".join(parts[:cut]))
+            except ModuleNotFoundError:
+                continue
+            try:
+                for attr in parts[cut:]:
+                    obj = getattr(obj, attr)
+            except AttributeError:
+                unresolved.append(name)
+            break
+        else:
+            unresolved.append(name)
+    assert not unresolved, f"the README names {unresolved}, which do not resolve"
