@@ -32,7 +32,7 @@ from parity.formats.torch_files import read_torch, save_torch_model
 from parity.reference.keras_live import keras_reference
 from parity.spec import Spec
 from parity.verify.capture import device_of, layer_outputs, torch_input
-from parity.verify.compare import ATOL, LayerDiff
+from parity.verify.compare import RULE, LayerDiff
 from parity.verify.layerwise import Images, Plan, compare_layerwise, compare_outputs, plan
 from parity.verify.probes import probes
 from parity.verify.report import check_report
@@ -168,7 +168,8 @@ def port(
         bad = next((d for d in result.layers if not d.passed), result.layers[-1])
         raise UserError(
             f"{src}: refused to write {dst}: the two models disagree on {images.description} "
-            f"(first at {bad.name}: max |diff| {bad.max_abs:.3e} > {ATOL:g})"
+            f"(first at {one_line(bad.name)}: max |diff| {bad.max_abs:.3e}, {bad.used:.3g} times "
+            f"the tolerance {RULE})"
         )
     # The module's source is made and checked before any file is written: a name it cannot
     # take refuses the port with DST untouched.
@@ -222,8 +223,10 @@ def check(
 
     outputs, agree = compare_outputs(keras_side.final, torch_final, images, plan_.batch)
     sides = (keras_side.description, f"torch {torch.__version__} on {device}")
+    kinds = {ns.node.name: ns.node.class_name.rsplit(".", 1)[-1] for ns in torch_src.spec.nodes}
+    classes = {one_line(p.label): kinds[p.node] for p in probes(torch_src.spec)}
     return check_report((keras_file, torch_file), sides, min(plan_.samples, len(images)),
-                        found.layers, outputs, agree, images, plan_.note, is_book)
+                        found.layers, outputs, agree, images, plan_.note, is_book, classes)
 
 
 def load_torch_model(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> nn.Module:

@@ -26,7 +26,7 @@ from fashion_cnn.cli import add_data_dir, int_range
 from fashion_cnn.errors import cli_entry, one_line
 from fashion_cnn.files import check_destination, check_not_input
 from parity.formats import EXTENSIONS, framework_of
-from parity.verify.compare import ATOL
+from parity.verify.compare import ATOL, RULE
 
 DEFAULT_SAMPLES = 1000  # parity.pipeline's; fewer for a model whose activations are large
 
@@ -134,9 +134,9 @@ def main(argv: list[str] | None = None) -> int:
           f"on {result.images}")
     if result.note:
         print(f"images: {result.note}")
-    worst = max(result.layers, key=lambda d: d.max_abs)
-    print(f"every layer within atol {ATOL:g}: worst {one_line(worst.name)} max |diff| "
-          f"{worst.max_abs:.3e}; "
+    worst = max(result.layers, key=lambda d: d.used)
+    print(f"every layer within tolerance ({RULE}): worst {one_line(worst.name)} used "
+          f"{worst.used:.3f} of it (max |diff| {worst.max_abs:.3e}, scale {worst.scale:.3g}); "
           f"output max |diff| {result.max_abs:.3e}")
     if result.agreeing is not None:
         ties = f" (and {result.ties} ties within atol {ATOL:g})" if result.ties else ""

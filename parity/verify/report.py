@@ -7,7 +7,7 @@ from __future__ import annotations
 from fashion_cnn.errors import one_line
 from parity import book
 from parity.build import Built
-from parity.verify.compare import ATOL, LayerDiff
+from parity.verify.compare import ATOL, RULE, LayerDiff
 from parity.verify.layerwise import Agreement, Images
 
 
@@ -32,17 +32,36 @@ def layer_table(built: Built) -> str:
     )
 
 
-def format_table(diffs: list[LayerDiff], name_width: int = 14) -> str:
-    """A fixed-width report, one line per layer."""
-    lines = [
-        f"{'layer':<{name_width}}{'shape (Keras layout)':<22}{'max |diff|':>12}{'max rel':>12}"
-        f"{'atol':>9}{'rtol':>9}  result"
+# Up to this many layers are listed one per line; a larger model's table lists the worst
+# (by the share of the tolerance used) and counts the rest per class (`--json` has them all).
+TABLE_ROWS = 40
+WORST_ROWS = 15
+
+
+def format_table(diffs: list[LayerDiff], name_width: int = 14,
+                 classes: dict[str, str] | None = None) -> str:
+    """A fixed-width report, one line per layer — for a model of more than TABLE_ROWS layers,
+    its WORST_ROWS worst layers, then per class: how many layers, how many passed, the most
+    of the tolerance any used. `classes`: layer name → class."""
+    head = (f"{'layer':<{name_width}}{'shape (Keras layout)':<22}{'max |diff|':>12}"
+            f"{'max rel':>12}{'scale':>10}{'used':>8}  result")
+    shown = diffs
+    if len(diffs) > TABLE_ROWS:
+        shown = sorted(diffs, key=lambda d: -d.used)[:WORST_ROWS]
+    lines = [head] + [
+        f"{one_line(d.name):<{name_width}}{str(d.shape):<22}{d.max_abs:>12.3e}"
+        f"{d.max_rel:>12.3e}{d.scale:>10.3g}{d.used:>8.3f}  {'pass' if d.passed else 'FAIL'}"
+        for d in shown
     ]
-    for d in diffs:
-        lines.append(
-            f"{d.name:<{name_width}}{str(d.shape):<22}{d.max_abs:>12.3e}{d.max_rel:>12.3e}"
-            f"{d.atol:>9.0e}{d.rtol:>9.0e}  {'pass' if d.passed else 'FAIL'}"
-        )
+    if shown is not diffs:
+        lines[1:1] = [f"(the {len(shown)} of {len(diffs)} layers that used most of the "
+                      f"tolerance; per class below)"]
+        per: dict[str, list[LayerDiff]] = {}
+        for d in diffs:
+            per.setdefault((classes or {}).get(d.name, "?"), []).append(d)
+        lines.append(f"{'class':<28}{'layers':>7}{'passed':>8}{'most used':>11}")
+        lines += [f"{one_line(c)[:27]:<28}{len(ds):>7}{sum(d.passed for d in ds):>8}"
+                  f"{max(d.used for d in ds):>11.3f}" for c, ds in sorted(per.items())]
     return "\n".join(lines)
 
 
@@ -53,13 +72,14 @@ def _book_names(layers: list[LayerDiff]) -> list[LayerDiff]:
     rows = [d for d in layers if not d.name.startswith("dropout")]
     if len(rows) != len(names):  # not the book's probes: keep the Keras names
         return layers
-    return [LayerDiff(n, d.shape, d.max_abs, d.max_rel, d.atol, d.rtol, d.passed)
-            for n, d in zip(names, rows, strict=True)]
+    return [LayerDiff(n, d.shape, d.max_abs, d.max_rel, d.atol, d.rtol, d.passed, d.scale,
+                      d.used) for n, d in zip(names, rows, strict=True)]
 
 
 def check_report(
     files: tuple[object, object], sides: tuple[str, str], samples: int, layers: list[LayerDiff],
     outputs: LayerDiff, agree: Agreement, images: Images, note: str, is_book: bool,
+    classes: dict[str, str] | None = None,
 ) -> dict:
     """`parity.check`'s report: the two files and what ran them, the layer-by-layer
     comparison, the test-set numbers, and the first thing that differs."""
@@ -86,7 +106,8 @@ def check_report(
         "torch_side": sides[1],
         "book": bool(is_book),
         "samples": int(samples),
-        "layers": [d.as_dict() for d in layers],
+        "rule": RULE,
+        "layers": [{**d.as_dict(), "class": (classes or {}).get(d.name)} for d in layers],
         "test_set": test_set,
         "passed": first is None,
         "first_failure": first,
@@ -95,7 +116,9 @@ def check_report(
 
 def format_report(report: dict) -> str:
     """The report as `parity.check` prints it."""
-    diffs = [LayerDiff(**{**d, "shape": tuple(d["shape"])}) for d in report["layers"]]
+    diffs = [LayerDiff(**{**{k: v for k, v in d.items() if k != "class"},
+                          "shape": tuple(d["shape"])}) for d in report["layers"]]
+    classes = {d["name"]: d.get("class") or "?" for d in report["layers"]}
     t = report["test_set"]
     agree = ""
     if "predictions_agreeing" in t:
@@ -108,7 +131,8 @@ def format_report(report: dict) -> str:
         f"Keras:   {one_line(report['keras_file'])}  [{report['keras_side']}]",
         f"PyTorch: {one_line(report['torch_file'])}  [{report['torch_side']}]",
         f"layer outputs on the first {report['samples']} images:",
-        format_table(diffs, name_width=max(14, 2 + max(len(d.name) for d in diffs))),
+        f"tolerance: {report.get('rule', RULE)}",
+        format_table(diffs, min(60, max(14, 2 + max(len(d.name) for d in diffs))), classes),
         f"all {t['images']}: outputs max |diff| {t['outputs']['max_abs']:.3e}{agree}",
         *([f"images: {t['note']}"] if t.get("note") else []),
     ]
@@ -119,8 +143,8 @@ def format_report(report: dict) -> str:
                      f"{ATOL:g}")
     else:
         failed = next((d for d in diffs if d.name == report["first_failure"]), None)
-        detail = (f": max |diff| {failed.max_abs:.3e} (atol {failed.atol:g}, rtol {failed.rtol:g})"
-                  if failed else "")
+        detail = (f": max |diff| {failed.max_abs:.3e}, {failed.used:.3g} times the tolerance "
+                  f"(scale {failed.scale:.3g})" if failed else "")
         lines.append(f"FAIL: first differing layer {one_line(str(report['first_failure']))}"
                      f"{detail}")
     return "\n".join(lines)
