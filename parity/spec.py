@@ -82,7 +82,7 @@ def check(graph: Graph, source: str) -> Spec:
         if not low <= len(node.tensor_inputs) <= high:
             raise UserError(f"{where}: takes {len(node.tensor_inputs)} inputs; it takes "
                             f"{low}" + (f" to {high}" if high != low else ""))
-        entries.append((node, entry, entry.parse(node.config, where), where))
+        entries.append((node, entry, entry.parse_call(node.config, node.inputs, where), where))
     materialise: set[str] = set()
     spec = _infer(graph, entries, materialise)
     materialise = _unabsorbed_flattens(spec)

@@ -148,7 +148,7 @@ def test_config_edit_keeping_every_shape_is_another_model(
     src = rewrite_keras(keras_ckpts["random"].files[".keras"], tmp_path / "arch.keras", config=edit)
     dst = tmp_path / "out.pt"
     assert port_main([str(src), str(dst), "--samples", "50"]) == 0
-    assert "every layer within atol" in capsys.readouterr().out
+    assert "every layer within tolerance" in capsys.readouterr().out
     assert carries_architecture(dst)
     assert module in repr(load_torch_model(dst))
 

@@ -78,28 +78,30 @@ class Dense(Entry):
 
     @staticmethod
     def infer(p: DenseParams, ins: Sequence[In], where: str) -> Out:
-        if len(ins[0].shape) != 1:
-            raise UserError(
-                f"{where}: a Dense on a {len(ins[0].shape) + 1}-D input {ins[0].shape} is not "
-                f"supported (only on flat (N, features) inputs; add a Flatten)"
-            )
-        (n_in,) = ins[0].shape
+        """On its input's last axis, as Keras computes it: the features of a flat input, the
+        channels of an (H, W, C) map (ConvNeXt's pointwise layers)."""
+        shape = ins[0].shape
+        n_in = shape[-1]
         variables = [Var("kernel", (n_in, p.units))]
         if p.use_bias:
             variables.append(Var("bias", (p.units,)))
-        return Out((p.units,), tuple(variables))
+        return Out((*shape[:-1], p.units), tuple(variables))
 
     @staticmethod
     def to_torch(p: DenseParams, ins: Sequence[In], out: Out, where: str) -> Converted:
         from torch import nn
 
-        (n_in,) = ins[0].shape
+        from parity.layers.modules import ChannelLinear
+
+        shape = ins[0].shape
+        n_in = shape[-1]
         transform = flat_dense(*ins[0].flat_from) if ins[0].flat_from else DENSE
         params = [Param("kernel", 0, "weight", (p.units, n_in), transform)]
         if p.use_bias:
             params.append(Param("bias", 0, "bias", (p.units,), IDENTITY))
         acts = activation_modules(p.activation, out.shape)
-        linear = nn.Linear(n_in, p.units, bias=p.use_bias)
+        kind = ChannelLinear if len(shape) == 3 else nn.Linear  # NCHW: on the channel axis
+        linear = kind(n_in, p.units, bias=p.use_bias)
         return Converted([("dense", linear), *acts], params, pre_activation=0 if acts else None)
 
     @staticmethod
@@ -142,8 +144,12 @@ class Dropout(Entry):
         rate = cfg.get("rate")
         if not isinstance(rate, int | float) or isinstance(rate, bool) or not 0 <= rate < 1:
             raise UserError(f"{where}: rate={rate!r} is not in [0, 1)")
-        if cfg.get("noise_shape") is not None:
-            raise UserError(f"{where}: a noise_shape is not supported")
+        noise = cfg.get("noise_shape")  # which axes share a mask: nothing at inference
+        if noise is not None and not (isinstance(noise, list) and len(noise) <= 8 and all(
+            n is None or (isinstance(n, int) and not isinstance(n, bool) and n >= 1)
+            for n in noise
+        )):
+            raise UserError(f"{where}: noise_shape={noise!r} is not a list of sizes")
         return float(rate)
 
     @staticmethod

@@ -98,3 +98,150 @@ class FlattenHWC(nn.Module):
         return x.permute(0, 2, 3, 1).flatten(1)
 
 
+
+
+# --- merges and operations ------------------------------------------------------------------
+
+
+_TORCH_OPS = {"add": torch.add, "subtract": torch.sub, "multiply": torch.mul,
+              "maximum": torch.maximum, "minimum": torch.minimum, "divide": torch.div}
+
+
+class Merge(nn.Module):
+    """Keras's merge layers: `op` folded left over the inputs (average: their sum / count)."""
+
+    def __init__(self, op: str) -> None:
+        super().__init__()
+        self.op = op
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        fold = _TORCH_OPS["add" if self.op == "average" else self.op]
+        out = xs[0]
+        for x in xs[1:]:
+            out = fold(out, x)
+        return out / len(xs) if self.op == "average" else out
+
+    def extra_repr(self) -> str:
+        return f"op={self.op!r}"
+
+
+class Concat(nn.Module):
+    """keras.layers.Concatenate on PyTorch's layout: `dim` of the NCHW (or flat) tensor."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        return torch.cat(xs, dim=self.dim)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
+
+class Scalar(nn.Module):
+    """A Keras operation node on a tensor and a number (`x + 3.0`, `x * (1/6)`, `1 - x`), the
+    number a float32 as Keras converts it."""
+
+    def __init__(self, op: str, value: float, first: bool = False) -> None:
+        super().__init__()
+        self.op, self.value, self.first = op, float(value), first
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = torch.tensor(self.value, dtype=x.dtype, device=x.device)
+        return _TORCH_OPS[self.op](c, x) if self.first else _TORCH_OPS[self.op](x, c)
+
+    def extra_repr(self) -> str:
+        return f"op={self.op!r}, value={self.value!r}, first={self.first}"
+
+
+class Crop2d(nn.Module):
+    """keras.layers.Cropping2D: (left, right, top, bottom) pixels cut from an NCHW map."""
+
+    def __init__(self, crop: tuple[int, int, int, int]) -> None:
+        super().__init__()
+        self.crop = tuple(crop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        left, right, top, bottom = self.crop
+        return x[:, :, top : x.shape[2] - bottom, left : x.shape[3] - right]
+
+    def extra_repr(self) -> str:
+        return f"crop={self.crop}"
+
+
+class ChannelLinear(nn.Linear):
+    """keras.layers.Dense on an (H, W, C) map: a Linear on the channel axis of an NCHW map
+    (ConvNeXt's pointwise layers); its weight and bias are a Linear's."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.movedim(1, -1), self.weight, self.bias).movedim(-1, 1)
+
+
+class ChannelLayerNorm(nn.Module):
+    """keras.layers.LayerNormalization over the channels of an NCHW map (or the features of a
+    flat input): gamma (weight) and beta (bias) where Keras has them (scale, center)."""
+
+    def __init__(self, channels: int, eps: float, scale: bool, center: bool) -> None:
+        super().__init__()
+        self.channels, self.eps = channels, float(eps)
+        self.weight = nn.Parameter(torch.ones(channels)) if scale else None
+        self.bias = nn.Parameter(torch.zeros(channels)) if center else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        image = x.dim() == 4
+        y = F.layer_norm(x.movedim(1, -1) if image else x, (self.channels,), self.weight,
+                         self.bias, self.eps)
+        return y.movedim(-1, 1) if image else y
+
+    def extra_repr(self) -> str:
+        return (f"{self.channels}, eps={self.eps}, scale={self.weight is not None}, "
+                f"center={self.bias is not None}")
+
+
+class Normalize(nn.Module):
+    """keras.layers.Normalization with its mean and variance in the config: (x − mean) /
+    max(√variance, 1e-7) per channel, or its inverse, in float32 as Keras computes it."""
+
+    def __init__(self, mean: tuple[float, ...], variance: tuple[float, ...],
+                 invert: bool = False) -> None:
+        super().__init__()
+        self.mean, self.variance, self.invert = tuple(mean), tuple(variance), invert
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (-1, 1, 1) if x.dim() == 4 else (-1,)
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).reshape(shape)
+        var = torch.tensor(self.variance, dtype=x.dtype, device=x.device).reshape(shape)
+        std = torch.clamp_min(torch.sqrt(var), 1e-7)
+        return mean + x * std if self.invert else (x - mean) / std
+
+    def extra_repr(self) -> str:
+        return f"mean={self.mean}, variance={self.variance}, invert={self.invert}"
+
+
+class Scale(nn.Module):
+    """A learned per-channel scale, x · gamma (ConvNeXt's LayerScale), on NCHW or flat input."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.ones(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * (self.gamma.reshape(-1, 1, 1) if x.dim() == 4 else self.gamma)
+
+    def extra_repr(self) -> str:
+        return f"{self.gamma.shape[0]}"
+
+
+class ScaledSum(nn.Module):
+    """InceptionResNetV2's CustomScaleLayer: inputs[0] + inputs[1] · scale."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.scale = float(scale)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return x + residual * self.scale
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale}"

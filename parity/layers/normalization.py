@@ -143,3 +143,149 @@ class BatchNormalization(Entry):
         cfg = {"axis": -1, "momentum": round(1.0 - momentum, 12), "epsilon": m.eps,
                "center": m.affine, "scale": m.affine}
         return [("BatchNormalization", cfg, vars_)]
+
+
+def _channel_axis(cfg: Mapping, where: str) -> None:
+    """LayerNormalization's and Normalization's axis: the last one only (-1 or [-1])."""
+    axis = cfg.get("axis", -1)
+    if isinstance(axis, list) and len(axis) == 1:
+        axis = axis[0]
+    if axis != -1 or isinstance(axis, bool):
+        raise UserError(f"{where}: axis={cfg.get('axis')!r}; only the last axis (-1) is "
+                        f"supported")
+
+
+@dataclass(frozen=True)
+class LNParams:
+    epsilon: float
+    center: bool
+    scale: bool
+
+
+@register
+class LayerNormalization(Entry):
+    """Over the last axis: the channels of an (H, W, C) map, the features of a vector."""
+
+    kind = "LayerNormalization"
+    fields = ("axis", "epsilon", "center", "scale", "rms_scaling")
+
+    @staticmethod
+    def sample(rng, inp: In) -> dict | None:
+        # Over a few channels with a tiny epsilon the layer is ill-conditioned (its gain is
+        # 1/√(variance + ε) where the channels nearly agree): float32 itself, in either
+        # framework, is then ~1e-4 from the exact value, past the check's bound.
+        c = inp.shape[-1]
+        if len(inp.shape) not in (1, 3) or c < 4:
+            return None
+        return {"epsilon": float(rng.choice([1e-3, 1e-6] if c >= 16 else [1e-3])),
+                "center": bool(rng.integers(2)), "scale": bool(rng.integers(2))}
+
+    @staticmethod
+    def parse(cfg: Mapping, where: str) -> LNParams:
+        _channel_axis(cfg, where)
+        if cfg.get("rms_scaling"):
+            raise UserError(f"{where}: rms_scaling is not supported")
+        return LNParams(number(cfg.get("epsilon", 1e-3), "epsilon", where, low=0.0,
+                               low_open=True),
+                        flag(cfg, "center", True, where), flag(cfg, "scale", True, where))
+
+    @staticmethod
+    def infer(p: LNParams, ins: Sequence[In], where: str) -> Out:
+        shape = ins[0].shape
+        if len(shape) not in (1, 3):
+            raise UserError(f"{where}: on an input of shape {shape}: only (H, W, C) maps and "
+                            f"vectors are supported")
+        c = shape[-1]
+        variables = [Var(name, (c,)) for name, present in (("gamma", p.scale),
+                                                           ("beta", p.center)) if present]
+        return Out(shape, tuple(variables))
+
+    @staticmethod
+    def to_torch(p: LNParams, ins: Sequence[In], out: Out, where: str) -> Converted:
+        from parity.layers.modules import ChannelLayerNorm
+
+        c = ins[0].shape[-1]
+        params = [Param(k, 0, t, (c,), IDENTITY) for k, t, present in
+                  (("gamma", "weight", p.scale), ("beta", "bias", p.center)) if present]
+        return Converted([("ln", ChannelLayerNorm(c, p.epsilon, p.scale, p.center))], params)
+
+    @staticmethod
+    def numpy(p: LNParams, w: Mapping[str, np.ndarray], xs: Sequence[np.ndarray]) -> np.ndarray:
+        x = xs[0].astype(np.float64)
+        mean = x.mean(axis=-1, keepdims=True)
+        var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
+        out = (x - mean) / np.sqrt(var + p.epsilon)
+        if p.scale:
+            out = out * np.asarray(w["gamma"], dtype=np.float64)
+        if p.center:
+            out = out + np.asarray(w["beta"], dtype=np.float64)
+        return out.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class NormParams:
+    mean: tuple[float, ...]
+    variance: tuple[float, ...]
+    invert: bool
+
+
+def _per_channel(value: object, what: str, where: str) -> tuple[float, ...]:
+    values = value if isinstance(value, list) else [value]
+    if not 1 <= len(values) <= 1 << 16:
+        raise UserError(f"{where}: {what} has {len(values)} values")
+    return tuple(number(v, what, where) for v in values)
+
+
+@register
+class Normalization(Entry):
+    """keras.layers.Normalization with its mean and variance in the config (ConvNeXt's
+    ImageNet statistics): (x − mean) / max(√variance, 1e-7) on the last axis. Adapted state
+    held as weights (EfficientNet's, with an int64 `count`) is refused."""
+
+    kind = "Normalization"
+    fields = ("axis", "mean", "variance", "invert")
+    passes_flatten = False
+
+    @staticmethod
+    def sample(rng, inp: In) -> dict | None:
+        c = inp.shape[-1]
+        return {"mean": [float(v) for v in rng.normal(0, 1, c)],
+                "variance": [float(v) for v in rng.uniform(0.2, 3, c)],
+                "invert": bool(rng.integers(2))}
+
+    @staticmethod
+    def parse(cfg: Mapping, where: str) -> NormParams:
+        _channel_axis(cfg, where)
+        if cfg.get("mean") is None or cfg.get("variance") is None:
+            raise UserError(f"{where}: a Normalization with adapted state (mean and variance "
+                            f"stored as weights) is not supported; only one with mean and "
+                            f"variance in its config")
+        mean = _per_channel(cfg.get("mean"), "mean", where)
+        variance = _per_channel(cfg.get("variance"), "variance", where)
+        if min(variance) < 0:
+            raise UserError(f"{where}: a variance is negative")
+        return NormParams(mean, variance, flag(cfg, "invert", False, where))
+
+    @staticmethod
+    def infer(p: NormParams, ins: Sequence[In], where: str) -> Out:
+        c = ins[0].shape[-1]
+        for what, values in (("mean", p.mean), ("variance", p.variance)):
+            if len(values) not in (1, c):
+                raise UserError(f"{where}: {len(values)} {what} values for {c} channels")
+        return Out(ins[0].shape)
+
+    @staticmethod
+    def to_torch(p: NormParams, ins: Sequence[In], out: Out, where: str) -> Converted:
+        from parity.layers.modules import Normalize
+
+        c = ins[0].shape[-1]
+        mean = p.mean * c if len(p.mean) == 1 else p.mean
+        variance = p.variance * c if len(p.variance) == 1 else p.variance
+        return Converted([("normalize", Normalize(mean, variance, p.invert))])
+
+    @staticmethod
+    def numpy(p: NormParams, w: Mapping, xs: Sequence[np.ndarray]) -> np.ndarray:
+        mean = np.asarray(p.mean, dtype=np.float32)
+        std = np.maximum(np.sqrt(np.asarray(p.variance, dtype=np.float32)), np.float32(1e-7))
+        x = xs[0]
+        return (mean + x * std) if p.invert else ((x - mean) / std)

@@ -126,6 +126,22 @@ class Entry:
     numpy: ClassVar[Callable[[Any, Mapping[str, np.ndarray], Sequence[np.ndarray]], np.ndarray]]
     from_torch: ClassVar[Callable[..., list]] | None = None
 
+    # Each Keras variable's initializer attribute, where it is not "<var>_initializer"
+    # (DepthwiseConv2D's kernel comes from depthwise_initializer): the Keras reference hands
+    # the port's tensors over through them.
+    initializers: ClassVar[Mapping[str, str]] = {}
+    # Keras's own class for a layer outside keras.layers (module, class), which the reference
+    # takes from Keras's package, never from a file; and whether its variables are assigned
+    # after it is built (their initializers are made inside build, not attributes).
+    keras_class: ClassVar[tuple[str, str] | None] = None
+    assign_after_build: ClassVar[bool] = False
+
+    @classmethod
+    def parse_call(cls, cfg: Mapping, operands: Sequence, where: str) -> Any:
+        """`parse`, for a node that also reads its call's operands (an operation's numbers:
+        `x + 3.0`); a layer reads its config only."""
+        return cls.parse(cfg, where)
+
     @staticmethod
     def sample(rng: np.random.Generator, inp: In) -> dict | None:
         """A random valid config of this layer on an input like `inp` (for the property test:
@@ -145,7 +161,10 @@ def register(entry: type[Entry]) -> type[Entry]:
 
 def supported() -> str:
     """The Keras layer classes the port takes, for a refusal's message."""
-    return ", ".join(sorted(k.rsplit(".", 1)[-1] for k in REGISTRY if k != "InputLayer"))
+    def shown(kind: str) -> str:  # keras.src.ops.numpy.Add → ops.Add (a layer's is Add)
+        return f"ops.{kind.rsplit('.', 1)[-1]}" if ".ops." in kind else kind.rsplit(".", 1)[-1]
+
+    return ", ".join(sorted(shown(k) for k in REGISTRY if k != "InputLayer"))
 
 
 # --- reading config values: checked where they are parsed -------------------------------------

@@ -16,6 +16,7 @@ from parity.layers.registry import (
     In,
     Out,
     channels_last,
+    choice,
     image,
     number,
     pair,
@@ -196,3 +197,110 @@ class Rescaling(Entry):
     @staticmethod
     def numpy(p, w: Mapping, xs: Sequence[np.ndarray]) -> np.ndarray:
         return xs[0] * np.float32(p[0]) + np.float32(p[1])  # in float32, as Keras casts both
+
+
+def _crop_or_pad(value: object, where: str, what: str) -> tuple[tuple[int, int], tuple[int, int]]:
+    """An int, a pair, or a pair of (before, after) pairs, each at least 0 (Keras's forms)."""
+    if isinstance(value, list | tuple) and len(value) == 2 and all(
+        isinstance(p, list | tuple) for p in value
+    ):
+        return tuple(pair(p, what, where, minimum=0) for p in value)  # type: ignore[return-value]
+    ph, pw = pair(value, what, where, minimum=0)
+    return (ph, ph), (pw, pw)
+
+
+@register
+class Cropping2D(Entry):
+    kind = "Cropping2D"
+    fields = ("cropping", "data_format")
+
+    @staticmethod
+    def sample(rng, inp: In) -> dict | None:
+        if len(inp.shape) != 3 or min(inp.shape[:2]) < 3:
+            return None
+        return {"cropping": [[int(v) for v in rng.integers(0, 2, 2)],
+                             [int(v) for v in rng.integers(0, 2, 2)]]}
+
+    @staticmethod
+    def parse(cfg: Mapping, where: str) -> tuple[tuple[int, int], tuple[int, int]]:
+        channels_last(cfg, where)
+        return _crop_or_pad(cfg.get("cropping", 0), where, "cropping")
+
+    @staticmethod
+    def infer(p, ins: Sequence[In], where: str) -> Out:
+        h, w, c = image(ins[0], where)
+        (top, bottom), (left, right) = p
+        if top + bottom >= h or left + right >= w:
+            raise UserError(f"{where}: cropping {list(p)} leaves nothing of the {h}×{w} input")
+        return Out((h - top - bottom, w - left - right, c))
+
+    @staticmethod
+    def to_torch(p, ins: Sequence[In], out: Out, where: str) -> Converted:
+        from parity.layers.modules import Crop2d
+
+        (top, bottom), (left, right) = p
+        return Converted([("crop", Crop2d((left, right, top, bottom)))])
+
+    @staticmethod
+    def numpy(p, w: Mapping, xs: Sequence[np.ndarray]) -> np.ndarray:
+        (top, bottom), (left, right) = p
+        h, w_ = xs[0].shape[1:3]
+        return xs[0][:, top : h - bottom, left : w_ - right]
+
+
+@register
+class UpSampling2D(Entry):
+    """keras.layers.UpSampling2D: 'nearest' repeats each pixel (exact); 'bilinear' is
+    TensorFlow's resize with half-pixel centres, which is PyTorch's align_corners=False."""
+
+    kind = "UpSampling2D"
+    fields = ("size", "data_format", "interpolation")
+
+    @staticmethod
+    def sample(rng, inp: In) -> dict | None:
+        if len(inp.shape) != 3 or max(inp.shape[:2]) > 16:
+            return None
+        return {"size": [int(v) for v in rng.integers(1, 4, 2)],
+                "interpolation": str(rng.choice(["nearest", "bilinear"]))}
+
+    @staticmethod
+    def parse(cfg: Mapping, where: str) -> tuple[tuple[int, int], str]:
+        channels_last(cfg, where)
+        size = pair(cfg.get("size", 2), "size", where)
+        return size, choice(cfg, "interpolation", "nearest", ("nearest", "bilinear"), where)
+
+    @staticmethod
+    def infer(p, ins: Sequence[In], where: str) -> Out:
+        h, w, c = image(ins[0], where)
+        (sh, sw), _ = p
+        return Out((h * sh, w * sw, c))
+
+    @staticmethod
+    def to_torch(p, ins: Sequence[In], out: Out, where: str) -> Converted:
+        from torch import nn
+
+        size, mode = p
+        if mode == "nearest":
+            return Converted([("upsample", nn.Upsample(scale_factor=size, mode="nearest"))])
+        return Converted([("upsample", nn.Upsample(size=out.shape[:2], mode="bilinear",
+                                                   align_corners=False))])
+
+    @staticmethod
+    def numpy(p, w: Mapping, xs: Sequence[np.ndarray]) -> np.ndarray:
+        (sh, sw), mode = p
+        x = xs[0]
+        if mode == "nearest":
+            return x.repeat(sh, axis=1).repeat(sw, axis=2)
+        return _bilinear(x.astype(np.float64), sh, sw).astype(np.float32)
+
+
+def _bilinear(x: np.ndarray, sh: int, sw: int) -> np.ndarray:
+    """TensorFlow's bilinear resize by integer factors, half-pixel centres, no antialias."""
+    for axis, s in ((1, sh), (2, sw)):
+        n = x.shape[axis]
+        pos = np.clip((np.arange(n * s) + 0.5) / s - 0.5, 0, n - 1)
+        lo = np.floor(pos).astype(int)
+        hi = np.minimum(lo + 1, n - 1)
+        frac = (pos - lo).reshape([-1 if a == axis else 1 for a in range(x.ndim)])
+        x = np.take(x, lo, axis=axis) * (1 - frac) + np.take(x, hi, axis=axis) * frac
+    return x

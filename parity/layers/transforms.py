@@ -27,6 +27,10 @@ IDENTITY = Transform("identity", _identity, _identity)
 CONV = Transform(
     "conv HWIO→OIHW", lambda k: k.transpose(3, 2, 0, 1), lambda w: w.transpose(2, 3, 1, 0)
 )
+# Conv2DTranspose kernel: Keras (kh, kw, out, in) ↔ PyTorch ConvTranspose2d (in, out, kh, kw):
+# the same permutation.
+CONV_TRANSPOSE = Transform("conv transpose (kh,kw,out,in)→(in,out,kh,kw)", CONV.to_torch,
+                           CONV.to_keras)
 # Dense kernel: Keras (in, out) ↔ PyTorch Linear (out, in).
 DENSE = Transform("dense transpose", lambda k: k.T, lambda w: w.T)
 

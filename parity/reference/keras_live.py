@@ -39,6 +39,9 @@ class KerasReference:
         wanted = {p.node for p in probes(spec) if p.pre}
         pre = {}
         for ns, new, entry in zip(spec.nodes, out.spec.nodes, entries, strict=True):
+            if not ns.node.path:  # an operation node (`x + 3.0`): Keras's own op on tensors
+                tensors[ns.node.name] = _operation(keras, ns, tensors)
+                continue
             # unbuilt (no build_config): its variables are made when it is called, below, by
             # the initializers that hand over the port's tensors
             cfg = {k: v for k, v in entry.items()
@@ -47,12 +50,17 @@ class KerasReference:
             split = ns.node.name in wanted
             if split:  # the layer without its activation, then the activation
                 cfg["config"]["activation"] = "linear"
-            layer = keras.layers.deserialize(cfg)
-            for var in ns.out.variables:
-                setattr(layer, f"{var.name}_initializer",
-                        _Given(weights, ns.key(var), tensorflow))
+            layer = _layer(keras, ns.entry, cfg)
+            if not ns.entry.assign_after_build:
+                for var in ns.out.variables:
+                    setattr(layer, ns.entry.initializers.get(var.name,
+                                                             f"{var.name}_initializer"),
+                            _Given(weights, ns.key(var), tensorflow))
             xs = [tensors[i] for i in ns.node.tensor_inputs]
             y = layer(xs if len(xs) > 1 else xs[0])
+            if ns.entry.assign_after_build:
+                for v, var in zip(layer.weights, ns.out.variables, strict=True):
+                    v.assign(np.asarray(weights[ns.key(var)]))
             self._check_variables(layer, ns)
             if split:
                 pre[ns.node.name] = y
@@ -69,6 +77,9 @@ class KerasReference:
         """Every variable must have come from the port's tensors, in the port's order."""
         got = [v.path.rsplit("/", 1)[-1] for v in layer.weights]
         want = [v.name for v in ns.out.variables]
+        if ns.entry.assign_after_build:  # unnamed in Keras (LayerScale's is "variable")
+            got = [tuple(v.shape) for v in layer.weights]
+            want = [tuple(v.shape) for v in ns.out.variables]
         if got != want:
             raise UserError(f"{ns.where}: Keras built variables {got}, the port has {want}")
 
@@ -84,10 +95,34 @@ class KerasReference:
             lambda: self.model.predict(images, verbose=0, batch_size=len(images)), self.source))
 
 
+def _layer(keras, entry, cfg: dict):
+    """A Keras layer from the config we wrote: keras.layers' own classes by name, an
+    application's layer from Keras's own module (`Entry.keras_class`)."""
+    if entry.keras_class is None:
+        return keras.layers.deserialize(cfg)
+    import importlib
+
+    module, name = entry.keras_class
+    return getattr(importlib.import_module(module), name).from_config(cfg["config"])
+
+
+def _operation(keras, ns, tensors):
+    """An operation node through keras.ops: its tensors, and its number as a float32."""
+    p = ns.params
+    fn = {"add": keras.ops.add, "subtract": keras.ops.subtract, "multiply": keras.ops.multiply,
+          "divide": keras.ops.true_divide}[p.op]
+    xs = [tensors[i] for i in ns.node.tensor_inputs]
+    if p.const is None:
+        return fn(xs[0], xs[1])
+    c = np.float32(p.const)
+    return fn(c, xs[0]) if p.const_first else fn(xs[0], c)
+
+
 def _safe(ns) -> str:
     """A layer's name in the reference: its positional path (conv2d, dense_1), made of our
     own characters; the reference computes the same whatever its layers are called."""
-    return (ns.node.path or ns.node.class_name.rsplit(".", 1)[-1].lower()).replace("/", "_")
+    # "at_" keeps them apart from the names Keras gives its operation nodes (add, add_1, …)
+    return "at_" + (ns.node.path or ns.node.class_name.rsplit(".", 1)[-1].lower()).replace("/", "_")
 
 
 def _keras_call(fn, source: str):
