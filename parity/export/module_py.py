@@ -21,14 +21,25 @@ import torch
 from parity.build import Built, identifier
 from parity.layers.modules import (
     AvgPool2dSame,
+    ChannelLayerNorm,
+    ChannelLinear,
+    Concat,
+    Crop2d,
     Exponential,
     FlattenHWC,
     GlobalPool2d,
     KerasReshape,
+    Merge,
+    Normalize,
     Rescale,
+    Scalar,
+    Scale,
+    ScaledSum,
 )
 
-_HELPERS = (AvgPool2dSame, GlobalPool2d, Exponential, Rescale, KerasReshape, FlattenHWC)
+_HELPERS = (AvgPool2dSame, GlobalPool2d, Exponential, Rescale, KerasReshape, FlattenHWC, Crop2d,
+            ChannelLinear, ChannelLayerNorm, Normalize, Scale)
+_USE_F = (AvgPool2dSame, ChannelLinear, ChannelLayerNorm)  # helpers whose source calls F.…
 
 
 def torch_shape(shape: tuple[int, ...]) -> str:
@@ -69,8 +80,26 @@ def _helper_call(module: torch.nn.Module) -> str:
         Rescale: lambda m: f"{_float(m.scale)}, {_float(m.offset)}",
         KerasReshape: lambda m: f"{m.target}, {m.image_in}",
         FlattenHWC: lambda m: "",
+        Crop2d: lambda m: f"{m.crop}",
+        ChannelLinear: lambda m: f"{m.in_features}, {m.out_features}, bias={m.bias is not None}",
+        ChannelLayerNorm: lambda m: (f"{m.channels}, {_float(m.eps)}, {m.weight is not None}, "
+                                     f"{m.bias is not None}"),
+        Normalize: lambda m: (f"({', '.join(map(_float, m.mean))},), "
+                              f"({', '.join(map(_float, m.variance))},), {m.invert}"),
+        Scale: lambda m: f"{m.gamma.shape[0]}",
     }[type(module)](module)
     return f"{type(module).__name__}({args})"
+
+
+def _layer_entry(info) -> list[str]:
+    """One KERAS_LAYERS entry: a line, or one line per field where that would pass LINE (a
+    field longer than a line — a file's own name for a layer — is marked for the linter)."""
+    fields = [ascii(info.name), ascii(info.class_name), repr(tuple(info.modules))]
+    line = f"    ({', '.join(fields)}),"
+    if len(line) <= LINE:
+        return [line]
+    return ["    (", *(f"        {f}," + ("  # noqa: E501" if len(f) + 9 > LINE else "")
+                      for f in fields), "    ),"]
 
 
 def _checked(text: str, where: str) -> str:
@@ -124,13 +153,12 @@ def module_source(built: Built, class_name: str, origin: str) -> str:
         '"""',
         "",
         "import torch",
-        *(["import torch.nn.functional as F"] if AvgPool2dSame in helpers else []),
+        *(["import torch.nn.functional as F"] if set(helpers) & set(_USE_F) else []),
         "from torch import nn",
         "",
         f"SOURCE = {ascii(origin)}  # the checkpoint this module was ported from",
         "KERAS_LAYERS = (  # (Keras layer name, class, the modules it became)",
-        *(f"    ({ascii(i.name)}, {ascii(i.class_name)}, {tuple(i.modules)!r}),"
-          for i in built.layers),
+        *(line for i in built.layers for line in _layer_entry(i)),
         ")",
         "",
     ]
@@ -139,39 +167,141 @@ def module_source(built: Built, class_name: str, origin: str) -> str:
     lines += ["", f"class {class_name}(nn.Module):", "    def __init__(self) -> None:",
               "        super().__init__()"]
     for name, m in module.named_children():
+        if _inline(m, ["x"] * (1 if isinstance(m, Scalar) else 2)) is not None:
+            continue  # written in forward as the expression it is
         expr = _helper_call(m) if isinstance(m, _HELPERS) else _constructor(m)
-        lines.append(f"        self.{name} = {expr}")
+        lines += _wrapped("        ", f"self.{name}", expr)
     lines += ["", "    def forward(self, x: torch.Tensor) -> torch.Tensor:",
               *_forward(built, shapes)]
+    # a line our wrapping cannot bring within LINE (two long layer names on one line)
+    lines = [f"{line}  # noqa: E501" if len(line) > LINE and "#" not in line else line
+             for line in "\n".join(lines).split("\n")]
     text = re.sub(r"\n{4,}", "\n\n\n", "\n".join(lines))
     return _checked(text, "<generated module>")
 
 
+_SYMBOLS = {"add": "+", "subtract": "-", "multiply": "*", "divide": "/"}
+LINE = 100  # the generated file's line length (ruff's, as this project sets it)
+
+
+def _number(value: float) -> str:
+    """A float32 number as its shortest literal (0.3, not 0.30000001192092896): PyTorch turns
+    it into the same float32 when it meets a float32 tensor."""
+    import numpy as np
+
+    text = str(np.float32(_float(value)))
+    return text if float(np.float32(float(text))) == float(np.float32(value)) else repr(value)
+
+
+def _inline(m: torch.nn.Module, args: list[str]) -> str | None:
+    """The expression a stateless merge or operation reads as (`x + shortcut`, `x * 0.5`,
+    `torch.cat([a, b], dim=1)`), or None for a module called as `self.name(x)`."""
+    if isinstance(m, Scalar):
+        c, (x,) = _number(m.value), args
+        if m.op in _SYMBOLS:
+            return f"{c} {_SYMBOLS[m.op]} {x}" if m.first else f"{x} {_SYMBOLS[m.op]} {c}"
+        return None
+    if isinstance(m, ScaledSum):  # InceptionResNetV2's x + r · scale
+        return f"{args[0]} + {args[1]} * {_number(m.scale)}"
+    if isinstance(m, Concat):
+        return f"torch.cat([{', '.join(args)}], dim={m.dim})"
+    if isinstance(m, Merge):
+        if m.op in _SYMBOLS:
+            return f" {_SYMBOLS[m.op]} ".join(args)
+        if m.op == "average":
+            return f"({' + '.join(args)}) / {len(args)}"
+        out = args[0]
+        for a in args[1:]:
+            out = f"torch.{m.op}({out}, {a})"
+        return out
+    return None
+
+
+def _split_args(text: str) -> list[str]:
+    """A call's argument text split at its top-level commas (brackets and quotes respected)."""
+    parts, depth, quote, start = [], 0, "", 0
+    for i, ch in enumerate(text):
+        if quote:
+            quote = "" if ch == quote and text[i - 1] != "\\" else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(text[start:i].strip())
+            start = i + 1
+    parts.append(text[start:].strip())
+    return [p for p in parts if p]
+
+
+def _wrapped(indent: str, target: str, expr: str) -> list[str]:
+    """`target = expr`, its call's arguments one per line where it would pass LINE (a list
+    argument's items too: `torch.cat([...], dim=1)`)."""
+    line = f"{indent}{target} = {expr}"
+    if len(line) <= LINE or not expr.endswith(")") or "(" not in expr:
+        return [line]
+    head, inner = expr[: expr.index("(")], expr[expr.index("(") + 1 : -1]
+    args = _split_args(inner)
+    if len(args) == 1 and args[0].startswith("[") and args[0].endswith("]"):
+        return [f"{indent}{target} = {head}([",
+                *(f"{indent}    {a}," for a in _split_args(args[0][1:-1])), f"{indent}])"]
+    if args and args[0].startswith("[") and args[0].endswith("]"):
+        return [f"{indent}{target} = {head}(",
+                f"{indent}    [", *(f"{indent}        {a}," for a in _split_args(args[0][1:-1])),
+                f"{indent}    ],", *(f"{indent}    {a}," for a in args[1:]), f"{indent})"]
+    return [f"{indent}{target} = {head}(", *(f"{indent}    {a}," for a in args), f"{indent})"]
+
+
+def _statement(target: str, expr: str, shape: tuple[int, ...]) -> list[str]:
+    """`target = expr  # (N, C, H, W)`, the comment above where the line would be too long,
+    and a long call's arguments one per line."""
+    comment = f"# (N, {', '.join(map(str, shape[1:]))})"
+    line = f"        {target} = {expr}"
+    if len(line) + 2 + len(comment) <= LINE:
+        return [f"{line}  {comment}"]
+    return [f"        {comment}", *_wrapped("        ", target, expr)]
+
+
 def _forward(built: Built, shapes: dict[str, tuple[int, ...]]) -> list[str]:
-    """`forward`'s body: one line per module with its output's shape. A chain passes `x` along;
-    a graph names each layer's output after it (`block1_conv1`), so that a branch and a merge
-    read as they do in the Keras model (`add = self.add(block2_conv, shortcut)`)."""
-    module = built.module
-    if built.spec.graph.is_chain:
-        lines = []
-        for name, _ in module.named_children():
-            dims = ", ".join(map(str, shapes[name][1:]))
-            lines.append(f"        x = self.{name}(x)  # (N, {dims})")
-        return [*lines, "        return x", ""]
-    taken = {"x", "self", "torch", "nn", "F"} | {n for n, _ in module.named_children()}
-    var = {built.spec.graph.input_name: "x"}
-    lines = []
+    """`forward`'s body: one line per module with its output's shape, a merge or an operation
+    as the expression it is (`x = x + shortcut`). `x` is passed along while a tensor goes
+    straight on to the next layer and nowhere else; a tensor that branches, or that a later
+    layer takes, is named after its Keras layer (`block1_conv1`), so that branches and merges
+    read as they do in the Keras model."""
+    module, graph = built.module, built.spec.graph
+    children = dict(module.named_children())
+    order = [info.name for info in built.layers]
+    consumers: dict[str, list[str]] = {}
     for info in built.layers:
-        args = ", ".join(var[i] for i in info.inputs)
+        for i in info.inputs:
+            consumers.setdefault(i, []).append(info.name)
+    last_use = {t: max(order.index(u) for u in us) for t, us in consumers.items()}
+    taken = {"x", "self", "torch", "nn", "F"}
+    var = {graph.input_name: "x"}
+    in_x = [graph.input_name]  # the tensors `x` holds now (an identity layer adds a name)
+    lines = []
+    for k, info in enumerate(built.layers):
+        args = [var[i] for i in info.inputs]
         if not info.modules:  # the identity here (a linear Activation)
-            (var[info.name],) = [var[i] for i in info.inputs]
+            var[info.name] = args[0]
+            if args[0] == "x":
+                in_x.append(info.name)
             continue
-        out = var[info.name] = identifier(f"{info.modules[0]}_out", taken) if info.modules[
-            0] in taken else identifier(info.modules[0], taken)
-        for k, name in enumerate(info.modules):
-            dims = ", ".join(map(str, shapes[name][1:]))
-            lines.append(f"        {out} = self.{name}({args if k == 0 else out})  # (N, {dims})")
-    return [*lines, f"        return {var[built.spec.graph.output]}", ""]
+        users = consumers.get(info.name, [])
+        follows = k + 1 < len(order) and users == [order[k + 1]]
+        x_free = all(last_use.get(t, -1) <= k for t in in_x)  # nothing later reads x's tensor
+        reuse = x_free and (follows or graph.is_chain or (info.name == graph.output and not users))
+        out = var[info.name] = "x" if reuse else identifier(info.name, taken)
+        if reuse:
+            in_x = [info.name]
+        for j, name in enumerate(info.modules):
+            m = children[name]
+            given = args if j == 0 else [out]
+            expr = _inline(m, given) or f"self.{name}({', '.join(given)})"
+            lines += _statement(out, expr, shapes[name])
+    return [*lines, f"        return {var[graph.output]}", ""]
 
 
 def write_module_py(dst: Path, text: str, *, force: bool = False) -> Path:
