@@ -24,54 +24,109 @@ import numpy as np
 import pytest
 import torch
 
+from parity.ir.graph import Const
 from parity.layers import REGISTRY, In
+from parity.tests.testdata import keras_call, keras_layer
 
 COUNT = int(os.environ.get("PROPERTY_MODELS", "6"))
 SEED = int(os.environ.get("PROPERTY_SEED", "20261201"))
 MAX_LAYERS = 7
-WEIGHTED = {"Conv2D", "Dense", "BatchNormalization"}
+WEIGHTED = {"Conv2D", "Dense", "BatchNormalization", "DepthwiseConv2D", "SeparableConv2D",
+            "Conv2DTranspose", "LayerNormalization"}
+MERGE_ODDS = 0.35  # a Functional model's chance, at each step, of a branch and a merge
 pytestmark = pytest.mark.slow  # Keras builds and saves each model, the port checks it
 
+# A drawn model: its input shape, and its nodes (registry kind, config, the nodes it takes by
+# index, -1 the model's input), in order.
+Drawn = tuple[tuple[int, ...], list[tuple[str, dict, list[int]]]]
 
-def draw_layers(rng: np.random.Generator) -> tuple[tuple[int, ...], list[tuple[str, dict]]]:
-    """An input shape and a chain of (class, config) the port's own rules accept."""
+
+def _takes_many(kind: str) -> bool:
+    return REGISTRY[kind].inputs[1] > 1
+
+
+def _node(rng, kind: str, ins: list[In]) -> tuple[dict, In] | None:
+    """A config of `kind` the port's own rules accept on `ins`, and its output; or None."""
+    entry = REGISTRY[kind]
+    cfg = entry.sample(rng, ins[0])
+    if cfg is None or (kind.startswith("keras.src.ops.") and ("value" in cfg) != (len(ins) == 1)):
+        return None
+    operands = ([Const(cfg["value"])] if "value" in cfg else []) + ["x"] * len(ins)
+    if cfg.get("first") is False:
+        operands.reverse()
+    try:
+        params = entry.parse_call({} if kind.startswith("keras.src.ops.") else cfg, operands,
+                                  "draw")
+        out = entry.infer(params, ins, "draw")
+    except Exception:  # noqa: BLE001  (a config our rules refuse here: draw another)
+        return None
+    if not 0 < np.prod(out.shape) <= 4096:
+        return None
+    return cfg, In(out.shape, out.flat_from)
+
+
+def draw_model(rng: np.random.Generator, functional: bool) -> Drawn:
+    """An input shape and a model of the registry's grammar: a chain, and in a Functional
+    model branches — a layer on the current tensor, then a merge (or an operation) of the
+    two — and operations with numbers."""
     if rng.random() < 0.75:
         shape: tuple[int, ...] = (int(rng.integers(6, 13)), int(rng.integers(6, 13)),
                                   int(rng.integers(1, 4)))
     else:
         shape = (int(rng.integers(4, 33)),)
-    inp, layers = In(shape), []
+    nodes: list[tuple[str, dict, list[int]]] = []
+    outs: dict[int, In] = {-1: In(shape)}
     kinds = sorted(k for k in REGISTRY if k != "InputLayer")
+    operation = [k for k in kinds if k.startswith("keras.src.ops.")]  # Functional only
+    single = [k for k in kinds if not _takes_many(k) and (functional or k not in operation)]
+    many = [k for k in kinds if _takes_many(k) or k in operation]
     # layers with weights drawn 3× as often: an elementwise layer fits anywhere, they do not
-    odds = np.array([3.0 if REGISTRY[k].torch_classes and k in WEIGHTED else 1.0 for k in kinds])
+    odds = np.array([3.0 if k in WEIGHTED else 1.0 for k in single])
+    current = -1
     for _ in range(int(rng.integers(1, MAX_LAYERS + 1))):
-        for kind in rng.choice(kinds, size=len(kinds), replace=False, p=odds / odds.sum()):
-            entry = REGISTRY[str(kind)]
-            cfg = entry.sample(rng, inp)
-            if cfg is None:
-                continue
-            try:
-                out = entry.infer(entry.parse(cfg, "draw"), [inp], "draw")
-            except Exception:  # noqa: BLE001  (a config our rules refuse here: draw another)
-                continue
-            if 0 < np.prod(out.shape) <= 4096:
-                layers.append((str(kind), cfg))
-                inp = In(out.shape, out.flat_from)
+        if functional and rng.random() < MERGE_ODDS:
+            for kind in rng.permutation(many):
+                side = _same_shape_layer(rng, single, outs[current])
+                if side is None:
+                    continue
+                drawn = _node(rng, str(kind), [outs[current], side[2]])
+                if drawn is not None:
+                    nodes.append((side[0], side[1], [current]))
+                    outs[len(nodes) - 1] = side[2]
+                    nodes.append((str(kind), drawn[0], [current, len(nodes) - 1]))
+                    current = len(nodes) - 1
+                    outs[current] = drawn[1]
+                    break
+            continue
+        for kind in rng.choice(single, size=len(single), replace=False, p=odds / odds.sum()):
+            drawn = _node(rng, str(kind), [outs[current]])
+            if drawn is not None:
+                nodes.append((str(kind), drawn[0], [current]))
+                current = len(nodes) - 1
+                outs[current] = drawn[1]
                 break
-    return shape, layers
+    return shape, nodes
 
 
-def keras_model(keras, shape, layers, functional: bool, rng: np.random.Generator):
-    made = [keras.layers.deserialize({"module": "keras.layers", "class_name": k,
-                                      "config": dict(c)}) for k, c in layers]
+def _same_shape_layer(rng, single: list[str], inp: In) -> tuple[str, dict, In] | None:
+    """A branch: one layer on `inp` whose output has inp's shape (a merge takes both)."""
+    for kind in rng.permutation(single):
+        drawn = _node(rng, str(kind), [inp])
+        if drawn is not None and drawn[1].shape == inp.shape and drawn[1].flat_from is None:
+            return str(kind), drawn[0], drawn[1]
+    return None
+
+
+def keras_model(keras, drawn: Drawn, functional: bool, rng: np.random.Generator):
+    shape, nodes = drawn
     inputs = keras.Input(shape)
     if functional:
-        x = inputs
-        for layer in made:
-            x = layer(x)
-        model = keras.Model(inputs, x)
+        tensors = {-1: inputs}
+        for i, (kind, cfg, ins) in enumerate(nodes):
+            tensors[i] = keras_call(keras, kind, cfg, [tensors[j] for j in ins])
+        model = keras.Model(inputs, tensors[len(nodes) - 1])
     else:
-        model = keras.Sequential([inputs, *made])
+        model = keras.Sequential([inputs, *(keras_layer(keras, k, c) for k, c, _ in nodes)])
     for layer in model.layers:  # weights and statistics that are not their initial values
         for v in layer.weights:
             if v.name == "moving_variance":
@@ -100,12 +155,13 @@ def test_random_model_ports_both_ways(index, tmp_path, capsys):
     from parity.port import main as port_main
 
     rng = np.random.default_rng([SEED, index])
-    shape, layers = draw_layers(rng)
     functional = bool(index % 2)
+    drawn = draw_model(rng, functional)
+    shape = drawn[0]
     keras.utils.set_random_seed(index)
-    model = keras_model(keras, shape, layers, functional, rng)
+    model = keras_model(keras, drawn, functional, rng)
     what = f"model {index} ({'Functional' if functional else 'Sequential'} {shape}: " + ", ".join(
-        k for k, _ in layers) + ")"
+        f"{k.rsplit('.', 1)[-1]}{ins if len(ins) > 1 else ''}" for k, _, ins in drawn[1]) + ")"
     src, pt, py = tmp_path / "m.keras", tmp_path / "m.pt", tmp_path / "m.py"
     model.save(src)
 

@@ -193,3 +193,36 @@ class BookSides:
             return np.concatenate([
                 self.built.module(torch_input(images[i : i + 1000]).to(self.device)).cpu().numpy()
                 for i in range(0, len(images), 1000)])
+
+
+# --- Keras models from registry kinds (the property test's and the registry tests' builder) ---
+
+
+def keras_layer(keras, kind: str, cfg: dict):
+    """A Keras layer of a registry kind: keras.layers' own by class name, an application's
+    layer from Keras's package (`Entry.keras_class`)."""
+    import importlib
+
+    from parity.layers import REGISTRY
+
+    entry = REGISTRY[kind]
+    if entry.keras_class is not None:
+        module, name = entry.keras_class
+        return getattr(importlib.import_module(module), name).from_config(dict(cfg))
+    return keras.layers.deserialize({"module": "keras.layers", "class_name": kind,
+                                     "config": dict(cfg)})
+
+
+def keras_call(keras, kind: str, cfg: dict, xs: list):
+    """A node on Keras tensors: an operation (`x + 3.0`, `x * y`) through keras.ops, where
+    `cfg` is the call's number and side (`Entry.sample` of an operation); else the layer."""
+    if kind.startswith("keras.src.ops."):
+        op = {"Add": keras.ops.add, "Subtract": keras.ops.subtract,
+              "Multiply": keras.ops.multiply, "TrueDivide": keras.ops.true_divide}[
+                  kind.rsplit(".", 1)[-1]]
+        if "value" not in cfg:
+            return op(xs[0], xs[1])
+        c = np.float32(cfg["value"])
+        return op(c, xs[0]) if cfg["first"] else op(xs[0], c)
+    layer = keras_layer(keras, kind, cfg)
+    return layer(xs if len(xs) > 1 else xs[0])
