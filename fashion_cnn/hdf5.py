@@ -243,6 +243,24 @@ def read_array(
     return out
 
 
+def read_integer(tree: H5Tree, path: str, shape: tuple[int, ...], label: str,
+                 source: str) -> np.ndarray:
+    """The small integer dataset at `path` (a Keras counter such as Normalization's `count`,
+    shape () in the config), its shape and type checked from the metadata, read as int64."""
+    if path not in tree.datasets:
+        raise UserError(f"{source}: missing tensor {label}")
+    dataset = tree.datasets[path]
+    if dataset.shape != shape or int(np.prod(shape)) > 1 << 10:
+        raise UserError(
+            f"{source}: {label} has shape {dataset.shape}, but the model's config implies {shape}"
+        )
+    if dataset.dtype.kind not in "iu" or dataset.dtype.itemsize > 8:
+        raise UserError(f"{source}: {label} has dtype {dataset.dtype}, expected an integer")
+    out = np.empty(shape, dtype=dataset.dtype.newbyteorder("="))
+    dataset.read_direct(out)
+    return out.astype(np.int64)
+
+
 def read_attr(group: h5py.Group, name: str, where: str, source: str) -> object:
     """A string attribute (fixed or variable length, scalar or 1-D), its size checked from the
     metadata before it is read (and, for variable-length strings, after)."""

@@ -52,6 +52,7 @@ class Row:
     keras_shape: Shape
     torch_shape: Shape
     transform: Transform
+    dtype: str = "float32"  # int64 for a counter (Normalization's count)
 
 
 @dataclass(frozen=True)
@@ -198,12 +199,13 @@ def build(spec: Spec, source: str) -> Built:
         for name, (_, module) in zip(mods, c.modules, strict=True):
             children[name] = module
         shapes = {v.name: v.shape for v in ns.out.variables}
+        dtypes = {v.name: v.dtype for v in ns.out.variables}
         if [p.var for p in c.params] != list(shapes):  # the entry's two halves must agree
             raise AssertionError(f"{ns.where}: variables {list(shapes)}, params "
                                  f"{[p.var for p in c.params]}")
         for p in c.params:
             rows.append(Row(ns.key(p.var), f"{mods[p.module]}.{p.param}", shapes[p.var],
-                            p.torch_shape, p.transform))
+                            p.torch_shape, p.transform, dtypes[p.var]))
         for fix in c.fixed:
             fixed[f"{mods[fix.module]}.{fix.param}"] = fix
         params = sum(math.prod(v.shape) for v in ns.out.variables)
@@ -236,7 +238,8 @@ def keras_to_torch(
     state = {}
     for r in built.rows:
         array = weights.pop(r.keras) if consume else weights[r.keras]  # type: ignore[attr-defined]
-        state[r.torch] = torch.from_numpy(np.ascontiguousarray(r.transform.to_torch(array)))
+        layout = np.array(r.transform.to_torch(array), order="C", copy=None)  # 0-d stays 0-d
+        state[r.torch] = torch.from_numpy(layout)
         del array
     for key, fix in built.fixed.items():
         state[key] = torch.from_numpy(fix.value.copy())
@@ -262,9 +265,8 @@ def torch_to_keras(built: Built, state: Mapping[str, torch.Tensor], source: str)
                 f"layer (center/scale off) cannot hold it"
             )
     return {
-        r.keras: np.ascontiguousarray(
-            r.transform.to_keras(state[r.torch].detach().cpu().numpy().astype(np.float32))
-        )
+        r.keras: np.array(r.transform.to_keras(state[r.torch].detach().cpu().numpy()),
+                          r.dtype, order="C", copy=None)  # (0-d stays 0-d)
         for r in built.rows
     }
 

@@ -31,6 +31,7 @@ from parity.layers.modules import (
     KerasReshape,
     Merge,
     Normalize,
+    NormalizeAdapted,
     Rescale,
     Scalar,
     Scale,
@@ -38,7 +39,7 @@ from parity.layers.modules import (
 )
 
 _HELPERS = (AvgPool2dSame, GlobalPool2d, Exponential, Rescale, KerasReshape, FlattenHWC, Crop2d,
-            ChannelLinear, ChannelLayerNorm, Normalize, Scale)
+            ChannelLinear, ChannelLayerNorm, Normalize, NormalizeAdapted, Scale)
 _USE_F = (AvgPool2dSame, ChannelLinear, ChannelLayerNorm)  # helpers whose source calls F.…
 
 
@@ -87,6 +88,7 @@ def _helper_call(module: torch.nn.Module) -> str:
         Normalize: lambda m: (f"({', '.join(map(_float, m.mean))},), "
                               f"({', '.join(map(_float, m.variance))},), {m.invert}"),
         Scale: lambda m: f"{m.gamma.shape[0]}",
+        NormalizeAdapted: lambda m: f"{m.mean.shape[0]}, {m.invert}",
     }[type(module)](module)
     return f"{type(module).__name__}({args})"
 

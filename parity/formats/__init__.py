@@ -180,9 +180,10 @@ def write_keras(
     out = written(spec, str(dst))
     check_tensors(weights, dict(spec.shapes()), str(dst), shape_of=np.shape, what="cannot write: ")
     source_of = {new: old for old, new in out.keys.items()}
+    dtypes = {key: var.dtype for key, var, _ in spec.variables()}
 
-    def tensor(key: str) -> np.ndarray:
-        return np.ascontiguousarray(weights[source_of[key]], np.float32)
+    def tensor(key: str) -> np.ndarray:  # float32, or int64 for a counter
+        return np.array(weights[source_of[key]], dtypes[source_of[key]], order="C", copy=None)
 
     if kind == "h5":
         problem = keras_h5_legacy.names_problem(out.spec)

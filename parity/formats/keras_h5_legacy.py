@@ -80,7 +80,8 @@ def read_weights(
         _check_names(ns, layer, names, source)
         for var, wname in zip(ns.out.variables, names, strict=True):
             h5path = f"{prefix}{layer}/{wname}"
-            weights[ns.key(var)] = _read_array(tree, h5path, var.shape, ns.key(var), source)
+            weights[ns.key(var)] = _read_array(tree, h5path, var.shape, ns.key(var), source,
+                                               var.dtype)
             if where is not None:
                 where[ns.key(var)] = h5path
     return weights

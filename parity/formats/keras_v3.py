@@ -30,7 +30,7 @@ import numpy as np
 
 from fashion_cnn import jsonfile
 from fashion_cnn.errors import UserError
-from fashion_cnn.hdf5 import H5Tree, open_h5, read_array, walk
+from fashion_cnn.hdf5 import H5Tree, open_h5, read_array, read_integer, walk
 from parity.formats.keras_json import KERAS_FORMAT_VERSION
 from parity.formats.limits import (
     CONFIG_MEMBER,
@@ -47,10 +47,13 @@ def json_of(raw: bytes | str, what: str, source: str) -> object:
     return jsonfile.loads(raw, what, source, max_bytes=MAX_JSON_BYTES)
 
 
-def _read_array(tree: H5Tree, h5path: str, shape: tuple[int, ...], name: str, source: str):
+def _read_array(tree: H5Tree, h5path: str, shape: tuple[int, ...], name: str, source: str,
+                dtype: str = "float32"):
     """`fashion_cnn.hdf5.read_array` after two checks a config of any size needs: uncompressed
     storage holds the bytes it declares (a sparse dataset would be mostly fill value), and a
-    deflated one inflates to at most the bound."""
+    deflated one inflates to at most the bound. An int64 variable (a counter) is read as one."""
+    if dtype == "int64":
+        return read_integer(tree, h5path, tuple(shape), f"{h5path} ({name})", source)
     dataset = tree.datasets.get(h5path)
     if dataset is not None and dataset.dtype.kind == "f" and dataset.shape == tuple(shape):
         stored = dataset.id.get_storage_size()
@@ -79,7 +82,7 @@ def read_weights(
         index[ns.node.path] = i + 1
         path = f"layers/{ns.node.path}/vars/{i}"
         expected.add(path)
-        weights[key] = _read_array(tree, path, var.shape, key, source)
+        weights[key] = _read_array(tree, path, var.shape, key, source, var.dtype)
         if where is not None:
             where[key] = path
     extra = sorted(n for n in tree.datasets if n not in expected and not n.startswith("optimizer/"))

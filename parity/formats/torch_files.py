@@ -111,10 +111,14 @@ def read_torch(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> Bui
             else "not the book's CNN and no architecture stored: ")
     finite_check = finite(allow_nonfinite)  # numpy's isfinite on a view: no float copy
 
+    row_dtypes = {r.torch: getattr(torch, r.dtype) for r in built.rows}
+
     def dtype_ok(name: str, t: object) -> str | None:
-        # a fixed entry keeps its own dtype: num_batches_tracked int64, a zero bias float32
+        # a fixed entry keeps its own dtype: num_batches_tracked int64, a zero bias float32;
+        # a row its variable's: float32, int64 for a counter
         fixed = built.fixed.get(name)
-        want = torch.from_numpy(fixed.value).dtype if fixed is not None else torch.float32
+        want = (torch.from_numpy(fixed.value).dtype if fixed is not None
+                else row_dtypes.get(name, torch.float32))
         problem = tensor_problem(name, t, want)
         if problem is None and want == torch.float32:  # (passes all with --allow-nonfinite)
             return finite_check(name, t)

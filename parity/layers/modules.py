@@ -219,6 +219,27 @@ class Normalize(nn.Module):
         return f"mean={self.mean}, variance={self.variance}, invert={self.invert}"
 
 
+class NormalizeAdapted(nn.Module):
+    """keras.layers.Normalization with adapted statistics: buffers mean and variance, and the
+    int64 `count` Keras keeps beside them (unused here, carried so the way back is exact)."""
+
+    def __init__(self, channels: int, invert: bool = False) -> None:
+        super().__init__()
+        self.invert = invert
+        self.register_buffer("mean", torch.zeros(channels))
+        self.register_buffer("variance", torch.ones(channels))
+        self.register_buffer("count", torch.zeros((), dtype=torch.int64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (-1, 1, 1) if x.dim() == 4 else (-1,)
+        mean, var = self.mean.reshape(shape), self.variance.reshape(shape)
+        std = torch.clamp_min(torch.sqrt(var), 1e-7)
+        return mean + x * std if self.invert else (x - mean) / std
+
+    def extra_repr(self) -> str:
+        return f"{self.mean.shape[0]}, invert={self.invert}"
+
+
 class Scale(nn.Module):
     """A learned per-channel scale, x · gamma (ConvNeXt's LayerScale), on NCHW or flat input."""
 

@@ -224,9 +224,10 @@ class LayerNormalization(Entry):
 
 @dataclass(frozen=True)
 class NormParams:
-    mean: tuple[float, ...]
-    variance: tuple[float, ...]
+    mean: tuple[float, ...] | None  # None: adapted state, held as weights
+    variance: tuple[float, ...] | None
     invert: bool
+    axis: int
 
 
 def _per_channel(value: object, what: str, where: str) -> tuple[float, ...]:
@@ -238,54 +239,73 @@ def _per_channel(value: object, what: str, where: str) -> tuple[float, ...]:
 
 @register
 class Normalization(Entry):
-    """keras.layers.Normalization with its mean and variance in the config (ConvNeXt's
-    ImageNet statistics): (x − mean) / max(√variance, 1e-7) on the last axis. Adapted state
-    held as weights (EfficientNet's, with an int64 `count`) is refused."""
+    """keras.layers.Normalization on the last axis: (x − mean) / max(√variance, 1e-7) (or its
+    inverse), the statistics in the config (ConvNeXt's ImageNet values) or adapted and held as
+    weights — mean, variance and an int64 `count` (EfficientNet's), which Keras only keeps."""
 
     kind = "Normalization"
     fields = ("axis", "mean", "variance", "invert")
-    passes_flatten = False
+    assign_after_build = True  # its weights' initializers are strings inside build
+    finalize = True  # Keras computes its mean and variance from them in finalize_state
 
     @staticmethod
     def sample(rng, inp: In) -> dict | None:
         c = inp.shape[-1]
+        if rng.integers(2):
+            return {"axis": -1, "mean": None, "variance": None}
         return {"mean": [float(v) for v in rng.normal(0, 1, c)],
                 "variance": [float(v) for v in rng.uniform(0.2, 3, c)],
                 "invert": bool(rng.integers(2))}
 
     @staticmethod
     def parse(cfg: Mapping, where: str) -> NormParams:
-        _channel_axis(cfg, where)
-        if cfg.get("mean") is None or cfg.get("variance") is None:
-            raise UserError(f"{where}: a Normalization with adapted state (mean and variance "
-                            f"stored as weights) is not supported; only one with mean and "
-                            f"variance in its config")
-        mean = _per_channel(cfg.get("mean"), "mean", where)
+        axis = cfg.get("axis", -1)
+        if isinstance(axis, list) and len(axis) == 1:
+            axis = axis[0]
+        if not isinstance(axis, int) or isinstance(axis, bool):
+            raise UserError(f"{where}: axis={cfg.get('axis')!r}; only the last axis is supported")
+        invert = flag(cfg, "invert", False, where)
+        if (cfg.get("mean") is None) != (cfg.get("variance") is None):
+            raise UserError(f"{where}: a mean without a variance (or the reverse)")
+        if cfg.get("mean") is None:
+            return NormParams(None, None, invert, axis)
         variance = _per_channel(cfg.get("variance"), "variance", where)
         if min(variance) < 0:
             raise UserError(f"{where}: a variance is negative")
-        return NormParams(mean, variance, flag(cfg, "invert", False, where))
+        return NormParams(_per_channel(cfg.get("mean"), "mean", where), variance, invert, axis)
 
     @staticmethod
     def infer(p: NormParams, ins: Sequence[In], where: str) -> Out:
-        c = ins[0].shape[-1]
+        shape = ins[0].shape
+        if p.axis not in (-1, len(shape)):
+            raise UserError(f"{where}: axis={p.axis}; only the last axis is supported")
+        c = shape[-1]
+        if p.mean is None:
+            return Out(shape, (Var("mean", (c,)), Var("variance", (c,)),
+                               Var("count", (), "int64")))
         for what, values in (("mean", p.mean), ("variance", p.variance)):
             if len(values) not in (1, c):
                 raise UserError(f"{where}: {len(values)} {what} values for {c} channels")
-        return Out(ins[0].shape)
+        return Out(shape)
 
     @staticmethod
     def to_torch(p: NormParams, ins: Sequence[In], out: Out, where: str) -> Converted:
-        from parity.layers.modules import Normalize
+        from parity.layers.modules import Normalize, NormalizeAdapted
 
         c = ins[0].shape[-1]
+        if p.mean is None:
+            params = [Param(v, 0, v, (c,) if v != "count" else (), IDENTITY)
+                      for v in ("mean", "variance", "count")]
+            return Converted([("normalize", NormalizeAdapted(c, p.invert))], params)
         mean = p.mean * c if len(p.mean) == 1 else p.mean
         variance = p.variance * c if len(p.variance) == 1 else p.variance
         return Converted([("normalize", Normalize(mean, variance, p.invert))])
 
     @staticmethod
     def numpy(p: NormParams, w: Mapping, xs: Sequence[np.ndarray]) -> np.ndarray:
-        mean = np.asarray(p.mean, dtype=np.float32)
-        std = np.maximum(np.sqrt(np.asarray(p.variance, dtype=np.float32)), np.float32(1e-7))
+        held = p.mean is None
+        mean = np.asarray(w["mean"] if held else p.mean, dtype=np.float32)
+        var = np.asarray(w["variance"] if held else p.variance, dtype=np.float32)
+        std = np.maximum(np.sqrt(var), np.float32(1e-7))
         x = xs[0]
         return (mean + x * std) if p.invert else ((x - mean) / std)

@@ -135,6 +135,7 @@ class Entry:
     # after it is built (their initializers are made inside build, not attributes).
     keras_class: ClassVar[tuple[str, str] | None] = None
     assign_after_build: ClassVar[bool] = False
+    finalize: ClassVar[bool] = False  # Keras's finalize_state() after the assignment
 
     @classmethod
     def parse_call(cls, cfg: Mapping, operands: Sequence, where: str) -> Any:

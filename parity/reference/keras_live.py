@@ -61,6 +61,8 @@ class KerasReference:
             if ns.entry.assign_after_build:
                 for v, var in zip(layer.weights, ns.out.variables, strict=True):
                     v.assign(np.asarray(weights[ns.key(var)]))
+                if ns.entry.finalize:
+                    layer.finalize_state()
             self._check_variables(layer, ns)
             if split:
                 pre[ns.node.name] = y
