@@ -3,9 +3,9 @@ CNN — run through the real command lines (`parity.port`, `parity.check`, and
 `parity.load_torch_model` from a small script), each in its own process.
 
 The hostile files are made from real Keras models built here (Sequential and Functional, saved
-by `model.save` as `.keras` and legacy `.h5`) and from real PyTorch files that carry an architecture (`.pt` whose
-state_dict `_metadata[""]["keras_config"]` holds the architecture, `.safetensors` whose header
-metadata does), then edited: their JSON, their tensors, their names.
+by `model.save` as `.keras` and legacy `.h5`) and from real PyTorch files that carry an
+architecture (`.pt` whose state_dict `_metadata[""]["keras_config"]` holds the architecture,
+`.safetensors` whose header metadata does), then edited: their JSON, their tensors, their names.
 
 Where the port's pre-write check takes a different path with Keras importable (Keras itself)
 and without it (the numpy reference), a case runs both ways: `keras="blocked"` runs the child
@@ -144,7 +144,7 @@ def sources(tmp_path_factory) -> dict[str, Path]:
                 else:
                     model.save(folder / f"{name}{fmt}")
     files = {p.name: p for p in folder.iterdir()}
-    for fmt in (".pt", ".safetensors"):  # PyTorch files with an architecture, written by the real port
+    for fmt in (".pt", ".safetensors"):  # files with an architecture, written by the real port
         dst = folder / f"mlp{fmt}"
         assert port_main([str(folder / "mlp.keras"), str(dst), "--samples", "20"]) == 0
         files[dst.name] = dst
@@ -234,8 +234,8 @@ def edited_h5(src: Path, dst: Path, edit: Edit) -> Path:
 def edited_pt(
     src: Path, dst: Path, edit: Edit | None = None, tensors: Callable[[dict], None] | None = None
 ) -> Path:
-    """A copy of a real `.pt` with an architecture with its `_metadata[""]["keras_config"]` and/or its
-    tensors edited."""
+    """A copy of a real `.pt` carrying an architecture, its `_metadata[""]["keras_config"]`
+    and/or its tensors edited."""
     state = torch.load(src, weights_only=True)
     if edit is not None:
         config = json.loads(state._metadata[""]["keras_config"])
@@ -248,7 +248,8 @@ def edited_pt(
 
 
 def edited_safetensors(src: Path, dst: Path, edit: Edit) -> Path:
-    """A copy of a real `.safetensors` with an architecture with its header's `keras_config` edited."""
+    """A copy of a real `.safetensors` carrying an architecture, its header's `keras_config`
+    edited."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 

@@ -252,3 +252,66 @@ def test_gelu_is_the_exact_erf_form():
     erf, erfc = _erf_erfc(a)
     np.testing.assert_allclose(erf, [math.erf(v) for v in a], rtol=1e-14, atol=0)
     np.testing.assert_allclose(erfc, [math.erfc(v) for v in a], rtol=1e-11, atol=0)
+
+
+# --- every registry entry, as its own `sample` draws it ----------------------------------------
+
+ENTRY_SHAPES = [(9, 8, 3), (12,), (7, 6, 4)]
+
+
+@pytest.mark.parametrize("kind", sorted(k for k in __import__("parity.layers").layers.REGISTRY
+                                        if k != "InputLayer"))
+def test_every_entry_numpy_reference_matches_keras(kind):
+    """Each entry's numpy reference against Keras itself on configs its own `sample` draws (a
+    merge on a tensor and a rescaled copy of it), on seeded inputs spread over [-3, 3]: a new
+    entry is tested here without new test code."""
+    import zlib
+
+    import keras
+
+    from parity.formats import parse
+    from parity.layers import REGISTRY, In
+    from parity.tests.testdata import keras_call
+
+    entry = REGISTRY[kind]
+    rng = np.random.default_rng(zlib.crc32(kind.encode()))
+    tried = 0
+    for attempt in range(12):
+        shape = ENTRY_SHAPES[attempt % len(ENTRY_SHAPES)]
+        cfg = entry.sample(rng, In(shape))
+        takes_many = entry.inputs[1] > 1 or kind.startswith("keras.src.ops.")
+        if cfg is None or (takes_many and "value" not in cfg and len(shape) == 0):
+            continue
+        keras.utils.set_random_seed(attempt)
+        inputs = keras.Input(shape)
+        x = keras.layers.Rescaling(6.0, offset=-3.0)(inputs)
+        xs = [x, keras.layers.Rescaling(0.5, offset=0.25)(x)] if (
+            takes_many and "value" not in cfg) else [x]
+        try:
+            y = keras_call(keras, kind, cfg, xs)
+        except ValueError:  # a draw Keras itself refuses for this shape
+            continue
+        model = keras.Model(inputs, y)
+        spec = parse(json.loads(model.to_json()), kind)
+        weights = {}
+        for layer, ns in zip([lay for lay in model.layers if lay.weights], [
+                n for n in spec.nodes if n.out.variables], strict=True):
+            for v, var in zip(layer.weights, ns.out.variables, strict=True):
+                if var.dtype == "float32":
+                    v.assign(rng.uniform(0.5, 1.5, v.shape).astype(np.float32)
+                             if var.name in ("moving_variance", "variance")
+                             else rng.normal(0.0, 0.5, v.shape).astype(np.float32))
+                weights[ns.key(var)] = np.asarray(v)
+            if getattr(REGISTRY[ns.node.class_name], "finalize", False):
+                layer.finalize_state()
+        data = np.random.default_rng(attempt).random((8, *shape), dtype=np.float32)
+        cut = keras.Model(inputs, [model.get_layer(ns.node.name).output if ns.node.path else
+                                   y for ns in spec.nodes])
+        out = cut(data)
+        keras_outs = [np.asarray(o) for o in (out if isinstance(out, list | tuple) else [out])]
+        numpy_outs = [o for p, o in zip(probes(spec), layer_outputs(spec, weights, data),
+                                        strict=True) if not p.pre]
+        failures, _ = _failures(_no_pre(spec), keras_outs, numpy_outs)
+        assert not failures, f"{kind} {cfg} on {shape}: " + "; ".join(failures)
+        tried += 1
+    assert tried >= 2, f"{kind}: its sample drew fewer than 2 configs Keras runs"
