@@ -8,7 +8,7 @@ DATA_STAMP := $(VENV)/.data-verified
 export TF_CPP_MIN_LOG_LEVEL := 3
 DEBIAN_DATA := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup data train train-ddp train-keras test test-fast test-numerics test-property bench bench-accuracy \
+.PHONY: setup data train train-ddp train-keras test test-fast test-numerics test-property test-zoo bench bench-accuracy \
 	docs notebooks lint clean
 
 setup: $(STAMP)
@@ -73,6 +73,11 @@ test-numerics: $(DATA_STAMP)
 PROPERTY_MODELS ?= 200
 test-property: $(DATA_STAMP)
 	PROPERTY_MODELS=$(PROPERTY_MODELS) $(BIN)/python -m pytest -q parity/tests/test_property.py
+
+# Every architecture of keras.applications (40), weights=None at its smallest input, ported both
+# ways and checked (one README row each); `make test` runs 3 of them.
+test-zoo: $(DATA_STAMP)
+	APPLICATIONS=all $(BIN)/python -m pytest -q parity/tests/test_applications.py
 
 bench: $(DATA_STAMP)
 	$(BIN)/python -m bench.speed --out bench/results/speed.json

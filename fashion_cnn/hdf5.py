@@ -38,7 +38,9 @@ from fashion_cnn.errors import UserError, first_line
 
 MAX_H5_OBJECTS = 10_000  # groups and datasets in one file (the book's with Adam: 46)
 MAX_ATTR_ITEMS = 10_000  # strings in a name-list attribute (the book's: 8)
-MAX_ATTR_BYTES = 1 << 20  # bytes of one attribute (the legacy model_config: 5 KB)
+# bytes of one attribute: a legacy model_config (the book's: 5 KB; keras.applications'
+# largest, NASNetLarge's: 1.6 MB)
+MAX_ATTR_BYTES = 16 << 20
 # Bytes inflated from deflate-compressed datasets, all of one file's together: Keras never
 # compresses its weights, and a few hundred bytes of deflate can stand for a megabyte of zeros.
 MAX_INFLATED_BYTES = 256 << 20

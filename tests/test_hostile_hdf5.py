@@ -258,7 +258,7 @@ def test_declared_terabyte_kernel(keras_ckpts, tmp_path, refuse):
 
 
 def test_oversized_model_config_attribute(keras_ckpts, tmp_path, refuse):
-    big = b'{"pad": "' + b"x" * (3 << 20) + b'"}'
+    big = b'{"pad": "' + b"x" * (17 << 20) + b'"}'
 
     def edit(h5, bias):
         h5.attrs["model_config"] = big
@@ -268,7 +268,7 @@ def test_oversized_model_config_attribute(keras_ckpts, tmp_path, refuse):
         "parity.port",
         src,
         tmp_path / "out.pt",
-        fragments=(f"attribute /@model_config is {len(big)} bytes, more than 1048576 allowed",),
+        fragments=(f"attribute /@model_config is {len(big)} bytes, more than 16777216 allowed",),
     )
 
 

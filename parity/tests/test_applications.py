@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import sys
 
 import numpy as np
@@ -75,6 +76,7 @@ def test_application_ports_both_ways(name, tmp_path, capsys):
     import keras
 
     import parity
+    import parity.formats
     from parity.formats import read_keras
     from parity.port import main as port_main
 
@@ -85,6 +87,10 @@ def test_application_ports_both_ways(name, tmp_path, capsys):
         capsys.readouterr().err)
     out = capsys.readouterr().out
     assert "every layer within tolerance" in out and "predictions agreeing: 8/8" in out, out
+    params = re.search(r"read: keras \(\d+ tensors, ([\d,]+) parameters\)", out).group(1)
+    worst = re.search(r"worst (.+?) used ([\d.]+) of it \(max \|diff\| (\S+), scale (\S+)\); "
+                      r"output max \|diff\| (\S+)", out)
+    nodes = len(parity.formats.read_keras(src).spec.nodes)
 
     generated = _module_of(py, f"application_{name}").Model()
     generated.load_state_dict(torch.load(pt, weights_only=True), strict=True)
@@ -101,3 +107,6 @@ def test_application_ports_both_ways(name, tmp_path, capsys):
     images = x.numpy().transpose(0, 2, 3, 1)
     want = keras.models.load_model(src).predict(images, verbose=0)
     np.testing.assert_array_equal(keras.models.load_model(back).predict(images, verbose=0), want)
+    with capsys.disabled():  # the README's zoo table: make test-zoo prints one row per model
+        print(f"\n| {name} | {size} | {nodes} | {params} | {worst.group(2)} ({worst.group(1)}, "
+              f"max \\|diff\\| {worst.group(3)}) | {worst.group(5)} | yes |")
