@@ -45,6 +45,20 @@ print(m.count_params())
     return int(out.stdout.strip().splitlines()[-1])
 
 
+def application_file(name: str, size: int, path: Path) -> int:
+    """Write keras.applications' `name` (weights=None, 1,000 classes) at size×size; its count."""
+    code = f"""
+import keras
+keras.utils.set_random_seed(0)
+m = getattr(keras.applications, {name!r})(weights=None, input_shape=({size}, {size}, 3))
+m.save({str(path)!r})
+print(m.count_params())
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    return int(out.stdout.strip().splitlines()[-1])
+
+
 def measured(argv: list[str]) -> dict:
     """Run a command in a fresh process: wall seconds and its peak RSS (MiB)."""
     code = (
@@ -78,17 +92,25 @@ def main(argv: list[str] | None = None) -> int:
                    help="JSON report (default: bench/results/port_scale.json)")
     p.add_argument("--params", type=float, default=50.0,
                    help="largest model, in millions of parameters (default: 50)")
+    p.add_argument("--applications", default="ResNet50,VGG16",
+                   help="keras.applications models to port at 224×224 with the check's default "
+                        "samples (default: ResNet50,VGG16; '' for none)")
     args = p.parse_args(argv)
     py = sys.executable
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for fraction in (0.25, 0.5, 1.0):
-            size = args.params * fraction
-            src = Path(tmp) / f"m{fraction}.keras"
-            n = keras_model_file(size, src)
-            pt, back = Path(tmp) / f"m{fraction}.pt", Path(tmp) / f"m{fraction}-back.keras"
-            port = [py, "-m", "parity.port", "--samples", "100"]
+        jobs = [(f"Sequential {args.params * f:g} M", f, None) for f in (0.25, 0.5, 1.0)]
+        jobs += [(f"{a} 224×224", 1.0, a) for a in args.applications.split(",") if a]
+        for label, fraction, application in jobs:
+            src = Path(tmp) / f"{application or fraction}.keras"
+            n = (application_file(application, 224, src) if application
+                 else keras_model_file(args.params * fraction, src))
+            pt, back = src.with_suffix(".pt"), Path(tmp) / f"{application or fraction}-back.keras"
+            # the Sequential rows as before (100 images); an application with the check's
+            # default count, which adapts to the input size and says so
+            port = [py, "-m", "parity.port", *([] if application else ["--samples", "100"])]
             row = {
+                "model": label,
                 "parameters": n,
                 "weights_mib": round(4 * n / MB),
                 "keras_file_mib": round(src.stat().st_size / MB),
@@ -116,12 +138,14 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
-    print("| parameters | weights | Keras → PyTorch | PyTorch → Keras | load_torch_model |")
-    print("|---|---|---|---|---|")
+    print("| model | parameters | weights | Keras → PyTorch | PyTorch → Keras | "
+          "load_torch_model |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
-        cells = [f"{r[k]['seconds']:.1f} s, {r[k]['peak_rss_mib']} MiB"
+        cells = [f"{r[k]['seconds']:.1f} s, {r[k]['peak_rss_mib']:,} MiB"
                  for k in ("keras_to_torch", "torch_to_keras", "load_torch_model")]
-        print(f"| {r['parameters'] / 1e6:.1f} M | {r['weights_mib']} MiB | " + " | ".join(cells))
+        print(f"| {r['model']} | {r['parameters'] / 1e6:.1f} M | {r['weights_mib']} MiB | "
+              + " | ".join(cells) + " |")
     return 0
 
 

@@ -56,13 +56,12 @@ MAX_CHECKPOINT_BYTES = 256 << 20
 _GLOBAL = re.compile(r"GLOBAL ([\w.<>]+)")
 
 
-def _check_size(path: Path) -> None:
+def _check_size(path: Path, limit: int = MAX_CHECKPOINT_BYTES) -> None:
     size = path.stat().st_size
-    if size > MAX_CHECKPOINT_BYTES:
-        raise UserError(
-            f"{path}: {size} bytes, more than {MAX_CHECKPOINT_BYTES} allowed for a checkpoint "
-            f"of the book's CNN (1.3 MB)"
-        )
+    if size > limit:
+        what = (" for a checkpoint of the book's CNN (1.3 MB)" if limit == MAX_CHECKPOINT_BYTES
+                else "")
+        raise UserError(f"{path}: {size} bytes, more than {limit} allowed{what}")
     if zipfile.is_zipfile(path):
         # torch's zip format: records are inflated to their declared sizes; bound their sum.
         try:
@@ -70,10 +69,9 @@ def _check_size(path: Path) -> None:
                 declared = sum(info.file_size for info in zf.infolist())
         except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError) as err:
             raise UserError(f"{path}: not a readable PyTorch checkpoint ({err})") from None
-        if declared > MAX_CHECKPOINT_BYTES:
+        if declared > limit:
             raise UserError(
-                f"{path}: its zip records declare {declared} bytes, more than "
-                f"{MAX_CHECKPOINT_BYTES} allowed"
+                f"{path}: its zip records declare {declared} bytes, more than {limit} allowed"
             )
 
 
@@ -93,14 +91,15 @@ def _refused_pickle(path: Path, err: Exception) -> UserError:
     )
 
 
-def read_tensors(path: Path) -> Mapping[str, object]:
+def read_tensors(path: Path, max_bytes: int = MAX_CHECKPOINT_BYTES) -> Mapping[str, object]:
     """What a .pt/.pth/.safetensors file holds (a training checkpoint's "model"), read with
     `weights_only=True` and its errors as one line; the tensors are not yet checked (each goes
-    through `tensor_problem` before its values are read)."""
+    through `tensor_problem` before its values are read). `max_bytes`: the file, and what its
+    zip records declare, at most (the book's checkpoints: MAX_CHECKPOINT_BYTES)."""
     kind = checkpoint_kind(path)
     if not path.is_file():
         raise UserError(f"{path}: no such file")
-    _check_size(path)
+    _check_size(path, max_bytes)
     if kind == "safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file

@@ -7,3 +7,7 @@ CONFIG_MEMBER, METADATA_MEMBER, WEIGHTS_MEMBER = "config.json", "metadata.json",
 # largest config (NASNetLarge's, 1,041 layers) is 1.6 MB; parsing 16 MB of JSON takes ~0.2 GB
 MAX_JSON_BYTES = 16 << 20
 MAX_WEIGHTS_BYTES = 256 << 20  # a compressed weights member, or one deflated dataset, inflated
+# A PyTorch file that carries its architecture (any model, not only the book's CNN): the file
+# and what its zip records declare. ConvNeXtXLarge's is 1.4 GB; its tensors must also stand for
+# no more bytes than the file holds, and memory then follows the model's own size.
+MAX_TORCH_FILE_BYTES = 16 << 30

@@ -30,7 +30,7 @@ from parity import book
 from parity.build import Built, KerasModel, build
 from parity.formats.keras_json import model_config
 from parity.formats.keras_v3 import json_of
-from parity.formats.limits import MAX_JSON_BYTES
+from parity.formats.limits import MAX_JSON_BYTES, MAX_TORCH_FILE_BYTES
 from parity.ir.keras_config import parse_model
 from parity.spec import check
 from torch_impl.checkpoint import read_tensors, tensor_problem, torch_bytes, write_safetensors
@@ -69,7 +69,7 @@ def save_torch_model(module: KerasModel, dst: str | os.PathLike, *, force: bool 
 
 def _read(path: Path) -> tuple[dict, str | None]:
     """The tensors and the architecture JSON (None when the file carries none)."""
-    state = read_tensors(path)  # weights_only=True, errors in one line
+    state = read_tensors(path, MAX_TORCH_FILE_BYTES)  # weights_only=True, errors in one line
     if path.suffix.lower() == ".safetensors":
         from safetensors import safe_open
 

@@ -26,18 +26,28 @@ def device_of(module: torch.nn.Module) -> torch.device:
 INPUT = "\0input"  # the model's input, which no module is named
 
 
+class Outputs(list):
+    """Each probe's output (Keras layout), and `scales`: for a probe of a layer with a fused
+    activation, each image's largest |value| before that activation (else None) — the
+    magnitude its error is in proportion to, where the activation squashes it (a sigmoid
+    gate's inputs reach ±15 in EfficientNetV2, its outputs stay below 1)."""
+
+    scales: list[np.ndarray | None]
+
+
 @torch.no_grad()
-def layer_outputs(built: Built, images: np.ndarray) -> list[np.ndarray]:
+def layer_outputs(built: Built, images: np.ndarray) -> Outputs:
     """Each probe's output computed by the module (Keras layout), for one batch of images."""
     module = built.module
     infos = {info.name: info for info in built.layers}
-    wanted: dict[str, str] = {}  # module name → what it gives
-    sources: list[tuple[str, LayerInfo]] = []
+    wanted: set[str] = set()
+    sources: list[tuple[str, LayerInfo, str | None]] = []
     for probe in probes(built.spec):
         info = infos[probe.node]
         name = _source(info, probe.pre, infos, module.input_name)
-        sources.append((name, info))
-        wanted[name] = name
+        pre = info.pre_activation if not probe.pre and name in info.modules else None
+        sources.append((name, info, pre))
+        wanted.update(n for n in (name, pre) if n)
     captured: dict[str, torch.Tensor] = {}
     hooks = [
         getattr(module, name).register_forward_hook(
@@ -51,7 +61,17 @@ def layer_outputs(built: Built, images: np.ndarray) -> list[np.ndarray]:
     finally:
         for h in hooks:
             h.remove()
-    return [to_keras_layout(info, captured[name].cpu().numpy()) for name, info in sources]
+    out = Outputs(to_keras_layout(info, captured[name].cpu().numpy())
+                  for name, info, _ in sources)
+    out.scales = [_largest(captured[pre]) if pre else None for _, _, pre in sources]
+    return out
+
+
+def _largest(t: torch.Tensor) -> np.ndarray:
+    """Each image's largest finite |value|."""
+    a = t.detach().abs().reshape(len(t), -1)
+    a = torch.where(torch.isfinite(a), a, torch.zeros((), dtype=a.dtype, device=a.device))
+    return (a.amax(dim=1) if a.shape[1] else torch.zeros(len(t))).cpu().numpy()
 
 
 def _source(info: LayerInfo, pre: bool, infos: dict[str, LayerInfo], input_name: str) -> str:

@@ -12,8 +12,11 @@ size of its terms, and what a layer adds to the error it is handed is in proport
 inputs' size, which its output's size follows through a deep network (ResNet, NASNet and
 EfficientNet reach values of 10² and more under random weights; a bound fixed at 1e-5 would
 then be a bound on 1e-7 of the values, below float32's own reach in a long sum). Per image, so
-a verdict never depends on which images share a batch. `used` is the largest share of that
-tolerance an element used (≤ 1 passes).
+a verdict never depends on which images share a batch. For a layer with a fused activation
+(Conv2D(activation="sigmoid")), s is also at least its largest |value| before the activation
+(PyTorch's, which holds it as a module of its own): the error is made there, and a squashing
+activation does not shrink it in proportion. `used` is the largest share of that tolerance an
+element used (≤ 1 passes).
 """
 
 from __future__ import annotations
@@ -34,8 +37,8 @@ import numpy as np
 ATOL = 1e-5
 RTOL = 1e-5
 
-RULE = (f"|torch − keras| ≤ {ATOL:g}·max(1, s) + {RTOL:g}·|keras|, s = the layer's max |keras| "
-        f"on each image")
+RULE = (f"|torch − keras| ≤ {ATOL:g}·max(1, s) + {RTOL:g}·|keras|, s = the layer's max |value| "
+        f"on each image (before its activation, where it has one)")
 
 # float32's unit roundoff: every float32 operation is exact to within a factor (1 ± U32).
 U32 = 2.0**-24
@@ -85,7 +88,8 @@ class LayerDiff:
 
 
 def compare(
-    name: str, keras: np.ndarray, torch: np.ndarray, *, atol: float = ATOL, rtol: float = RTOL
+    name: str, keras: np.ndarray, torch: np.ndarray, *, atol: float = ATOL, rtol: float = RTOL,
+    floor: np.ndarray | None = None,
 ) -> LayerDiff:
     """Compare one output; NaN/Inf count as equal only where both sides hold the same value."""
     keras = np.asarray(keras, dtype=np.float64)
@@ -96,6 +100,8 @@ def compare(
     same_nonfinite = ~both & ((keras == torch) | (np.isnan(keras) & np.isnan(torch)))
     diff = np.abs(torch - keras)
     scale = _scale(np.where(both, np.abs(keras), 0.0))  # per image (first axis), ≥ 1
+    if floor is not None:  # each image's magnitude before the layer's activation
+        scale = np.maximum(scale, np.asarray(floor, np.float64).reshape(scale.shape))
     bound = atol * scale + rtol * np.abs(keras)
     ok = np.where(both, diff <= bound, same_nonfinite)
     finite_diff = diff[both]
@@ -129,7 +135,8 @@ class RunningDiff:
         self.scale = 1.0
         self.passed = True
 
-    def update(self, keras: np.ndarray, torch: np.ndarray, *, slice_values: int = 1 << 20) -> None:
+    def update(self, keras: np.ndarray, torch: np.ndarray, *, slice_values: int = 1 << 20,
+               floor: np.ndarray | None = None) -> None:
         """Fold in one batch, compared a few rows at a time (`compare` works in float64)."""
         tail = tuple(np.shape(torch)[1:])
         if self.tail is None:
@@ -141,7 +148,8 @@ class RunningDiff:
         rows = max(1, slice_values // max(1, int(np.prod(tail, dtype=np.int64))))
         for start in range(0, len(torch), rows):
             d = compare(self.name, keras[start : start + rows], torch[start : start + rows],
-                        atol=self.atol, rtol=self.rtol)
+                        atol=self.atol, rtol=self.rtol,
+                        floor=None if floor is None else floor[start : start + rows])
             self.passed = self.passed and d.passed
             self.max_abs = max(self.max_abs, d.max_abs)
             self.max_rel = max(self.max_rel, d.max_rel)

@@ -144,15 +144,18 @@ def compare_layerwise(
     for start in range(0, len(images), batch):
         x = images.batch(start, start + batch)
         ko, to = keras_side(x), torch_side(x)
+        scales = getattr(to, "scales", None) or [None] * len(names)  # before activations
         if len(ko) != len(names) or len(to) != len(names):
             raise AssertionError("a side returned another number of layer outputs")
         if allow_nonfinite:
             rows = _finite_rows(ko) & _finite_rows(to)
             nonfinite += int((~rows).sum())
             ko, to = [k[rows] for k in ko], [t[rows] for t in to]
+        if allow_nonfinite:
+            scales = [s if s is None else s[rows] for s in scales]
         last_k, last_t = ko[-1], to[-1]
         for i, diff in enumerate(running):
-            diff.update(ko[i], to[i])
+            diff.update(ko[i], to[i], floor=scales[i])
             ko[i] = to[i] = None  # type: ignore[call-overload]  (each layer freed once compared)
         agree.update(last_k, last_t)
     return Layerwise([d.result() for d in running], len(images) - nonfinite, nonfinite,
