@@ -61,8 +61,7 @@ class Dense(Entry):
 
     @staticmethod
     def sample(rng, inp: In) -> dict | None:
-        if len(inp.shape) != 1:
-            return None
+        # on vectors, and on the last axis of maps (ConvNeXt's pointwise layers)
         return {"units": int(rng.integers(1, 17)), "use_bias": bool(rng.integers(2)),
                 "activation": str(rng.choice(["linear", "relu", "sigmoid", "softmax"]))}
 

@@ -120,14 +120,14 @@ def test_bad_inputs_are_refused_in_one_line(tmp_path):
         x = L.Dense(4)(inputs)
         return keras.Model(inputs, [x, L.Dense(2)(x)])
 
-    def dense_on_3d():
-        return keras.Sequential([keras.Input((28, 28)), L.Dense(10)])
+    def rms_layer_norm():
+        return keras.Sequential([keras.Input((28, 28, 1)), L.LayerNormalization(rms_scaling=True)])
 
     _refused(lstm, tmp_path / "lstm", r"layer 0 \(lstm\w*\) is a LSTM, which this port does not")
     _refused(channels_first, tmp_path / "cf", r"Conv2D\): data_format='channels_first'; only")
     _refused(shared_layer, tmp_path / "shared", r"is called 2 times \(a shared layer\)")
     _refused(two_outputs, tmp_path / "outputs", r"several outputs; only one is supported")
-    _refused(dense_on_3d, tmp_path / "dense3d", r"Dense\): a Dense on a 3-D input \(28, 28\)")
+    _refused(rms_layer_norm, tmp_path / "rms", r"LayerNormalization\): rms_scaling is not")
 
 
 def test_a_lambda_is_refused_unread(tmp_path):
