@@ -125,11 +125,13 @@ class Agreement:
 def check_plan(src: Source, samples: int | None, default: int) -> Plan:
     """The images the check compares, in batches its byte budget affords."""
     weight_bytes = sum(4 * math.prod(r.keras_shape) for r in src.built.rows)
-    shapes = [ns.out.shape for ns in src.spec.nodes]
+    shape = {ns.node.name: ns.out.shape for ns in src.spec.nodes}
+    shapes = [shape[p.node] for p in probes(src.spec)]  # what each probe holds
     return plan(src.spec.input_shape, shapes, weight_bytes, samples, default, src.path)
 
 
-def verify(src: Source, images: Images, batch: int, *, allow_nonfinite: bool = False) -> Agreement:
+def verify(src: Source, images: Images, batch: int, *, allow_nonfinite: bool = False,
+           groups: tuple[tuple[int, int], ...] = ()) -> Agreement:
     """Both sides on the same images, every layer compared in Keras's layout, a batch at a time.
 
     With `allow_nonfinite`, images with a NaN/Inf output in any layer on either side are left
@@ -138,8 +140,8 @@ def verify(src: Source, images: Images, batch: int, *, allow_nonfinite: bool = F
     src.load_module()
     names = [one_line(p.label) for p in probes(src.spec)]
     found = compare_layerwise(
-        names, keras_side.outputs, lambda x: layer_outputs(src.built, x), images, batch,
-        allow_nonfinite=allow_nonfinite,
+        names, keras_side.outputs, lambda x, a, b: layer_outputs(src.built, x, a, b), images,
+        batch, allow_nonfinite=allow_nonfinite, groups=groups,
     )
     description = keras_side.description
     del keras_side
@@ -162,7 +164,8 @@ def port(
     source = read_source(src, config=config, allow_nonfinite=allow_nonfinite, module=False)
     check_ = check_plan(source, samples, DEFAULT_SAMPLES)
     images = images_for(source.spec.input_shape, check_.samples, data_dir)
-    result = verify(source, images, check_.batch, allow_nonfinite=allow_nonfinite)
+    result = verify(source, images, check_.batch, allow_nonfinite=allow_nonfinite,
+                    groups=check_.groups)
     result.note = check_.note
     if not result.passed:
         bad = next((d for d in result.layers if not d.passed), result.layers[-1])
@@ -213,8 +216,8 @@ def check(
     del keras_src  # its weights now live in the reference
     names = [one_line(p.label) for p in probes(torch_src.spec)]
     found = compare_layerwise(
-        names, keras_side.outputs, lambda x: layer_outputs(torch_src.built, x),
-        images.first(plan_.samples), plan_.batch,
+        names, keras_side.outputs, lambda x, a, b: layer_outputs(torch_src.built, x, a, b),
+        images.first(plan_.samples), plan_.batch, groups=plan_.groups,
     )
 
     @torch.no_grad()

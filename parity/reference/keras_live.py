@@ -69,9 +69,9 @@ class KerasReference:
                 y = keras.layers.Activation(ns.params.activation, name=f"{_safe(new)}_act")(y)
             tensors[ns.node.name] = y
         self.model = keras.Model(inputs, tensors[spec.graph.output], name="reference")
-        self.cut = keras.Model(
-            inputs, [pre[p.node] if p.pre else tensors[p.node] for p in probes(spec)]
-        )
+        self._inputs = inputs
+        self._probed = [pre[p.node] if p.pre else tensors[p.node] for p in probes(spec)]
+        self._cuts: dict[tuple[int, int], object] = {}
         self.description = f"keras {keras.__version__} (CPU)"
 
     @staticmethod
@@ -85,10 +85,19 @@ class KerasReference:
         if got != want:
             raise UserError(f"{ns.where}: Keras built variables {got}, the port has {want}")
 
-    def outputs(self, images: np.ndarray) -> list[np.ndarray]:
-        """Every probe's output on `images` (one batch)."""
-        out = _keras_call(
-            lambda: self.cut.predict(images, verbose=0, batch_size=len(images)), self.source)
+    def outputs(self, images: np.ndarray, start: int = 0,
+                stop: int | None = None) -> list[np.ndarray]:
+        """The probes' [start, stop) outputs on `images` (one batch): a model cut at those
+        layers (made once per range), so that no others are kept."""
+        stop = len(self._probed) if stop is None else stop
+        cut = self._cuts.get((start, stop))
+        if cut is None:
+            from keras_ref.backend import keras
+
+            cut = self._cuts[(start, stop)] = keras.Model(self._inputs,
+                                                          self._probed[start:stop])
+        out = _keras_call(lambda: cut.predict(images, verbose=0, batch_size=len(images)),
+                          self.source)
         return [np.asarray(o) for o in (out if isinstance(out, list) else [out])]
 
     def final(self, images: np.ndarray) -> np.ndarray:

@@ -49,9 +49,10 @@ class NumpyReference:
         self.spec = spec
         self.weights = {name: np.array(weights[name], dtype=np.float32) for name in weights}
 
-    def outputs(self, images: np.ndarray) -> list[np.ndarray]:
-        """Every probe's output on `images` (one batch)."""
-        return layer_outputs(self.spec, self.weights, images)
+    def outputs(self, images: np.ndarray, start: int = 0,
+                stop: int | None = None) -> list[np.ndarray]:
+        """The probes' [start, stop) outputs on `images` (one batch; all are computed)."""
+        return layer_outputs(self.spec, self.weights, images)[start:stop]
 
     def final(self, images: np.ndarray) -> np.ndarray:
         return self.outputs(images)[-1]

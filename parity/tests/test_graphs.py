@@ -120,3 +120,28 @@ def test_a_long_report_lists_the_worst_and_counts_per_class():
                                                  -1)], text
     assert re.search(r"^Conv2D +50 +50 +0\.099$", text, re.M), text
     assert re.search(r"^BatchNormalization +50 +50 +0\.098$", text, re.M), text
+
+
+def test_a_check_too_big_for_one_pass_runs_in_ranges_of_layers(unet, monkeypatch):
+    """Where one image's outputs of every layer exceed the budget, the check runs both sides
+    once per range of layers that fits, and finds what one pass finds."""
+    from parity import pipeline
+    from parity.verify import layerwise
+
+    src, _ = unet
+    source = pipeline.read_source(src, module=False)
+    whole = pipeline.check_plan(source, 32, 32)
+    assert len(whole.groups) == 1
+    per_image = layerwise.values_per_image(source.spec.input_shape,
+                                           [ns.out.shape for ns in source.spec.nodes])
+    monkeypatch.setattr(layerwise, "CHECK_BYTES", per_image * layerwise.BYTES_PER_VALUE // 4)
+    split = pipeline.check_plan(source, 32, 32)
+    assert len(split.groups) >= 4, split
+    assert [a for a, _ in split.groups[1:]] == [b for _, b in split.groups[:-1]]  # contiguous
+    images = pipeline.images_for(source.spec.input_shape, 32, None)
+    ranged = pipeline.verify(source, images, split.batch, groups=split.groups)
+    # the same batches in one pass (a batch's size can change Keras's kernels, not a range)
+    once = pipeline.verify(pipeline.read_source(src, module=False), images, split.batch)
+    assert ranged.passed and once.passed
+    assert [d.max_abs for d in ranged.layers] == [d.max_abs for d in once.layers]
+    assert ranged.agreeing == once.agreeing == 32

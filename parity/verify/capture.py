@@ -36,13 +36,15 @@ class Outputs(list):
 
 
 @torch.no_grad()
-def layer_outputs(built: Built, images: np.ndarray) -> Outputs:
-    """Each probe's output computed by the module (Keras layout), for one batch of images."""
+def layer_outputs(built: Built, images: np.ndarray, start: int = 0,
+                  stop: int | None = None) -> Outputs:
+    """Each probe's output computed by the module (Keras layout), for one batch of images;
+    the probes [start, stop) only (the others are not kept)."""
     module = built.module
     infos = {info.name: info for info in built.layers}
     wanted: set[str] = set()
     sources: list[tuple[str, LayerInfo, str | None]] = []
-    for probe in probes(built.spec):
+    for probe in probes(built.spec)[start:stop]:
         info = infos[probe.node]
         name = _source(info, probe.pre, infos, module.input_name)
         pre = info.pre_activation if not probe.pre and name in info.modules else None

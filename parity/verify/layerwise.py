@@ -71,6 +71,25 @@ class Plan:
     samples: int  # images to compare
     batch: int  # images per pass through both sides
     note: str  # why fewer images than asked for by default, or ""
+    # the layers compared in one pass, as (start, stop) ranges of the probes: one range where
+    # every layer's outputs of an image fit the budget, else as few as fit (each pass runs
+    # both models on the batch again, keeping only its range's outputs)
+    groups: tuple[tuple[int, int], ...] = ()
+
+
+def _groups(sizes: Sequence[int], fixed: int, budget: int) -> list[tuple[int, int]] | None:
+    """Contiguous ranges of `sizes` (bytes per image) each within `budget` with `fixed` (the
+    input's) added; None where one alone does not fit."""
+    groups, start, used = [], 0, fixed
+    for i, size in enumerate(sizes):
+        if fixed + size > budget:
+            return None
+        if used + size > budget:
+            groups.append((start, i))
+            start, used = i, fixed
+        used += size
+    groups.append((start, len(sizes)))
+    return groups
 
 
 def plan(
@@ -85,11 +104,14 @@ def plan(
     per_image = values_per_image(input_shape, layer_shapes)
     budget = CHECK_BYTES + 2 * weight_bytes
     need = per_image * BYTES_PER_VALUE
-    if need > budget:
+    sizes = [math.prod(s) * BYTES_PER_VALUE for s in layer_shapes]
+    groups = _groups(sizes, math.prod(input_shape) * BYTES_PER_VALUE, budget)
+    if groups is None:
         raise UserError(
-            f"{source}: one image's layer outputs take {need:,} bytes on the two sides, more "
-            f"than the check's budget of {budget:,} bytes; refused"
+            f"{source}: one image's output of one layer takes more than the check's budget of "
+            f"{budget:,} bytes on the two sides ({need:,} for all of them); refused"
         )
+    need = max(math.prod(input_shape) * BYTES_PER_VALUE + sum(sizes[a:b]) for a, b in groups)
     note = ""
     samples = requested
     if samples is None:
@@ -98,7 +120,7 @@ def plan(
             note = (f"{default:,} by default, cut to {samples:,} to keep to the check's budget "
                     f"of {CHECK_VALUES:,} activation values (--samples sets it)")
     batch = max(1, min(MAX_BATCH, samples, budget // max(need, 1)))
-    return Plan(samples, batch, note)
+    return Plan(samples, batch, note, tuple(groups))
 
 
 @dataclass
@@ -127,37 +149,45 @@ def _finite_rows(outputs: list[np.ndarray]) -> np.ndarray:
 
 def compare_layerwise(
     names: Sequence[str],
-    keras_side: Callable[[np.ndarray], list[np.ndarray]],
-    torch_side: Callable[[np.ndarray], list[np.ndarray]],
+    keras_side: Callable[..., list[np.ndarray]],
+    torch_side: Callable[..., list[np.ndarray]],
     images: Images,
     batch: int,
     *,
     allow_nonfinite: bool = False,
+    groups: Sequence[tuple[int, int]] = (),
 ) -> Layerwise:
-    """Each side's outputs of every layer (Keras layout) on `images`, a batch at a time.
+    """Each side's outputs of every layer (Keras layout) on `images`, a batch at a time, and
+    within a batch a range of layers at a time (`groups`, from the plan; each side is called as
+    `side(x, start, stop)` and gives those probes' outputs).
 
-    With `allow_nonfinite`, images with a NaN/Inf output in any layer on either side are left
-    out (the frameworks propagate NaN differently, e.g. through max pooling) and counted."""
+    With `allow_nonfinite`, images with a NaN/Inf output in a range's layers on either side
+    are left out of that range (the frameworks propagate NaN differently, e.g. through max
+    pooling) and counted once."""
     running = [RunningDiff(name) for name in names]
     agree = Agreement()
     nonfinite = 0
+    groups = tuple(groups) or ((0, len(names)),)
     for start in range(0, len(images), batch):
         x = images.batch(start, start + batch)
-        ko, to = keras_side(x), torch_side(x)
-        scales = getattr(to, "scales", None) or [None] * len(names)  # before activations
-        if len(ko) != len(names) or len(to) != len(names):
-            raise AssertionError("a side returned another number of layer outputs")
-        if allow_nonfinite:
-            rows = _finite_rows(ko) & _finite_rows(to)
-            nonfinite += int((~rows).sum())
-            ko, to = [k[rows] for k in ko], [t[rows] for t in to]
-        if allow_nonfinite:
-            scales = [s if s is None else s[rows] for s in scales]
-        last_k, last_t = ko[-1], to[-1]
-        for i, diff in enumerate(running):
-            diff.update(ko[i], to[i], floor=scales[i])
-            ko[i] = to[i] = None  # type: ignore[call-overload]  (each layer freed once compared)
-        agree.update(last_k, last_t)
+        left_out = np.zeros(len(x), dtype=bool)
+        for a, b in groups:
+            ko, to = keras_side(x, a, b), torch_side(x, a, b)
+            if len(ko) != b - a or len(to) != b - a:
+                raise AssertionError("a side returned another number of layer outputs")
+            scales = getattr(to, "scales", None) or [None] * (b - a)  # before activations
+            if allow_nonfinite:
+                rows = _finite_rows(ko) & _finite_rows(to)
+                left_out |= ~rows
+                ko, to = [k[rows] for k in ko], [t[rows] for t in to]
+                scales = [s if s is None else s[rows] for s in scales]
+            last_k, last_t = ko[-1], to[-1]
+            for i, diff in enumerate(running[a:b]):
+                diff.update(ko[i], to[i], floor=scales[i])
+                ko[i] = to[i] = None  # type: ignore[call-overload]  (freed once compared)
+            if b == len(names):
+                agree.update(last_k, last_t)
+        nonfinite += int(left_out.sum())
     return Layerwise([d.result() for d in running], len(images) - nonfinite, nonfinite,
                      agree.agreeing, agree.ties, agree.real)
 
