@@ -73,12 +73,19 @@ def _float(value: float) -> str:
     return repr(float(value))
 
 
+def _floats(value) -> str:
+    """A float literal, or a tuple of them."""
+    if isinstance(value, tuple):
+        return f"({', '.join(map(_float, value))},)"
+    return _float(value)
+
+
 def _helper_call(module: torch.nn.Module) -> str:
     args = {
         AvgPool2dSame: lambda m: f"{m.kernel_size}, {m.stride}, {m.pad}",
         GlobalPool2d: lambda m: f"{m.mode!r}, {m.keepdims}",
         Exponential: lambda m: "",
-        Rescale: lambda m: f"{_float(m.scale)}, {_float(m.offset)}",
+        Rescale: lambda m: f"{_floats(m.scale)}, {_floats(m.offset)}",
         KerasReshape: lambda m: f"{m.target}, {m.image_in}",
         FlattenHWC: lambda m: "",
         Crop2d: lambda m: f"{m.crop}",

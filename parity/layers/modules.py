@@ -59,14 +59,21 @@ class Exponential(nn.Module):
 
 
 class Rescale(nn.Module):
-    """Keras Rescaling: x * scale + offset."""
+    """Keras Rescaling: x * scale + offset, each a number or one per channel."""
 
-    def __init__(self, scale: float, offset: float) -> None:
+    def __init__(self, scale: float | tuple[float, ...], offset: float | tuple[float, ...]):
         super().__init__()
-        self.scale, self.offset = float(scale), float(offset)
+        self.scale = tuple(map(float, scale)) if isinstance(scale, tuple) else float(scale)
+        self.offset = tuple(map(float, offset)) if isinstance(offset, tuple) else float(offset)
+
+    def _value(self, v, x: torch.Tensor):
+        if not isinstance(v, tuple):
+            return v
+        t = torch.tensor(v, dtype=x.dtype, device=x.device)
+        return t.reshape(-1, 1, 1) if x.dim() == 4 else t
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.scale + self.offset
+        return x * self._value(self.scale, x) + self._value(self.offset, x)
 
     def extra_repr(self) -> str:
         return f"scale={self.scale}, offset={self.offset}"

@@ -177,15 +177,32 @@ class Rescaling(Entry):
 
     @staticmethod
     def sample(rng, inp: In) -> dict | None:
+        if len(inp.shape) == 3 and rng.integers(2):  # per channel, as EfficientNet's ImageNet
+            c = inp.shape[-1]
+            return {"scale": [float(v) for v in rng.uniform(0.5, 2.0, c)],
+                    "offset": float(rng.uniform(-1.0, 1.0))}
         return {"scale": float(rng.uniform(0.5, 2.0)), "offset": float(rng.uniform(-1.0, 1.0))}
 
     @staticmethod
-    def parse(cfg: Mapping, where: str) -> tuple[float, float]:
-        return (number(cfg.get("scale", 1.0), "scale", where),
-                number(cfg.get("offset", 0.0), "offset", where))
+    def parse(cfg: Mapping, where: str) -> tuple:
+        """scale and offset: each a number, or a list of one per channel (the last axis)."""
+        def value(key: str, default: float):
+            v = cfg.get(key, default)
+            if isinstance(v, list):
+                if not 1 <= len(v) <= 1 << 16:
+                    raise UserError(f"{where}: {key} has {len(v)} values")
+                return tuple(number(x, key, where) for x in v)
+            return number(v, key, where)
+
+        return value("scale", 1.0), value("offset", 0.0)
 
     @staticmethod
     def infer(p, ins: Sequence[In], where: str) -> Out:
+        c = ins[0].shape[-1]
+        for key, v in zip(("scale", "offset"), p, strict=True):
+            if isinstance(v, tuple) and (len(v) not in (1, c) or ins[0].flat_from):
+                raise UserError(f"{where}: {len(v)} {key} values for an input of shape "
+                                f"{ins[0].shape}; one, or one per channel, is supported")
         return Out(ins[0].shape, flat_from=ins[0].flat_from)
 
     @staticmethod
@@ -196,7 +213,8 @@ class Rescaling(Entry):
 
     @staticmethod
     def numpy(p, w: Mapping, xs: Sequence[np.ndarray]) -> np.ndarray:
-        return xs[0] * np.float32(p[0]) + np.float32(p[1])  # in float32, as Keras casts both
+        scale, offset = (np.asarray(v, dtype=np.float32) for v in p)
+        return xs[0] * scale + offset  # in float32, as Keras casts both
 
 
 def _crop_or_pad(value: object, where: str, what: str) -> tuple[tuple[int, int], tuple[int, int]]:

@@ -78,7 +78,9 @@ def draw_model(rng: np.random.Generator, functional: bool) -> Drawn:
     outs: dict[int, In] = {-1: In(shape)}
     kinds = sorted(k for k in REGISTRY if k != "InputLayer")
     operation = [k for k in kinds if k.startswith("keras.src.ops.")]  # Functional only
-    single = [k for k in kinds if not _takes_many(k) and (functional or k not in operation)]
+    # an operation is drawn both ways: on a number (here) and on two tensors (a merge)
+    single = [k for k in kinds if (not _takes_many(k) or k in operation)
+              and (functional or k not in operation)]
     many = [k for k in kinds if _takes_many(k) or k in operation]
     # layers with weights drawn 3× as often: an elementwise layer fits anywhere, they do not
     odds = np.array([3.0 if k in WEIGHTED else 1.0 for k in single])
