@@ -91,6 +91,13 @@ def draw_model(rng: np.random.Generator, functional: bool) -> Drawn:
                 side = _same_shape_layer(rng, single, outs[current])
                 if side is None:
                     continue
+                if str(kind).endswith("CustomScaleLayer") and any(
+                    k.startswith("keras.src.ops.")
+                    for k in (side[0], nodes[current][0] if current >= 0 else "")
+                ):
+                    # Keras itself cannot build this: CustomScaleLayer has no output shape of
+                    # its own, and its traced call is handed an operation's tensor as sparse
+                    continue
                 drawn = _node(rng, str(kind), [outs[current], side[2]])
                 if drawn is not None:
                     nodes.append((side[0], side[1], [current]))
