@@ -15,14 +15,14 @@ which would hide a swapped mean and variance), saved with `model.save`, then:
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
-import sys
 
 import numpy as np
 import pytest
 import torch
+
+from parity.tests.testdata import generated_module
 
 # architecture → the smallest square input it builds at (keras.applications' own minimum):
 # all 40 of Keras 3.15's keras.applications
@@ -68,13 +68,6 @@ def build(name: str, size: int, path) -> None:
     model.save(path)
 
 
-def _module_of(path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.mark.parametrize("name", CHOSEN)
 def test_application_ports_both_ways(name, tmp_path, capsys):
@@ -105,7 +98,7 @@ def test_application_ports_both_ways(name, tmp_path, capsys):
                       r"output max \|diff\| (\S+)", out)
     nodes = len(parity.formats.read_keras(src).spec.nodes)
 
-    generated = _module_of(py, f"application_{name}").Model()
+    generated = generated_module(py, f"application_{name}").Model()
     generated.load_state_dict(torch.load(pt, weights_only=True), strict=True)
     x = torch.from_numpy(np.random.default_rng(1).random((2, 3, size, size), dtype=np.float32))
     with torch.no_grad():

@@ -5,17 +5,15 @@ and checked through the command lines both ways; and the report of a model too l
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 
 import numpy as np
 import pytest
 import torch
 
 from parity.port import main as port_main
-from parity.tests.testdata import all_agree
+from parity.tests.testdata import all_agree, generated_module
 
 SAMPLES = "200"
 pytestmark = pytest.mark.slow  # a short Keras training run
@@ -55,13 +53,6 @@ def unet(tmp_path_factory, data_dir):
     return out / "unet.keras", model
 
 
-def _import(path, name):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_unet_ports_checks_and_reads_like_the_model(unet, tmp_path, capsys, eval_images):
     import keras
@@ -82,7 +73,7 @@ def test_unet_ports_checks_and_reads_like_the_model(unet, tmp_path, capsys, eval
     assert relu, text
     assert f"torch.cat([x, {relu[1]}], dim=1)" in text and f"x + {relu[1]}" in text, text
     assert "x * 0.5" in text and "x + 1.0" in text
-    generated = _import(py, "unet_model").UnetModel()
+    generated = generated_module(py, "unet_model").UnetModel()
     generated.load_state_dict(torch.load(pt, weights_only=True), strict=True)
     images = eval_images[0][:64]
     with torch.no_grad():

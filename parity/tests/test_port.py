@@ -4,10 +4,8 @@ architecture, back to Keras with no other input, a `.weights.h5` with `--config`
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 import zipfile
 
 import numpy as np
@@ -15,7 +13,7 @@ import pytest
 import torch
 
 from parity.port import main as port_main
-from parity.tests.testdata import all_agree
+from parity.tests.testdata import all_agree, generated_module
 from parity.verify.compare import real_disagreements
 
 SAMPLES = "200"
@@ -51,13 +49,6 @@ def bn_model(tmp_path_factory, data_dir):
     return out / "bn.keras", out / "bn.weights.h5", model.get_weights()
 
 
-def _import(path, name):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_keras_to_pt_with_module_py_and_back(bn_model, tmp_path, capsys, eval_images):
     import keras
@@ -76,7 +67,7 @@ def test_keras_to_pt_with_module_py_and_back(bn_model, tmp_path, capsys, eval_im
     assert all_agree(out, 200), out
 
     # the .pt is a plain state_dict that the generated source file loads strictly
-    generated = _import(py, "generated_model").Model()
+    generated = generated_module(py, "generated_model").Model()
     generated.load_state_dict(torch.load(pt, weights_only=True), strict=True)
     generated.eval()
     x = torch.from_numpy(eval_images[0][:64].transpose(0, 3, 1, 2).copy())

@@ -16,9 +16,7 @@ PROPERTY_SEED picks the draw.
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -26,7 +24,7 @@ import torch
 
 from parity.ir.graph import Const
 from parity.layers import REGISTRY, In
-from parity.tests.testdata import keras_call, keras_layer
+from parity.tests.testdata import generated_module, keras_call, keras_layer
 
 COUNT = int(os.environ.get("PROPERTY_MODELS", "6"))
 SEED = int(os.environ.get("PROPERTY_SEED", "20261201"))
@@ -147,13 +145,6 @@ def keras_model(keras, drawn: Drawn, functional: bool, rng: np.random.Generator)
     return model
 
 
-def _module_of(path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.mark.parametrize("index", range(COUNT))
 def test_random_model_ports_both_ways(index, tmp_path, capsys):
@@ -176,7 +167,7 @@ def test_random_model_ports_both_ways(index, tmp_path, capsys):
 
     code = port_main([str(src), str(pt), "--module-py", str(py), "--samples", "32"])
     assert code == 0, f"{what}: {capsys.readouterr().err}"
-    generated = _module_of(py, f"property_{index}").M()
+    generated = generated_module(py, f"property_{index}").M()
     generated.load_state_dict(torch.load(pt, weights_only=True), strict=True)
     x = torch.from_numpy(np.random.default_rng(index).random(
         (8, *((shape[2], shape[0], shape[1]) if len(shape) == 3 else shape)), dtype=np.float32))

@@ -226,3 +226,15 @@ def keras_call(keras, kind: str, cfg: dict, xs: list):
         return op(c, xs[0]) if cfg["first"] else op(xs[0], c)
     layer = keras_layer(keras, kind, cfg)
     return layer(xs if len(xs) > 1 else xs[0])
+
+
+def generated_module(path, name: str):
+    """A `--module-py` source file imported as a module named `name` (as a user would)."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
