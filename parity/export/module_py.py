@@ -60,6 +60,8 @@ def _constructor(module: torch.nn.Module) -> str:
         return f"nn.MaxPool2d({module.kernel_size}, {module.stride}, {module.padding})"
     if type(module) is nn.ConstantPad2d:  # ZeroPad2d, its subclass, has an exact repr
         return f"nn.ConstantPad2d({module.padding}, float('{module.value}'))"
+    if type(module).__name__ == "StochasticDepth":  # torchvision's; its repr is not Python
+        return f"StochasticDepth({_float(module.p)}, {module.mode!r})"
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
         return (f"nn.{type(module).__name__}({module.num_features}, eps={module.eps!r}, "
                 f"momentum={module.momentum!r}, affine={module.affine})")
@@ -164,6 +166,8 @@ def module_source(built: Built, class_name: str, origin: str) -> str:
         "import torch",
         *(["import torch.nn.functional as F"] if set(helpers) & set(_USE_F) else []),
         "from torch import nn",
+        *(["from torchvision.ops import StochasticDepth"]
+          if any(type(m).__name__ == "StochasticDepth" for m in module.children()) else []),
         "",
         f"SOURCE = {ascii(origin)}  # the checkpoint this module was ported from",
         "KERAS_LAYERS = (  # (Keras layer name, class, the modules it became)",

@@ -1,5 +1,6 @@
 """The `keras.applications` models' own layers, read from the config as data (their fields,
 never their code from a file): ConvNeXt's `LayerScale` (x · gamma per channel) and
+`StochasticDepth` (the identity at inference; torchvision's per-sample drop when training), and
 InceptionResNetV2's `CustomScaleLayer` (x + r · scale). The Keras reference takes their classes
 from Keras's own package (`keras_class`)."""
 
@@ -87,3 +88,40 @@ class CustomScaleLayer(Entry):
     @staticmethod
     def numpy(scale: float, w: Mapping, xs: Sequence[np.ndarray]) -> np.ndarray:
         return xs[0] + xs[1] * np.float32(scale)
+
+
+@register
+class StochasticDepth(Entry):
+    """ConvNeXt's residual-path drop (built where `drop_path_rate` > 0): each sample's path is
+    kept with probability 1 − rate and scaled by 1 / (1 − rate) when training (Keras draws one
+    number per sample, as torchvision's mode "row" does); the identity at inference."""
+
+    kind = "keras.src.applications.convnext.StochasticDepth"
+    keras_class = ("keras.src.applications.convnext", "StochasticDepth")
+    fields = ("drop_path_rate",)
+    passes_flatten = True
+
+    @staticmethod
+    def sample(rng, inp: In) -> dict | None:
+        return {"drop_path_rate": float(rng.choice([0.1, 0.5]))}
+
+    @staticmethod
+    def parse(cfg: Mapping, where: str) -> float:
+        rate = number(cfg.get("drop_path_rate"), "drop_path_rate", where)
+        if not 0 <= rate < 1:
+            raise UserError(f"{where}: drop_path_rate={rate!r} is not in [0, 1)")
+        return rate
+
+    @staticmethod
+    def infer(rate: float, ins: Sequence[In], where: str) -> Out:
+        return Out(ins[0].shape, flat_from=ins[0].flat_from)
+
+    @staticmethod
+    def to_torch(rate: float, ins: Sequence[In], out: Out, where: str) -> Converted:
+        from torchvision.ops import StochasticDepth as DropPath
+
+        return Converted([("stochastic_depth", DropPath(rate, "row"))])
+
+    @staticmethod
+    def numpy(rate: float, w: Mapping, xs: Sequence[np.ndarray]) -> np.ndarray:
+        return xs[0]  # inference: the identity, whatever the rate

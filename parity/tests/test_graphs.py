@@ -1,7 +1,8 @@
-"""Functional graphs of a user's own: a small U-Net (skip connections, a transposed convolution,
-a concatenation, a residual Add, operations with numbers, depthwise and separable
-convolutions, bilinear upsampling, cropping), trained one short epoch on real images, ported
-and checked through the command lines both ways; and the report of a model too long to list."""
+"""Functional graphs of a user's own: a small U-Net (skip connections, a transposed convolution, a
+concatenation, a residual Add behind ConvNeXt's StochasticDepth, operations with numbers,
+depthwise and separable convolutions, bilinear upsampling, cropping), trained one short epoch on
+real images, ported and checked through the command lines both ways; and the report of a model
+too long to list."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ pytestmark = pytest.mark.slow  # a short Keras training run
 @pytest.fixture(scope="module")
 def unet(tmp_path_factory, data_dir):
     import keras
+    from keras.src.applications.convnext import StochasticDepth
 
     from fashion_cnn.fashion_mnist import load_data
 
@@ -37,7 +39,7 @@ def unet(tmp_path_factory, data_dir):
     up = L.Conv2DTranspose(8, 3, strides=2, padding="same")(x)
     x = L.Concatenate()([up, skip])
     x = L.Conv2D(8, 1)(x)
-    x = L.Add()([x, skip])
+    x = L.Add()([StochasticDepth(0.2)(x), skip])
     x = x * 0.5 + 1.0
     y = L.UpSampling2D(interpolation="bilinear")(L.Conv2D(4, 2, strides=2)(x))
     x = L.Cropping2D(((1, 1), (1, 1)))(y)
@@ -73,6 +75,8 @@ def test_unet_ports_checks_and_reads_like_the_model(unet, tmp_path, capsys, eval
     assert relu, text
     assert f"torch.cat([x, {relu[1]}], dim=1)" in text and f"x + {relu[1]}" in text, text
     assert "x * 0.5" in text and "x + 1.0" in text
+    assert "from torchvision.ops import StochasticDepth" in text
+    assert re.search(r"= StochasticDepth\(0\.2, 'row'\)", text), text
     generated = generated_module(py, "unet_model").UnetModel()
     generated.load_state_dict(torch.load(pt, weights_only=True), strict=True)
     images = eval_images[0][:64]
