@@ -8,7 +8,7 @@ DATA_STAMP := $(VENV)/.data-verified
 export TF_CPP_MIN_LOG_LEVEL := 3
 DEBIAN_DATA := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup data train train-ddp train-keras test test-fast test-numerics test-property test-zoo bench bench-accuracy \
+.PHONY: setup data train train-ddp train-keras test test-fast test-numerics test-property test-zoo bench bench-accuracy bench-anchors \
 	docs notebooks lint clean
 
 setup: $(STAMP)
@@ -83,6 +83,18 @@ bench: $(DATA_STAMP)
 	$(BIN)/python -m bench.speed --out bench/results/speed.json
 	$(BIN)/python -m bench.ddp --out bench/results/ddp.json
 	$(BIN)/python -m bench.port_scale --out bench/results/port_scale.json
+
+# Our port beside the anchors' pipelines (Keras's ONNX export → onnx2torch / onnx2pytorch,
+# tf2onnx) on the same models, each tool in its own process; the anchors in their own venv.
+ANCHORS := .venv-anchors
+$(ANCHORS)/.installed: bench/anchors-requirements.txt
+	test -x $(ANCHORS)/bin/python || $(PYTHON) -m venv $(ANCHORS)
+	$(ANCHORS)/bin/python -m pip install -q --disable-pip-version-check -r $<
+	touch $@
+
+bench-anchors: $(DATA_STAMP) $(ANCHORS)/.installed
+	$(BIN)/python -m bench.anchors --anchors-python $(ANCHORS)/bin/python \
+	  --out bench/results/anchors.json
 
 bench-accuracy: $(DATA_STAMP)
 	$(BIN)/python -m bench.accuracy --out bench/results/accuracy.json
