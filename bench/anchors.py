@@ -248,10 +248,52 @@ def run_model(name: str, anchors: str, d: Path) -> dict:
     return {"model": name, **{k: built[k] for k in keep}, "tools": tools}
 
 
+def _cell(r: dict) -> str:
+    if not r["ok"]:
+        return f"fails: {r['error'][:90]}".replace("|", "\\|")
+    return f"{r['seconds']:.0f} s, {r['peak_rss_mib']:,} MiB"
+
+
+def table(report: dict) -> str:
+    """The README's two tables: time and peak memory per model and tool, then what comes out."""
+    rows = [r for r in report["rows"] if "tools" in r]
+    tools = list(rows[0]["tools"])
+    lines = ["| model | input | " + " | ".join(tools) + " |", "|---|---|" + "---|" * len(tools)]
+    for r in rows:
+        shape = "×".join(map(str, r["input"]))
+        lines.append(f"| {r['model']} | {shape} | "
+                     + " | ".join(_cell(r["tools"][t]) for t in tools) + " |")
+    lines += ["", "| tool | converts | worst max \\|diff\\| | BatchNormalization as modules "
+              "| Keras's trainable weights trainable | bytes stored / Keras's | input | names |",
+              "|---|---|---|---|---|---|---|---|"]
+    for t in tools:
+        done = [r for r in rows if r["tools"][t]["ok"]]
+        if not done:
+            lines.append(f"| {t} | 0/{len(rows)} | — | — | — | — | — | — |")
+            continue
+        out = [r["tools"][t] for r in done]
+        worst = max(o["max_diff"] for o in out)
+        if "bn_modules" not in out[0]:  # an ONNX file, run by onnxruntime
+            lines.append(f"| {t} | {len(done)}/{len(rows)} | {worst:.1e} | — | — | — "
+                         f"| {out[0]['out']} | — |")
+            continue
+        bn = sum(o["bn_modules"] for o in out), sum(r["keras_bn"] for r in done)
+        share = [o["trainable"] / r["keras_trainable"] for o, r in zip(out, done, strict=True)]
+        stored = [o["stored_bytes"] / r["keras_bytes"] for o, r in zip(out, done, strict=True)]
+        name = out[0]["names"][-1].replace("|", "\\|")
+        lines.append(f"| {t} | {len(done)}/{len(rows)} | {worst:.1e} | {bn[0]} of {bn[1]} "
+                     f"| {min(share):.1%}–{max(share):.1%} | {min(stored):.2f}–{max(stored):.2f} "
+                     f"| {out[0]['input_layout']} | `{name}` |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--step"]:
         return _step(argv[1:])
+    if argv[:1] == ["--table"]:  # `--table REPORT.json`: the README's tables of a report
+        print(table(json.loads(Path(argv[1]).read_text())))
+        return 0
     p = argparse.ArgumentParser(prog="python -m bench.anchors",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--anchors-python", required=True,
@@ -280,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    print(table(report), f"\nwrote {args.out}", sep="\n")
     return 0
 
 
