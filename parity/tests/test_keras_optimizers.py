@@ -51,6 +51,8 @@ CASES = {
         "momentum": 0.8, "nesterov": True, "weight_decay": 0.01,
         "learning_rate": schedule("PiecewiseConstantDecay", boundaries=[5, 12],
                                   values=[0.1, 0.05, 0.01])}),
+    # w·wd·lr as large as w: the decay's own rounding (w·wd first, then ·lr) shows
+    "sgd_heavy_weight_decay": ("SGD", {"learning_rate": 0.7, "weight_decay": 0.9}),
     "rmsprop": ("RMSprop", {}),
     "rmsprop_centered_momentum": ("RMSprop", {"centered": True, "momentum": 0.9, "rho": 0.8,
                                               "learning_rate": 0.01}),
