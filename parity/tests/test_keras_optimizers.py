@@ -78,9 +78,13 @@ def serialized(case: str) -> dict:
 
 def draws(seed: int, steps: int = STEPS):
     """Initial weights and `steps` gradients per shape: |g| from 1e-8 to 1e2, a fifth exactly
-    zero, and one all-zero tensor. (No subnormal results: TensorFlow's CPU flushes them.)"""
+    zero, and one all-zero tensor. (No subnormal results: TensorFlow's CPU flushes them.)
+
+    The weights start at N(0, 1), at 0 and at N(0, 1e-3²): an update far smaller than w is
+    lost in w's rounding, so only weights of the update's size show its every bit."""
     rng = np.random.default_rng(seed)
-    w0 = [rng.standard_normal(s).astype(np.float32) for s in SHAPES]
+    w0 = [(rng.standard_normal(s) * scale).astype(np.float32)
+          for s, scale in zip(SHAPES, (1.0, 0.0, 1e-3), strict=True)]
     grads = []
     for _ in range(steps):
         step = []
