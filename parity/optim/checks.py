@@ -24,6 +24,11 @@ def fail(where: str, value: object, expected: str) -> UserError:
     return UserError(f"optimizer config: {where}={shown(value)}: expected {expected}")
 
 
+def unknown_field(where: str, name: object, value: object, fields: str) -> UserError:
+    return UserError(f"optimizer config: {where}.{field_name(name)}={shown(value)}: no such "
+                     f"field (supported: {fields})")
+
+
 def number(where: str, value: object, lo: float | None = None, hi: float | None = None, *,
            lo_open: bool = False, hi_open: bool = False, floats_only: bool = False) -> float:
     """A finite int or float (never a bool) in [lo, hi] (an end open where asked)."""
@@ -56,7 +61,8 @@ def header(config: object, module: str, what: str) -> tuple[str, dict]:
         raise fail(what, config, "a dict with class_name and config")
     unknown = [k for k in config if k not in ("module", "class_name", "config", "registered_name")]
     if unknown:
-        raise fail(f"{what}.{field_name(unknown[0])}", config[unknown[0]], "no such field")
+        raise unknown_field(what, unknown[0], config[unknown[0]],
+                            "module, class_name, config, registered_name")
     name = config.get("class_name")
     if not isinstance(name, str):
         raise fail(f"{what}.class_name", name, "a string")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from parity.optim.checks import boolean, fail, field_name, header, number
+from parity.optim.checks import boolean, fail, header, number, unknown_field
 from parity.optim.schedules import Schedule, parse_schedule
 
 # Keras's class → its own arguments and defaults (keras/src/optimizers/<class>.py, __init__).
@@ -94,8 +94,8 @@ def parse_optimizer(config: object) -> OptimizerSpec:
     where = f"{class_name}.config"
     unknown = [k for k in inner if k not in defaults and k not in _OFF and k not in _BASE]
     if unknown:
-        raise fail(f"{where}.{field_name(unknown[0])}", inner[unknown[0]],
-                   f"no such field (fields of {class_name}: {', '.join(defaults)})")
+        raise unknown_field(where, unknown[0], inner[unknown[0]],
+                            ", ".join(dict.fromkeys((*defaults, *_BASE))))
     _base_fields(inner, where)
     values = {**defaults, **inner}
     lr = _learning_rate(values["learning_rate"], f"{where}.learning_rate")

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from parity.optim.checks import boolean, fail, field_name, header, number
+from parity.optim.checks import boolean, fail, header, number, unknown_field
 from torch_impl.optim import float_power
 
 f32 = np.float32
@@ -142,8 +142,7 @@ def parse_schedule(config: object, where: str) -> Schedule:
     where = f"{where}({name})"
     extra = [k for k in c if k not in fields]
     if extra:
-        raise fail(f"{where}.{field_name(extra[0])}", c[extra[0]],
-                   f"no such field (fields: {', '.join(fields)})")
+        raise unknown_field(where, extra[0], c[extra[0]], ", ".join(fields))
     if not isinstance(c.get("name", ""), str | None):
         raise fail(f"{where}.name", c["name"], "a string")
     missing = [k for k in fields[:2] if k not in c]
