@@ -18,7 +18,9 @@ State, and Keras's optimizer variables
 --------------------------------------
 
 Every parameter's state holds `step`: Keras's `iterations` (the steps taken, one counter for
-the whole optimizer; a CPU float32 scalar tensor as in torch.optim.Adam). A float learning
+the whole optimizer; a CPU float32 scalar tensor as in torch.optim.Adam). KerasAdam, for a plain
+Adam, counts per parameter as torch.optim.Adam does: the same numbers as long as every parameter
+has a gradient at every step (Keras counts a step for a variable without one). A float learning
 rate is each param group's `lr` (Keras's `learning_rate` variable, float32); a schedule's is
 not a variable in either. The other keys, per parameter (the shape of the parameter unless
 said), and the Keras variable each one is:
@@ -40,7 +42,8 @@ said), and the Keras variable each one is:
 A `.keras` file's `optimizer/vars` lists them in the order Keras creates them
 (`optimizer.variables`): `iteration` (int64) first, then `learning_rate` (float lr only), then
 each `add_optimizer_variables` call in turn, and within one call the variables model variable
-by model variable — Adam: m₀, v₀, m₁, v₁, …, then v̂₀, v̂₁, … (amsgrad); RMSprop: every
+by model variable (in the order the optimizer was built on, the model's trainable variables)
+— Adam: m₀, v₀, m₁, v₁, …, then v̂₀, v̂₁, … (amsgrad); RMSprop: every
 velocity, every momentum, every average_gradient; Nadam: m₀, v₀, m₁, v₁, …, then u_product.
 `SLOTS` (class → ((state key, Keras variable name), …)) says the same for code.
 """
