@@ -74,8 +74,9 @@ SLOTS: dict[str, tuple[tuple[str, str], ...]] = {
 def build(spec: OptimizerSpec, params: list) -> torch.optim.Optimizer:
     """The PyTorch optimizer for a checked config (see `from_keras`)."""
     h = spec.hyper
-    lr, schedule = (0.0, spec.learning_rate) if isinstance(spec.learning_rate, Schedule) else (
-        spec.learning_rate, None)
+    schedule = spec.learning_rate if isinstance(spec.learning_rate, Schedule) else None
+    # A schedule's groups show, until the first step, its value at step 0.
+    lr = spec.learning_rate if schedule is None else float(schedule(0))
     common = {"lr": lr, "weight_decay": spec.weight_decay, "schedule": schedule}
     if spec.class_name in ("Adam", "AdamW"):
         betas, eps = (h["beta_1"], h["beta_2"]), h["epsilon"]
