@@ -4,12 +4,14 @@
     (named children, run in the graph's order) + the rows (Keras variable → state_dict key →
     transform) → weights mapped by those rows → `load_state_dict(strict=True)`.
 
-Names: a chain (a Sequential, or a Functional whose every layer takes the one before) is named
-as the book's PyTorch edition names layers — `conv1, relu1, pool1, …, flatten, dense1, dropout,
-dense2, softmax`, a kind numbered where it occurs more than once — so the book's CNN has exactly
-`BookCNN`'s keys and the rows of its table (parity/tests pin both). A graph with branches is
-named after its Keras layers (`block1_conv1`, `conv1_bn`), made plain identifiers (letters,
-digits and underscores, never a keyword or a name `nn.Module` has).
+Names: a chain (a Sequential, or a Functional whose every layer takes the one before) whose
+layers carry the names Keras makes up (`conv2d`, `conv2d_1`, `dense`) is named as the book's
+PyTorch edition names layers — `conv1, relu1, pool1, …, flatten, dense1, dropout, dense2,
+softmax`, a kind numbered where it occurs more than once — so the book's CNN has exactly
+`BookCNN`'s keys and the rows of its table (parity/tests pin both). Any other model — a graph
+with branches, or a chain whose layers were named (VGG16's `block1_conv1`) — is named after its
+Keras layers, made plain identifiers (letters, digits and underscores, never a keyword or a
+name `nn.Module` has).
 
 The module is made on the meta device: it holds no weights (nothing is allocated or
 initialised) until `load_state_dict(state, assign=True)` hands it the ported tensors.
@@ -148,9 +150,19 @@ def _convert(ns: NodeSpec) -> Converted:
         raise UserError(f"{ns.where}: cannot be built ({first_line(err)})") from None
 
 
+def _auto_named(spec: Spec) -> bool:
+    """Whether every layer has the name Keras makes up for it (`conv2d`, `conv2d_1`, `dense`:
+    the class in snake case, numbered), as the book's Sequential and most chains have."""
+    from parity.ir.keras_config import to_snake_case
+
+    return all(re.fullmatch(re.escape(to_snake_case(ns.node.class_name.rsplit(".", 1)[-1]))
+                            + r"(_\d+)?", ns.node.name) for ns in spec.nodes)
+
+
 def _names(spec: Spec, converted: list[Converted]) -> list[list[str]]:
-    """Each node's module names: the book's numbering for a chain, Keras's names for a graph."""
-    if spec.graph.is_chain:
+    """Each node's module names: the book's numbering for a chain whose layers have Keras's
+    made-up names, else the layers' own names (VGG16's `block1_conv1`, a graph's)."""
+    if spec.graph.is_chain and _auto_named(spec):
         totals: dict[str, int] = {}
         for c in converted:
             for kind, _ in c.modules:

@@ -44,6 +44,24 @@ def test_book_cnn_rows_are_the_book_table(config, rng):
     ]
 
 
+def test_a_chain_of_named_layers_keeps_their_names():
+    """The book's numbering is for layers Keras named itself (`conv2d`, `dense_1`); a chain whose
+    layers were named, as VGG16's are, keeps those names (and the book's CNN its own keys)."""
+    cfg = book.config()
+    layers = cfg["config"]["layers"]
+    names = ["block1_conv1", "block1_pool", "block2_conv1", "block2_pool", "flatten", "fc1",
+             "drop", "predictions"]
+    named = [layer for layer in layers if layer["class_name"] != "InputLayer"]
+    assert len(named) == len(names)
+    for layer, name in zip(named, names, strict=True):
+        layer["config"]["name"] = name
+    keys = list(build(parse(cfg, "named"), "named").module.state_dict())
+    assert keys == ["block1_conv1.weight", "block1_conv1.bias", "block2_conv1.weight",
+                    "block2_conv1.bias", "fc1.weight", "fc1.bias", "predictions.weight",
+                    "predictions.bias"], keys
+    assert list(build(book.spec(), "book").module.state_dict()) == list(BookCNN().state_dict())
+
+
 @pytest.mark.parametrize(
     "name",
     [
