@@ -10,12 +10,14 @@ The Python interface, loaded on first use so that `import parity` stays framewor
   PyTorch file written by this port → an `nn.Module` in eval mode, weights loaded (NCHW images
   in, Keras's outputs out);
 - `parity.save_keras(module, path, input_shape)`: an `nn.Sequential` of supported modules, or a
-  module built by this port → a `.keras` or `.h5` that `keras.models.load_model` opens.
+  module built by this port → a `.keras` or `.h5` that `keras.models.load_model` opens;
+- `parity.keras_training(module)`: a ported module whose BatchNormalization trains as Keras's
+  does (`parity.training`); inference and state_dict unchanged.
 """
 
 from __future__ import annotations
 
-__all__ = ["load_torch_model", "save_keras"]
+__all__ = ["keras_training", "load_torch_model", "save_keras"]
 
 
 def __getattr__(name: str):
@@ -27,4 +29,8 @@ def __getattr__(name: str):
         from parity.export.to_keras import save_keras
 
         return save_keras
+    if name == "keras_training":
+        from parity.training import keras_training
+
+        return keras_training
     raise AttributeError(f"module 'parity' has no attribute {name!r}")
