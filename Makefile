@@ -46,7 +46,7 @@ train-keras: $(DATA_STAMP)
 	$(BIN)/python -m keras_ref.train --out runs/keras
 
 test: $(DATA_STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 # The suite without the tests marked slow (training runs, subprocess CLIs, whole-test-set passes).
 test-fast: $(DATA_STAMP)

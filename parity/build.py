@@ -11,7 +11,8 @@ softmax`, a kind numbered where it occurs more than once — so the book's CNN h
 `BookCNN`'s keys and the rows of its table (parity/tests pin both). Any other model — a graph
 with branches, or a chain whose layers were named (VGG16's `block1_conv1`) — is named after its
 Keras layers, made plain identifiers (letters, digits and underscores, never a keyword or a
-name `nn.Module` has).
+name `nn.Module` has); a name with any other character is not used at all, its module is named
+after its kind (`dense`, `relu_2`).
 
 The module is made on the meta device: it holds no weights (nothing is allocated or
 initialised) until `load_state_dict(state, assign=True)` hands it the ported tensors.
@@ -124,6 +125,12 @@ class Built:
     spec: Spec
 
 
+# A layer name made of these (at most 60) becomes its module's name, as `identifier` makes it
+# plain; any other name (quotes, control or non-ASCII characters, an essay) is data only, and
+# its module is named after its kind (`dense`, `relu_2`), so that no text of it reaches code.
+_NAME_CHARS = re.compile(r"[A-Za-z0-9_./ -]{1,60}")
+
+
 def identifier(name: str, taken: set[str]) -> str:
     """A Keras layer name as a module attribute we make: ASCII letters, digits and underscores,
     never starting with a digit, never a keyword or an attribute of nn.Module, not taken."""
@@ -180,7 +187,8 @@ def _names(spec: Spec, converted: list[Converted]) -> list[list[str]]:
     names = []
     for ns, c in zip(spec.nodes, converted, strict=True):
         main = next((p.module for p in c.params), len(c.modules) - 1 if c.modules else 0)
-        base = identifier(ns.node.name, taken) if c.modules else ""
+        own = ns.node.name if _NAME_CHARS.fullmatch(ns.node.name) else None
+        base = identifier(own or c.modules[main][0], taken) if c.modules else ""
         names.append([base if i == main else identifier(f"{base}_{kind}", taken)
                       for i, (kind, _) in enumerate(c.modules)])
     return names

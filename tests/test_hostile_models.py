@@ -43,9 +43,9 @@ import pytest
 import torch
 from hostile import (  # the shared helpers; the fixtures come through conftest.py
     KERAS_MODES,
-    MAX_RSS_MB,
     Run,
     _files,
+    assert_bounded,
     assert_refused,
     run_cli,
     write_zip,
@@ -322,7 +322,7 @@ def attempt(tmp_path, canary, keras_blocker):
         if run.code == 0:
             assert "Traceback" not in run.err, run.err[-3000:]
             assert canary.token not in run.out + run.err, "the canary secret was printed"
-            assert run.peak_mb < MAX_RSS_MB, f"peak RSS {run.peak_mb:.0f} MB"
+            assert_bounded(run)
             assert_clean(run)
             assert not [x for x in run.err.splitlines() if x.startswith("error:")], run.err
             assert not (tmp_path / "pwned").exists(), "the payload ran"
@@ -499,7 +499,7 @@ def test_module_py_onto_src_or_dst_is_refused(sources, tmp_path, refuse, target)
 def expanded_pt(sources, tmp_path: Path, n: int) -> Path:
     """A few hundred bytes: a Dense n×n whose weight is one float expanded (stride 0)."""
     config = one_dense_config(pt_config(sources["mlp.pt"]), n, n)
-    state = {"dense1.weight": torch.zeros(1).expand(n, n), "dense1.bias": torch.zeros(n)}
+    state = {"big.weight": torch.zeros(1).expand(n, n), "big.bias": torch.zeros(n)}
     path = save_generic_pt(tmp_path / f"expanded-{n}.pt", state, config)
     assert path.stat().st_size < 400_000
     return path
@@ -521,8 +521,8 @@ def short_safetensors(sources, tmp_path: Path, n: int) -> Path:
     config = one_dense_config(pt_config(sources["mlp.pt"]), n, n)
     header = {
         "__metadata__": {"keras_config": dumps(config)},
-        "dense1.weight": {"dtype": "F32", "shape": [n, n], "data_offsets": [0, 4]},
-        "dense1.bias": {"dtype": "F32", "shape": [n], "data_offsets": [4, 8]},
+        "big.weight": {"dtype": "F32", "shape": [n, n], "data_offsets": [0, 4]},
+        "big.bias": {"dtype": "F32", "shape": [n], "data_offsets": [4, 8]},
     }
     raw = dumps(header, compact=True).encode()
     raw += b" " * (-len(raw) % 8)
@@ -740,8 +740,11 @@ def _forged_pair(sources, tmp_path: Path, perturb: bool) -> tuple[Path, Path]:
     keras_file = edited_keras(sources["mlp.keras"], tmp_path / "k.keras", rename("out", FORGED))
 
     def tensors(state: dict) -> None:
+        # A name with control characters never becomes code: the module is named for its kind.
+        for param in ("weight", "bias"):
+            state[f"dense.{param}"] = state.pop(f"out.{param}")
         if perturb:
-            state["dense2.weight"] += 0.5
+            state["dense.weight"] += 0.5
 
     torch_file = edited_pt(sources["mlp.pt"], tmp_path / "t.pt", rename("out", FORGED), tensors)
     return keras_file, torch_file
@@ -966,7 +969,7 @@ TENSOR_CASES = {
 @pytest.mark.parametrize("kind", list(TENSOR_CASES))
 def test_tensors_that_are_not_dense_in_a_generic_pt(sources, tmp_path, refuse, kind):
     def tensors(state: dict) -> None:
-        state["dense2.weight"] = TENSOR_CASES[kind](state["dense2.weight"])
+        state["out.weight"] = TENSOR_CASES[kind](state["out.weight"])
 
     src = edited_pt(sources["mlp.pt"], tmp_path / f"{kind}.pt", tensors=tensors)
     refuse("parity.port", src, tmp_path / "out.keras", fragments=(str(src),))

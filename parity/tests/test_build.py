@@ -61,6 +61,25 @@ def test_a_chain_of_named_layers_keeps_their_names():
                     "predictions.bias"], keys
     assert list(build(book.spec(), "book").module.state_dict()) == list(BookCNN().state_dict())
 
+def test_a_name_that_is_not_plain_never_becomes_code():
+    """A layer name with characters beyond letters, digits and `_ . / -` (quotes, a newline,
+    more than 60 of them) is data only: its module is named after its kind, numbered where
+    the kind is taken; plain names stay as `identifier` makes them."""
+    cfg = book.config()
+    named = [layer for layer in cfg["config"]["layers"] if layer["class_name"] != "InputLayer"]
+    names = ['conv""" + x + """', "block1/pool", "c" * 61, "block2-pool", "flatten", "fc1\n",
+             "2drop", "dense"]
+    for layer, name in zip(named, names, strict=True):
+        layer["config"]["name"] = name
+    keys = list(build(parse(cfg, "named"), "named").module.state_dict())
+    assert keys == ["conv.weight", "conv.bias", "conv_2.weight", "conv_2.bias", "dense.weight",
+                    "dense.bias", "dense_2.weight", "dense_2.bias"], keys
+    modules = list(build(parse(cfg, "named"), "named").module._modules)
+    assert modules == ["conv", "conv_relu", "block1_pool", "conv_2", "conv_2_relu", "block2_pool",
+                       "flatten", "dense", "dense_relu", "layer_2drop", "dense_2",
+                       "dense_2_softmax"], modules
+
+
 
 @pytest.mark.parametrize(
     "name",
