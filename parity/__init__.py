@@ -11,13 +11,19 @@ The Python interface, loaded on first use so that `import parity` stays framewor
   in, Keras's outputs out);
 - `parity.save_keras(module, path, input_shape)`: an `nn.Sequential` of supported modules, or a
   module built by this port → a `.keras` or `.h5` that `keras.models.load_model` opens;
+- `parity.load_torch_training(path) -> (module, optimizer)`: a `.keras` saved with its
+  optimizer, or a PyTorch training file → the module and a Keras-exact optimizer holding the
+  file's state; `parity.save_torch_training(module, optimizer, path)` and
+  `parity.save_keras_training(module, optimizer, path)` write them back (`parity.training_files`);
 - `parity.keras_training(module)`: a ported module whose BatchNormalization trains as Keras's
   does (`parity.training`); inference and state_dict unchanged.
 """
 
 from __future__ import annotations
 
-__all__ = ["keras_training", "load_torch_model", "save_keras"]
+__all__ = ["keras_training", "load_torch_model", "load_torch_training", "save_keras",
+           "save_keras_training", "save_torch_training"]
+_TRAINING_FILES = ("load_torch_training", "save_keras_training", "save_torch_training")
 
 
 def __getattr__(name: str):
@@ -29,6 +35,10 @@ def __getattr__(name: str):
         from parity.export.to_keras import save_keras
 
         return save_keras
+    if name in _TRAINING_FILES:
+        from parity import training_files
+
+        return getattr(training_files, name)
     if name == "keras_training":
         from parity.training import keras_training
 

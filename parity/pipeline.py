@@ -120,6 +120,7 @@ class Agreement:
     nonfinite: int = 0  # images left out: NaN/Inf outputs (only with allow_nonfinite)
     ties: int = 0  # predictions that differ only by a tie within ATOL (not disagreements)
     note: str = ""  # why fewer images were compared than by default
+    optimizer: str = ""  # the optimizer state ported beside the weights (--with-optimizer)
 
 
 def check_plan(src: Source, samples: int | None, default: int) -> Plan:
@@ -154,14 +155,18 @@ def verify(src: Source, images: Images, batch: int, *, allow_nonfinite: bool = F
 def port(
     src: Path, dst: Path, *, force: bool = False, allow_nonfinite: bool = False,
     samples: int | None = None, data_dir: str | None = None, config: Path | None = None,
-    module_py: Path | None = None,
+    module_py: Path | None = None, with_optimizer: bool = False,
 ) -> tuple[Source, Agreement]:
     """Read SRC, check both sides layer by layer on real test images, write DST (and
     `module_py`). `samples`: the images both sides must agree on (None: DEFAULT_SAMPLES, fewer
-    where the model's activations would exceed the check's budget, said in the result's note)."""
+    where the model's activations would exceed the check's budget, said in the result's note).
+    `with_optimizer`: SRC's optimizer state crosses too (`parity.training_files`), read and
+    checked before anything else is done; the result's `optimizer` says what it was."""
     from parity.export.module_py import class_name, module_source, write_module_py
+    from parity.training_files import read_state, write_state
 
     source = read_source(src, config=config, allow_nonfinite=allow_nonfinite, module=False)
+    state = read_state(source.built, Path(src)) if with_optimizer else None
     check_ = check_plan(source, samples, DEFAULT_SAMPLES)
     images = images_for(source.spec.input_shape, check_.samples, data_dir)
     result = verify(source, images, check_.batch, allow_nonfinite=allow_nonfinite,
@@ -179,7 +184,11 @@ def port(
     text = None
     if module_py is not None:
         text = module_source(source.built, class_name(module_py), Path(src).name)
-    if keras_kind(dst) is not None:
+    if state is not None:
+        write_state(source.built, state, Path(dst), source.weights, force=force)
+        result.optimizer = (f"{state.spec.class_name}, {state.iterations} iterations, "
+                            f"{len(state.variables)} variables")
+    elif keras_kind(dst) is not None:
         write_keras(dst, source.spec, source.weights, force=force)
     else:
         save_torch_model(source.built.module, dst, force=force)

@@ -3,6 +3,7 @@ PyTorch, exactly.
 
     python -m parity.port SRC DST [--force] [--allow-nonfinite] [--samples N]
                                   [--config model.keras|.json] [--module-py model.py]
+                                  [--with-optimizer]
 
 Formats come from the extensions: `.keras`, `.h5`, `.weights.h5` (Keras) ⇄ `.pt`, `.pth`,
 `.safetensors` (PyTorch); same-framework conversions work too. The flow is one way: SRC's Keras
@@ -11,6 +12,7 @@ converter per layer (`parity.pipeline`) → the PyTorch module, weights mapped p
 sides run on real test images, compared layer by layer, and must agree within tolerance → DST,
 written atomically (a temporary file beside it, then a rename). Nothing from SRC is executed.
 A layer table is printed. The book's CNN keeps its plain `BookCNN` state_dict on the PyTorch side.
+With `--with-optimizer` the optimizer's state crosses too (`parity.training_files`).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ def port(
     data_dir: str | None = None,
     config: Path | None = None,
     module_py: Path | None = None,
+    with_optimizer: bool = False,
 ) -> tuple:
     """Check DST can be written, read SRC, check both sides agree layer by layer on real test
     images, write DST. Raises UserError. Returns (Source, Agreement)."""
@@ -63,7 +66,7 @@ def port(
         check_destination(module_py, force=force)
     return pipeline.port(
         src, dst, force=force, allow_nonfinite=allow_nonfinite, samples=samples,
-        data_dir=data_dir, config=config, module_py=module_py,
+        data_dir=data_dir, config=config, module_py=module_py, with_optimizer=with_optimizer,
     )
 
 
@@ -106,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="also write a readable PyTorch source file of the module",
     )
+    p.add_argument(
+        "--with-optimizer",
+        action="store_true",
+        help="also port the optimizer's state (iterations, Adam's moments, …): a .keras "
+        "saved compiled ⇄ a .pt laid out as torch_impl.train's last.pt (default: weights only)",
+    )
     add_data_dir(p)
     return p
 
@@ -122,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         data_dir=args.data_dir,
         config=args.config,
         module_py=args.module_py,
+        with_optimizer=args.with_optimizer,
     )
     from parity.verify.report import layer_table
 
@@ -144,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     if result.nonfinite:
         print(f"not compared: {result.nonfinite} test images with NaN/Inf outputs "
               f"(--allow-nonfinite)")
+    if result.optimizer:
+        print(f"optimizer state: {result.optimizer}")
     if args.module_py:
         print(one_line(f"module source: {args.module_py}"))
     return 0

@@ -96,6 +96,18 @@ def read_tensors(path: Path, max_bytes: int = MAX_CHECKPOINT_BYTES) -> Mapping[s
     `weights_only=True` and its errors as one line; the tensors are not yet checked (each goes
     through `tensor_problem` before its values are read). `max_bytes`: the file, and what its
     zip records declare, at most (the book's checkpoints: MAX_CHECKPOINT_BYTES)."""
+    obj = read_checkpoint(path, max_bytes)
+    if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
+        # A training checkpoint (last.pt): model + optimizer + RNG states; take the model.
+        obj = obj["model"]
+    if not isinstance(obj, Mapping):
+        raise UserError(f"{path}: holds a {type(obj).__name__}, not a state_dict")
+    return obj
+
+
+def read_checkpoint(path: Path, max_bytes: int = MAX_CHECKPOINT_BYTES) -> object:
+    """The whole object a .pt/.pth/.safetensors file holds (a training checkpoint: model,
+    optimizer, …), read with `weights_only=True`, its errors as one line; nothing checked."""
     kind = checkpoint_kind(path)
     if not path.is_file():
         raise UserError(f"{path}: no such file")
@@ -135,11 +147,6 @@ def read_tensors(path: Path, max_bytes: int = MAX_CHECKPOINT_BYTES) -> Mapping[s
         # stack or memo runs out, an opcode's argument is cut short.
         msg = first_line(err)
         raise UserError(f"{path}: not a readable PyTorch checkpoint ({msg})") from None
-    if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
-        # A training checkpoint (last.pt): model + optimizer + RNG states; take the model.
-        obj = obj["model"]
-    if not isinstance(obj, Mapping):
-        raise UserError(f"{path}: holds a {type(obj).__name__}, not a state_dict")
     return obj
 
 

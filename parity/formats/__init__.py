@@ -166,18 +166,49 @@ def _check_finite(found: KerasFile, allow_nonfinite: bool) -> None:
     )
 
 
+def read_keras_optimizer(
+    path: str | os.PathLike, variables: list[tuple[str, tuple[int, ...], str]]
+) -> list[np.ndarray] | None:
+    """A `.keras` file's optimizer variables (each (label, shape, dtype) of `variables`, in
+    order, through the weights' gate: `keras_v3.read_optimizer`); None when the file holds no
+    optimizer state (saved uncompiled, or without its optimizer)."""
+    path = Path(path)
+    source = str(path)
+    if keras_kind(path) != "keras":
+        raise UserError(f"{source}: --with-optimizer reads the optimizer of a .keras file "
+                        f"(legacy .h5 optimizer_weights are not read yet)")
+    try:
+        return keras_v3.read_optimizer(path, variables)
+    except _MALFORMED as err:
+        raise UserError(f"{source}: malformed Keras file ({first_line(err)})") from None
+
+
+def keras_compile_config(path: str | os.PathLike) -> dict | None:
+    """A `.keras` file's compile_config (file text: every field is checked by its user), None
+    when it has none (a model saved uncompiled)."""
+    config = keras_v3.config_of(Path(path))
+    found = config.get("compile_config") if isinstance(config, Mapping) else None
+    return dict(found) if isinstance(found, Mapping) and found else None
+
+
 def write_keras(
-    dst: str | os.PathLike, spec: Spec, weights: Mapping[str, np.ndarray], *, force: bool = False
+    dst: str | os.PathLike, spec: Spec, weights: Mapping[str, np.ndarray], *, force: bool = False,
+    optimizer: tuple[dict, str, list[np.ndarray]] | None = None,
 ) -> Path:
     """Write a model and its Keras-layout weights (by structural name) as `.keras`, legacy `.h5`
     or `.weights.h5`, in the layout Keras 3.15.1 writes, atomically. Each tensor is written
     straight from `weights` (a Mapping that may compute it on access): no second copy of the
-    model is made in memory."""
+    model is made in memory. `optimizer` (a `.keras` only): the compile_config, the optimizer's
+    name and its variables' values in Keras's order, which `keras.models.load_model` restores."""
     dst = Path(dst)
     kind = keras_kind(dst)
     if kind is None:
         raise UserError(f"{dst}: expected a .keras, .h5 or .weights.h5 destination")
+    if optimizer is not None and kind != "keras":
+        raise UserError(f"{dst}: --with-optimizer writes a .keras file")
     out = written(spec, str(dst))
+    if optimizer is not None:
+        out.config["compile_config"] = optimizer[0]
     check_tensors(weights, dict(spec.shapes()), str(dst), shape_of=np.shape, what="cannot write: ")
     source_of = {new: old for old, new in out.keys.items()}
     dtypes = {key: var.dtype for key, var, _ in spec.variables()}
@@ -190,12 +221,13 @@ def write_keras(
         if problem:
             raise UserError(f"{dst}: {problem}")
     write = {
-        "keras": lambda tmp: keras_v3.write_keras(tmp, out.config, out.spec, tensor),
+        "keras": lambda tmp: keras_v3.write_keras(
+            tmp, out.config, out.spec, tensor, None if optimizer is None else optimizer[1:]),
         "weights.h5": lambda tmp: keras_v3.write_weights_h5(tmp, out.spec, tensor),
         "h5": lambda tmp: keras_h5_legacy.write_legacy(tmp, out.config, out.spec, tensor),
     }[kind]
     return atomic_write(dst, write, force=force)
 
 
-__all__ = ["EXTENSIONS", "KerasFile", "config_from", "framework_of", "keras_kind", "parse",
-           "read_keras", "write_keras"]
+__all__ = ["EXTENSIONS", "KerasFile", "config_from", "framework_of", "keras_compile_config",
+           "keras_kind", "parse", "read_keras", "read_keras_optimizer", "write_keras"]

@@ -7,14 +7,16 @@
 Weights sit at *positional* paths, `layers/<class in snake case>[_k]/vars/<i>` in the order
 Keras stores a layer's variables (`layers/conv2d_1` is the second Conv2D whatever its name;
 inside a nested model `layers/sequential/layers/conv2d`), computed by the graph reader
-(`parity.ir.keras_config`). An `optimizer/…` group (Adam's moments, shaped as the weights) is
-counted and left aside, never read. Every array goes through the hardened HDF5 reader
+(`parity.ir.keras_config`). An `optimizer/vars` group (`iteration`, Adam's moments shaped as
+the weights, …) is counted and left aside by `read_weights`, and read by `read_optimizer` for a
+port `--with-optimizer`. Every array goes through the hardened HDF5 reader
 (`fashion_cnn.hdf5`: no links, no outside storage, shapes checked before reading into arrays
 allocated there, deflate capped); `model.weights.h5` is read in place inside the zip.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -155,23 +157,66 @@ def read_keras(
     """A `.keras` archive: its config (through `parse`), its weights by structural name, and
     the optimizer tensors beside them."""
     source = str(path)
-    try:
-        with zipfile.ZipFile(path) as zf, path.open("rb") as raw_file:
-            metadata = zip_member(zf, METADATA_MEMBER, MAX_JSON_BYTES, source)
-            if not isinstance(json_of(metadata, METADATA_MEMBER, source), Mapping):
-                raise UserError(f"{source}: {METADATA_MEMBER} is not a JSON object")
-            config = zip_member(zf, CONFIG_MEMBER, MAX_JSON_BYTES, source)
-            spec = parse(json_of(config, CONFIG_MEMBER, source), source)
-            # Keras stores model.weights.h5 uncompressed: HDF5 reads it in place through a
-            # window onto the archive, never inflated into memory whole.
-            member = _stored_window(zf, raw_file, WEIGHTS_MEMBER, source)
-            if member is None:
-                member = io.BytesIO(zip_member(zf, WEIGHTS_MEMBER, MAX_WEIGHTS_BYTES, source))
-            with open_h5(member, f"{source}: {WEIGHTS_MEMBER}") as h5:
-                weights, optimizer = read_weights(h5, spec, source, where)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as err:
-        raise UserError(f"{source}: not a valid .keras file (not a readable zip: {err})") from None
+    with _archive(path) as zf:
+        metadata = zip_member(zf, METADATA_MEMBER, MAX_JSON_BYTES, source)
+        if not isinstance(json_of(metadata, METADATA_MEMBER, source), Mapping):
+            raise UserError(f"{source}: {METADATA_MEMBER} is not a JSON object")
+        config = zip_member(zf, CONFIG_MEMBER, MAX_JSON_BYTES, source)
+        spec = parse(json_of(config, CONFIG_MEMBER, source), source)
+        with _weights_h5(zf, path) as h5:
+            weights, optimizer = read_weights(h5, spec, source, where)
     return spec, weights, optimizer
+
+
+@contextlib.contextmanager
+def _archive(path: Path):
+    """The `.keras` zip, its errors as one line."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            yield zf
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as err:
+        raise UserError(f"{path}: not a valid .keras file (not a readable zip: {err})") from None
+
+
+@contextlib.contextmanager
+def _weights_h5(zf: zipfile.ZipFile, path: Path):
+    """The archive's model.weights.h5, opened by the hardened reader. Keras stores it
+    uncompressed: HDF5 reads it in place through a window onto the archive, never inflated
+    into memory whole."""
+    source = str(path)
+    with path.open("rb") as raw_file:
+        member = _stored_window(zf, raw_file, WEIGHTS_MEMBER, source)
+        if member is None:
+            member = io.BytesIO(zip_member(zf, WEIGHTS_MEMBER, MAX_WEIGHTS_BYTES, source))
+        with open_h5(member, f"{source}: {WEIGHTS_MEMBER}") as h5:
+            yield h5
+
+
+def read_optimizer(
+    path: Path, variables: list[tuple[str, tuple[int, ...], str]]
+) -> list[np.ndarray] | None:
+    """A `.keras` archive's optimizer variables, `optimizer/vars/<i>` for each (label, shape,
+    dtype) of `variables` in order, each through the same gate as a weight (dtype, the shape
+    the config implies, storage); None when the file holds none. Missing or extra ones are
+    refused."""
+    source = str(path)
+    with _archive(path) as zf, _weights_h5(zf, path) as h5:
+        tree = walk(h5, source)
+        found = sorted(n for n in tree.datasets if n.startswith("optimizer/"))
+        if not found:
+            return None
+        paths = [f"optimizer/vars/{i}" for i in range(len(variables))]
+        missing = [(p, v[0]) for p, v in zip(paths, variables, strict=True)
+                   if p not in tree.datasets]
+        extra = [n for n in found if n not in paths]
+        if missing or extra:
+            what = (f"lacks {missing[0][0]} ({missing[0][1]})" if missing
+                    else f"has an unexpected {extra[0]}")
+            raise UserError(f"{source}: its optimizer {what}: the config's optimizer over "
+                            f"this model has {len(variables)} variables, the file "
+                            f"{len(found)}")
+        return [_read_array(tree, p, shape, label, source, dtype)
+                for p, (label, shape, dtype) in zip(paths, variables, strict=True)]
 
 
 def config_of(path: Path) -> object:
@@ -188,8 +233,10 @@ def config_of(path: Path) -> object:
 # --- writing ------------------------------------------------------------------------------------
 
 
-def write_h5_weights(h5: h5py.File, spec: Spec, tensor: Callable[[str], np.ndarray]) -> None:
-    """The weights file Keras 3 writes: a `vars` group (named) per layer, even an empty one."""
+def write_h5_weights(h5: h5py.File, spec: Spec, tensor: Callable[[str], np.ndarray],
+                     optimizer: tuple[str, list[np.ndarray]] | None = None) -> None:
+    """The weights file Keras 3 writes: a `vars` group (named) per layer, even an empty one,
+    and with `optimizer` (its name, its variables' values) the `optimizer/vars` group."""
     group = h5.create_group("layers")
     made = set()
     if spec.graph.input_path:
@@ -203,17 +250,24 @@ def write_h5_weights(h5: h5py.File, spec: Spec, tensor: Callable[[str], np.ndarr
         vars_group.attrs["name"] = ns.node.name
         for i, var in enumerate(ns.out.variables):
             vars_group.create_dataset(str(i), data=tensor(ns.key(var)))
+    if optimizer is not None:  # (Keras's name for it, its variables in Keras's order)
+        name, values = optimizer
+        opt = h5.create_group("optimizer").create_group("vars")
+        opt.attrs["name"] = name
+        for i, value in enumerate(values):
+            opt.create_dataset(str(i), data=value)
     h5.create_group("vars").attrs["name"] = spec.graph.name
 
 
-def write_keras(tmp: Path, config: dict, spec: Spec, tensor: Callable[[str], np.ndarray]) -> None:
+def write_keras(tmp: Path, config: dict, spec: Spec, tensor: Callable[[str], np.ndarray],
+                optimizer: tuple[str, list[np.ndarray]] | None = None) -> None:
     """A `.keras` archive: its weights built in an anonymous temporary file beside it, then
     streamed in (stored, not deflated, as Keras writes it)."""
     metadata = {"keras_version": KERAS_FORMAT_VERSION,
                 "date_saved": datetime.now().strftime("%Y-%m-%d@%H:%M:%S")}
     with tempfile.TemporaryFile(dir=tmp.parent) as scratch:
         with h5py.File(scratch, "w") as h5:
-            write_h5_weights(h5, spec, tensor)
+            write_h5_weights(h5, spec, tensor, optimizer)
         scratch.seek(0)
         with zipfile.ZipFile(tmp, "w") as zf:
             zf.writestr(METADATA_MEMBER, json.dumps(metadata))

@@ -142,3 +142,52 @@ def read_torch(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> Bui
     built.module.load_state_dict(state, strict=True, assign=True)
     built.module.eval()
     return built
+
+
+# --- training files: the model and its optimizer ------------------------------------------------
+# Laid out as torch_impl.train's last.pt where the two meet: {"model": the state_dict above
+# (its architecture in its `_metadata`), "optimizer": the optimizer's `state_dict()`}, and the
+# Keras side of the optimizer as JSON text: its config and the compile settings.
+OPTIMIZER_KEY = "optimizer"
+KERAS_OPTIMIZER_KEY, KERAS_COMPILE_KEY = "keras_optimizer", "keras_compile"
+
+
+def save_torch_training(module: KerasModel, optimizer: dict, keras_optimizer: dict,
+                        keras_compile: dict, dst: str | os.PathLike, *,
+                        force: bool = False) -> Path:
+    """A `.pt`/`.pth` of the module's weights (as `save_torch_model` writes them) and its
+    optimizer's state_dict, which `torch_impl.train --resume-from` and `read_training` read."""
+    dst = Path(dst)
+    if dst.suffix.lower() not in (".pt", ".pth"):
+        raise UserError(f"{dst}: --with-optimizer writes a .pt or .pth file")
+    state = OrderedDict((k, v.detach().cpu().contiguous()) for k, v in module.state_dict().items())
+    if not book.is_book(module.keras_spec):
+        state._metadata = OrderedDict(  # type: ignore[attr-defined]
+            {"": {"version": 1, ARCH_KEY: architecture(module)}})
+    payload = {"model": state, OPTIMIZER_KEY: optimizer,
+               KERAS_OPTIMIZER_KEY: json.dumps(keras_optimizer),
+               KERAS_COMPILE_KEY: json.dumps(keras_compile)}
+    data = torch_bytes(payload)
+    return atomic_write(dst, lambda tmp: tmp.write_bytes(data), force=force)
+
+
+def read_training(path: str | os.PathLike) -> tuple[object, object | None, object | None]:
+    """A training file's optimizer state_dict (unchecked: `parity.optimizer_state.from_torch`
+    checks every value), and its Keras optimizer config and compile settings (parsed JSON, or
+    None where the file has none: a last.pt of torch_impl.train). None for the state_dict of a
+    file without one."""
+    from torch_impl.checkpoint import read_checkpoint
+
+    path = Path(path)
+    if path.suffix.lower() == ".safetensors":
+        return None, None, None
+    obj = read_checkpoint(path, MAX_TORCH_FILE_BYTES)
+    if not isinstance(obj, Mapping) or OPTIMIZER_KEY not in obj:
+        return None, None, None
+    texts = []
+    for key in (KERAS_OPTIMIZER_KEY, KERAS_COMPILE_KEY):
+        text = obj.get(key)
+        if text is not None and (not isinstance(text, str) or len(text) > MAX_JSON_BYTES):
+            raise UserError(f"{path}: its {key} is not a JSON text of at most {MAX_JSON_BYTES}")
+        texts.append(None if text is None else json_of(text, key, str(path)))
+    return obj[OPTIMIZER_KEY], texts[0], texts[1]
