@@ -7,6 +7,7 @@ gives exactly the losses of an uninterrupted one.
 
 from __future__ import annotations
 
+import math
 import pickle
 import random
 from dataclasses import dataclass, field, fields
@@ -316,3 +317,46 @@ def check_same_run(last: dict, config: dict, path: Path) -> None:
                 f"{path}: was trained with --{key.replace('_', '-')} {saved[key]}, "
                 f"not {config[key]}; resume with the same settings"
             )
+
+
+# --- --resume-from: a checkpoint's weights and optimizer, a new run -----------------------------
+
+
+def load_training_start(path: Path) -> tuple[dict, dict]:
+    """The weights and KerasAdam state a new run starts from (`--resume-from`): a `.pt` laid
+    out as last.pt ({"model", "optimizer", …}: what `parity.port --with-optimizer` writes, or a
+    last.pt), every part checked as last.pt's is, the learning rate the file's (Keras stores
+    it in float32: 0.0010000000474974513); or a Keras file saved with its optimizer, read by
+    parity's framework-free readers (no TensorFlow is imported)."""
+    from torch_impl.checkpoint import read_checkpoint
+
+    if path.suffix.lower() in (".keras", ".h5"):
+        return _from_keras(path)
+    obj = read_checkpoint(path)
+    if not isinstance(obj, dict) or "model" not in obj or "optimizer" not in obj:
+        raise UserError(f"{path}: holds no optimizer state (no 'model' and 'optimizer'); "
+                        f"write one with python -m parity.port SRC {path.name} --with-optimizer")
+    groups = obj["optimizer"].get("param_groups") if isinstance(obj["optimizer"], dict) else None
+    lr = groups[0].get("lr") if isinstance(groups, list) and groups and isinstance(
+        groups[0], dict) else None
+    if not (_is(lr, float) and lr > 0 and math.isfinite(lr)):
+        raise UserError(f"{path}: optimizer.param_groups[0].lr is {lr!r}, expected a number > 0")
+    try:
+        _weights("model", obj["model"], path)
+        _optimizer(obj["optimizer"], lr)
+    except _Bad as bad:
+        raise UserError(f"{path}: {bad}") from None
+    return obj["model"], obj["optimizer"]
+
+
+def _from_keras(path: Path) -> tuple[dict, dict]:
+    """A Keras file's weights and Adam state, through parity (its readers import no
+    TensorFlow): the one place torch_impl reaches into parity, on demand."""
+    from parity.training_files import load_torch_training
+
+    module, optimizer = load_torch_training(path)
+    if type(optimizer) is not KerasAdam:
+        raise UserError(f"{path}: its optimizer is not Keras's plain Adam (found "
+                        f"{type(optimizer).__name__}); torch_impl.train trains with Adam")
+    state = validate_state_dict(module.state_dict(), path)
+    return state, optimizer.state_dict()

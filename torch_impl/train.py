@@ -2,8 +2,8 @@
 
     python -m torch_impl.train [--device auto|cpu|cuda|cuda:N|mps] [--epochs 20] [--batch-size 32]
                                [--lr 1e-3] [--patience 2] [--seed 42] [--init keras|torch]
-                               [--out DIR] [--resume] [--limit N] [--data-dir DIR] [--compile]
-                               [--threads N]
+                               [--out DIR] [--resume] [--resume-from FILE] [--limit N]
+                               [--data-dir DIR] [--compile] [--threads N]
     torchrun --nproc-per-node N -m torch_impl.train …   (DistributedDataParallel; the same recipe
                                with --batch-size the global batch: see torch_impl/distributed.py)
 
@@ -62,6 +62,7 @@ from torch_impl.resume import (
     check_same_run,
     cpu_state_dict,
     load_last,
+    load_training_start,
     rng_state,
     save_last,
     set_rng_state,
@@ -89,6 +90,7 @@ class TrainConfig:
     init: str = "keras"  # "keras": Glorot-uniform kernels, zero biases; "torch": its defaults
     out: str | Path = "runs/torch"
     resume: bool = False
+    resume_from: str | Path | None = None  # a checkpoint with its optimizer: a new run from it
     limit: int = 0  # train on the first N training examples; 0 = all 48,000
     data_dir: str | Path | None = None
     compile: bool = False
@@ -157,6 +159,9 @@ def _set_up(config: TrainConfig, out: Path, device: torch.device, data: BookData
     run_keys = config.run_keys() | {"world_size": world.size}
     # Rank 0 reads and checks last.pt; every rank gets it.
     last = ddp.on_main(world, lambda: _load_last(config, out / LAST_FILE, run_keys))
+    start = None
+    if config.resume_from is not None and last is None:
+        start = ddp.on_main(world, lambda: load_training_start(Path(config.resume_from)))
 
     seed_everything(config.seed)
     shuffle = torch.Generator().manual_seed(config.seed)
@@ -169,7 +174,19 @@ def _set_up(config: TrainConfig, out: Path, device: torch.device, data: BookData
                EarlyStopping(patience=config.patience), ModelCheckpoint(), RunState())
     if last is not None:
         _resume(run, last)
+    elif start is not None:
+        _start_from(run, *start)
     return run
+
+
+def _start_from(run: _Run, model: dict, optimizer: dict) -> None:
+    """--resume-from: a new run (epoch 1, fresh callbacks) from a checkpoint's weights and
+    Adam state — Keras's `iterations` carried on, its learning rate the file's."""
+    run.model.load_state_dict(model)
+    run.optimizer.load_state_dict(optimizer)
+    steps = max((int(s["step"].item()) for s in run.optimizer.state.values()), default=0)
+    print(f"starting from {run.config.resume_from}: its weights and Adam's state after "
+          f"{steps} steps (lr {run.optimizer.param_groups[0]['lr']:.7g})")
 
 
 def _load_last(config: TrainConfig, path: Path, run_keys: dict) -> dict | None:
@@ -355,6 +372,11 @@ def build_parser() -> argparse.ArgumentParser:
                         f"book starts, or PyTorch's defaults (default: {d.init})")
     p.add_argument("--resume", action="store_true",
                    help="continue the run saved in OUT/last.pt (default: start afresh)")
+    p.add_argument("--resume-from", metavar="FILE", type=Path, default=d.resume_from,
+                   help="start from a checkpoint's weights and optimizer state: a .keras "
+                        "saved with its optimizer (keras_ref.train's best-cnn-model.keras), or "
+                        "a .pt from python -m parity.port SRC DST.pt --with-optimizer "
+                        "(default: none)")
     p.add_argument("--compile", action="store_true",
                    help="run the model through torch.compile (default: off)")
     p.add_argument("--threads", type=non_negative_int, default=d.threads, metavar="N",

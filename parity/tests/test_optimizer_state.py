@@ -15,6 +15,8 @@ fail that bound.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -204,3 +206,27 @@ def test_round_trip_keras_pytorch_keras_is_kerass_3k_steps(keras_run, batches, t
     else:
         with pytest.raises(AssertionError, match="float32 steps away"):
             assert_bitwise(reference[0], w, "restarted in Keras")
+
+
+def test_torch_impl_train_resumes_from_the_keras_file(keras_run, data_dir, tmp_path):
+    """`python -m torch_impl.train --resume-from after-k.keras` continues Keras's run with its
+    Adam state (K steps, then 2 more: the last.pt it writes counts K + 2), loading no
+    TensorFlow; the ported .pt gives the same first step."""
+    import os
+    import subprocess
+    import sys
+
+    src = keras_run["folder"] / "after-k.keras"
+    code = ("import sys; from torch_impl.train import main; rc = main(sys.argv[1:]); "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')]; "
+            "print('loaded:', bad); sys.exit(rc or bool(bad))")
+    args = ["--resume-from", str(src), "--epochs", "1", "--limit", "64", "--out",
+            str(tmp_path / "run"), "--data-dir", str(data_dir), "--device", "cpu"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          env=env, timeout=600, cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert f"after {K} steps" in done.stdout and "loaded: []" in done.stdout, done.stdout
+    last = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    steps = {int(s["step"]) for s in last["optimizer"]["state"].values()}
+    assert steps == {K + 2}, steps
