@@ -163,10 +163,13 @@ def port(
     `with_optimizer`: SRC's optimizer state crosses too (`parity.training_files`), read and
     checked before anything else is done; the result's `optimizer` says what it was."""
     from parity.export.module_py import class_name, module_source, write_module_py
-    from parity.training_files import read_state, write_state
 
     source = read_source(src, config=config, allow_nonfinite=allow_nonfinite, module=False)
-    state = read_state(source.built, Path(src)) if with_optimizer else None
+    state = None
+    if with_optimizer:  # loaded only then: it loads torch._dynamo (parity.training_files)
+        from parity.training_files import read_state
+
+        state = read_state(source.built, Path(src))
     check_ = check_plan(source, samples, DEFAULT_SAMPLES)
     images = images_for(source.spec.input_shape, check_.samples, data_dir)
     result = verify(source, images, check_.batch, allow_nonfinite=allow_nonfinite,
@@ -185,6 +188,8 @@ def port(
     if module_py is not None:
         text = module_source(source.built, class_name(module_py), Path(src).name)
     if state is not None:
+        from parity.training_files import write_state
+
         write_state(source.built, state, Path(dst), source.weights, force=force)
         result.optimizer = (f"{state.spec.class_name}, {state.iterations} iterations, "
                             f"{len(state.variables)} variables")
