@@ -155,13 +155,14 @@ def verify(src: Source, images: Images, batch: int, *, allow_nonfinite: bool = F
 def port(
     src: Path, dst: Path, *, force: bool = False, allow_nonfinite: bool = False,
     samples: int | None = None, data_dir: str | None = None, config: Path | None = None,
-    module_py: Path | None = None, with_optimizer: bool = False,
+    module_py: Path | None = None, with_optimizer: bool = False, keras_training: bool = False,
 ) -> tuple[Source, Agreement]:
     """Read SRC, check both sides layer by layer on real test images, write DST (and
     `module_py`). `samples`: the images both sides must agree on (None: DEFAULT_SAMPLES, fewer
     where the model's activations would exceed the check's budget, said in the result's note).
     `with_optimizer`: SRC's optimizer state crosses too (`parity.training_files`), read and
-    checked before anything else is done; the result's `optimizer` says what it was."""
+    checked before anything else is done; the result's `optimizer` says what it was.
+    `keras_training`: `module_py`'s BatchNormalizations train as Keras's (`parity.training`)."""
     from parity.export.module_py import class_name, module_source, write_module_py
 
     source = read_source(src, config=config, allow_nonfinite=allow_nonfinite, module=False)
@@ -186,6 +187,10 @@ def port(
     # take refuses the port with DST untouched.
     text = None
     if module_py is not None:
+        if keras_training:  # after the check: inference and the state_dict are the same
+            from parity.training import keras_training as to_keras_training
+
+            to_keras_training(source.built.module)
         text = module_source(source.built, class_name(module_py), Path(src).name)
     if state is not None:
         from parity.training_files import write_state
@@ -246,8 +251,11 @@ def check(
                         found.layers, outputs, agree, images, plan_.note, is_book, classes)
 
 
-def load_torch_model(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> nn.Module:
-    """Any supported file → `nn.Module` in eval mode with its weights loaded.
+def load_torch_model(
+    path: str | os.PathLike, *, allow_nonfinite: bool = False, keras_training: bool = False,
+) -> nn.Module:
+    """Any supported file → `nn.Module` in eval mode with its weights loaded; with
+    `keras_training`, its BatchNormalizations train as Keras's (`parity.training`).
 
     `.keras` / `.h5`: the module built from the file's Keras config. `.pt` / `.pth` /
     `.safetensors` written by this port: rebuilt from the architecture they carry; a plain
@@ -257,7 +265,12 @@ def load_torch_model(path: str | os.PathLike, *, allow_nonfinite: bool = False) 
     kind = keras_kind(path)
     if kind == "weights.h5":
         raise UserError(f"{path}: a .weights.h5 holds no architecture; use the .keras or .h5")
-    return read_source(Path(path), allow_nonfinite=allow_nonfinite).built.module
+    module = read_source(Path(path), allow_nonfinite=allow_nonfinite).built.module
+    if keras_training:
+        from parity.training import keras_training as to_keras_training
+
+        to_keras_training(module)
+    return module
 
 
 def load_into(model: nn.Module, path: str | os.PathLike, *, allow_nonfinite: bool = False):

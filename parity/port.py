@@ -3,7 +3,7 @@ PyTorch, exactly.
 
     python -m parity.port SRC DST [--force] [--allow-nonfinite] [--samples N]
                                   [--config model.keras|.json] [--module-py model.py]
-                                  [--with-optimizer]
+                                  [--with-optimizer] [--keras-training]
 
 Formats come from the extensions: `.keras`, `.h5`, `.weights.h5` (Keras) ⇄ `.pt`, `.pth`,
 `.safetensors` (PyTorch); same-framework conversions work too. The flow is one way: SRC's Keras
@@ -51,6 +51,7 @@ def port(
     config: Path | None = None,
     module_py: Path | None = None,
     with_optimizer: bool = False,
+    keras_training: bool = False,
 ) -> tuple:
     """Check DST can be written, read SRC, check both sides agree layer by layer on real test
     images, write DST. Raises UserError. Returns (Source, Agreement)."""
@@ -67,6 +68,7 @@ def port(
     return pipeline.port(
         src, dst, force=force, allow_nonfinite=allow_nonfinite, samples=samples,
         data_dir=data_dir, config=config, module_py=module_py, with_optimizer=with_optimizer,
+        keras_training=keras_training,
     )
 
 
@@ -115,13 +117,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="also port the optimizer's state (iterations, Adam's moments, …): a .keras "
         "saved compiled ⇄ a .pt laid out as torch_impl.train's last.pt (default: weights only)",
     )
+    p.add_argument(
+        "--keras-training",
+        action="store_true",
+        help="the --module-py source's BatchNormalizations train as Keras's (its momentum, the "
+        "biased variance in the moving update); the weights file is the same either way",
+    )
     add_data_dir(p)
     return p
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.keras_training and args.module_py is None:
+        parser.error("--keras-training shapes the --module-py source (a weights file is the same "
+                     "either way; in Python: parity.load_torch_model(path, keras_training=True))")
     source, result = port(
         args.src,
         args.dst,
@@ -132,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         config=args.config,
         module_py=args.module_py,
         with_optimizer=args.with_optimizer,
+        keras_training=args.keras_training,
     )
     from parity.verify.report import layer_table
 

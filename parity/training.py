@@ -30,6 +30,10 @@ class _KerasBatchNorm:
 
     keras_momentum: float
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.keras_momentum = round(1.0 - self.momentum, 12)  # the port set momentum = 1 - Keras's
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return super().forward(x)
@@ -37,7 +41,7 @@ class _KerasBatchNorm:
         out = F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
         with torch.no_grad():
             var, mean = torch.var_mean(x, dim=dims, correction=0)
-            # Keras's Python floats m and 1.0 − m each rounded to float32 in its op, as here
+            # Keras's Python floats m and 1.0 - m each rounded to float32 in its op, as here
             m = self.keras_momentum
             self.running_mean.copy_(self.running_mean * m + mean * (1.0 - m))
             self.running_var.copy_(self.running_var * m + var * (1.0 - m))
@@ -58,7 +62,6 @@ def _swapped(bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
     new = cls(bn.num_features, eps=bn.eps, momentum=bn.momentum, affine=bn.affine,
               track_running_stats=True, device=bn.running_mean.device)
     new.load_state_dict(bn.state_dict())
-    new.keras_momentum = round(1.0 - bn.momentum, 12)  # the port set momentum = 1 − Keras's
     new.train(bn.training)
     return new
 

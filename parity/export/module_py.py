@@ -37,6 +37,7 @@ from parity.layers.modules import (
     Scale,
     ScaledSum,
 )
+from parity.training import KerasBatchNorm1d, KerasBatchNorm2d, _KerasBatchNorm
 
 _HELPERS = (AvgPool2dSame, GlobalPool2d, Exponential, Rescale, KerasReshape, FlattenHWC, Crop2d,
             ChannelLinear, ChannelLayerNorm, Normalize, NormalizeAdapted, Scale)
@@ -63,7 +64,8 @@ def _constructor(module: torch.nn.Module) -> str:
     if type(module).__name__ == "StochasticDepth":  # torchvision's; its repr is not Python
         return f"StochasticDepth({_float(module.p)}, {module.mode!r})"
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        return (f"nn.{type(module).__name__}({module.num_features}, eps={module.eps!r}, "
+        space = "" if isinstance(module, _KerasBatchNorm) else "nn."  # ours, in the file
+        return (f"{space}{type(module).__name__}({module.num_features}, eps={module.eps!r}, "
                 f"momentum={module.momentum!r}, affine={module.affine})")
     return f"nn.{module!r}"
 
@@ -154,6 +156,10 @@ def module_source(built: Built, class_name: str, origin: str) -> str:
         for h in hooks:
             h.remove()
     helpers = [h for h in _HELPERS if any(isinstance(m, h) for m in module.children())]
+    keras_bn = [c for c in (KerasBatchNorm1d, KerasBatchNorm2d)
+                if any(type(m) is c for m in module.children())]  # parity.keras_training's
+    if keras_bn:
+        helpers = [*helpers, _KerasBatchNorm, *keras_bn]
     lines = [
         f'"""{class_name}: a Keras model ported by `python -m parity.port`.',
         "",
@@ -164,7 +170,8 @@ def module_source(built: Built, class_name: str, origin: str) -> str:
         '"""',
         "",
         "import torch",
-        *(["import torch.nn.functional as F"] if set(helpers) & set(_USE_F) else []),
+        *(["import torch.nn.functional as F"] if set(helpers) & {*_USE_F, _KerasBatchNorm}
+          else []),
         "from torch import nn",
         *(["from torchvision.ops import StochasticDepth"]
           if any(type(m).__name__ == "StochasticDepth" for m in module.children()) else []),

@@ -113,3 +113,34 @@ def test_inference_and_state_dict_are_unchanged(bn_model):
     with torch.no_grad():
         x = _nchw(batches[0])
         assert torch.equal(keras_like(x), plain(x))
+
+
+def test_module_py_with_keras_training_takes_kerass_steps(bn_model, tmp_path, capsys):
+    """`port --module-py --keras-training`: the generated file holds Keras's BatchNormalization
+    itself (no import of parity), loads the port's weights strict, and trains as Keras does."""
+    from parity.port import main as port_main
+    from parity.tests.testdata import generated_module
+
+    path, batches = bn_model
+    pt, py = tmp_path / "bn.pt", tmp_path / "bn_model.py"
+    assert port_main([str(path), str(pt), "--module-py", str(py), "--keras-training",
+                      "--samples", "20"]) == 0
+    text = py.read_text()
+    assert "class _KerasBatchNorm:" in text and "parity" not in text.split('"""', 2)[2]
+    module = generated_module(py, f"bn_model_{len(batches[0].shape)}").BnModel()
+    module.load_state_dict(torch.load(pt, weights_only=True), strict=True)
+    assert any(type(m).__name__.startswith("KerasBatchNorm") for m in module.modules())
+    k_outs, k_mean, k_var = _keras_run(path, batches)
+    t_outs, t_mean, t_var = _torch_run(module, batches)
+    mean_atol, var_rtol, out_atol = _bounds(batches)
+    np.testing.assert_allclose(t_mean, k_mean, rtol=0, atol=mean_atol)
+    np.testing.assert_allclose(t_var, k_var, rtol=var_rtol, atol=0)
+
+
+def test_keras_training_without_module_py_is_a_usage_error(bn_model, tmp_path, capsys):
+    from parity.port import main as port_main
+
+    with pytest.raises(SystemExit) as exit_:
+        port_main([str(bn_model[0]), str(tmp_path / "bn.pt"), "--keras-training"])
+    assert exit_.value.code == 2 and "--module-py" in capsys.readouterr().err
+    assert not (tmp_path / "bn.pt").exists()
