@@ -15,7 +15,7 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[keras,notebooks,dev]'
 	touch $@
 
 # The real Fashion-MNIST: FASHION_MNIST_DIR if set, else Debian's dataset-fashion-mnist

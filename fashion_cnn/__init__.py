@@ -5,3 +5,7 @@ the verified Fashion-MNIST and the book's split (`fashion_mnist`), the one error
 command-line edge (`errors`), history.json and the loss plot (`history`), and atomic file
 writes (`files`).
 """
+
+# The project's one version: setuptools reads it (pyproject.toml, [tool.setuptools.dynamic]) and
+# every command's --version prints it.
+__version__ = "0.1.0"
