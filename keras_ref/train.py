@@ -15,6 +15,10 @@ import sys
 import time
 from pathlib import Path
 
+from fashion_cnn.extras import require
+
+require("keras", "keras_ref.train")  # before the imports below: without Keras, one line
+
 import absl.logging
 import numpy as np
 

@@ -19,6 +19,10 @@ import os
 import sys
 from pathlib import Path
 
+from fashion_cnn.extras import require
+
+require("keras", "keras_ref.visualize")  # before the imports below: without Keras, one line
+
 import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np

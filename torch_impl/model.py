@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fashion_cnn import extras
 from fashion_cnn.book import DENSE_UNITS, DROPOUT, FILTERS, FLATTEN_WIDTH, NUM_CLASSES
 from fashion_cnn.book import FLATTEN_CHW as FLATTEN_SHAPE
 from fashion_cnn.book import INPUT_CHW as INPUT_SHAPE
@@ -128,7 +129,9 @@ def keras_init_(model: nn.Module) -> nn.Module:
 
 
 def summary(model: nn.Module | None = None, batch_size: int = 1) -> str:
-    """A Keras-like summary table of the model (torchinfo), with per-layer parameter counts."""
+    """A Keras-like summary table of the model (torchinfo, of the 'notebooks' extra), with
+    per-layer parameter counts."""
+    extras.check("notebooks", "torch_impl.model.summary", modules=("torchinfo",))
     from torchinfo import summary as torchinfo_summary
 
     model = model or BookCNN()
