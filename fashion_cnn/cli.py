@@ -10,8 +10,11 @@ from __future__ import annotations
 import argparse
 import math
 import re
+import sys
+from importlib import metadata
 
 DEVICE_CHOICES = "auto|cpu|cuda|cuda:N|mps"
+PROG_PREFIX = "python -m "
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 SEED_MAX = 2**32 - 1  # numpy's and Keras's seeds are 32-bit
 
@@ -144,3 +147,34 @@ def add_recipe(parser: argparse.ArgumentParser, out: str, seed_help: str = "rand
                         help="train on the first N training examples only, for smoke runs "
                              "(default: 0 = all 48,000)")
     add_data_dir(parser)
+
+
+def version_line(command: str) -> str:
+    """`parity.port 0.1.0 (torch 2.14.1, keras 3.15.1)`, or `keras absent`: read from the
+    installed distributions' metadata, so neither torch nor TensorFlow is imported."""
+    from fashion_cnn import __version__
+
+    def installed(name: str) -> str:
+        try:
+            return f"{name} {metadata.version(name)}"
+        except metadata.PackageNotFoundError:
+            return f"{name} absent"
+
+    return f"{command} {__version__} ({installed('torch')}, {installed('keras')})"
+
+
+class _Version(argparse.Action):
+    """--version: the line is made when asked for, not when the parser is built."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_line(parser.prog.removeprefix(PROG_PREFIX)), file=sys.stdout)
+        parser.exit()
+
+
+def add_version(parser: argparse.ArgumentParser) -> None:
+    """--version: the command, the project's version and torch's and Keras's."""
+    parser.add_argument("--version", action=_Version,
+                        help="print the version (and torch's and Keras's) and exit")

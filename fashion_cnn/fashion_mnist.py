@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fashion_cnn.cli import add_data_dir
+from fashion_cnn.cli import add_data_dir, add_version
 from fashion_cnn.errors import UserError, cli_entry
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -285,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m fashion_cnn.fashion_mnist",
         description="Find and verify the real Fashion-MNIST IDX files (download them if asked).",
     )
+    add_version(parser)
     add_data_dir(parser)
     parser.add_argument(
         "--download", action="store_true",

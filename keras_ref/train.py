@@ -22,7 +22,7 @@ require("keras", "keras_ref.train")  # before the imports below: without Keras, 
 import absl.logging
 import numpy as np
 
-from fashion_cnn.cli import add_recipe
+from fashion_cnn.cli import add_recipe, add_version
 from fashion_cnn.errors import cli_entry
 from fashion_cnn.files import atomic_write, output_folder, writing
 from fashion_cnn.history import History, plot_history
@@ -142,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m keras_ref.train",
         description="Train the book's CNN in Keras with the book's recipe (8-2).",
     )
+    add_version(p)
     add_recipe(p, "runs/keras", "keras.utils.set_random_seed")
     p.add_argument("--lang", choices=("en", "ko"), default="en",
                    help="class names in English or the book's Korean (default: en)")

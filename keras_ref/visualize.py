@@ -27,7 +27,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 
-from fashion_cnn.cli import add_data_dir, add_image_index, add_out, add_seed
+from fashion_cnn.cli import add_data_dir, add_image_index, add_out, add_seed, add_version
 from fashion_cnn.errors import UserError, cli_entry, first_line
 from fashion_cnn.files import atomic_write, output_folder
 from fashion_cnn.hdf5 import check_keras_file
@@ -195,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m keras_ref.visualize",
         description="The book's 8-3 in Keras: conv1 weights, kernels and feature maps.",
     )
+    add_version(p)
     p.add_argument("keras_file", help="the trained model (.keras or the book's .h5)")
     add_out(p, "runs/visualize-keras", "folder for the PNGs")
     add_image_index(p)

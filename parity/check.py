@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from fashion_cnn.cli import add_data_dir, add_device, int_range
+from fashion_cnn.cli import add_data_dir, add_device, add_version, int_range
 from fashion_cnn.errors import UserError, cli_entry, one_line
 from fashion_cnn.files import atomic_write, check_destination, check_not_input
 from parity.formats import keras_kind
@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m parity.check",
         description="Compare a Keras and a PyTorch checkpoint of the same model layer by layer.",
     )
+    add_version(p)
     p.add_argument("keras_file", type=Path, help=".keras, .h5 or .weights.h5")
     p.add_argument("torch_file", type=Path, help=".pt, .pth or .safetensors")
     add_device(p, "cpu")

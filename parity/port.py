@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fashion_cnn.cli import add_data_dir, int_range
+from fashion_cnn.cli import add_data_dir, add_version, int_range
 from fashion_cnn.errors import cli_entry, one_line
 from fashion_cnn.files import check_destination, check_not_input
 from parity.formats import EXTENSIONS, framework_of
@@ -78,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Port a checkpoint of the book's CNN, or of any supported Keras "
         f"model, between Keras and PyTorch (formats by extension: {EXTENSIONS}).",
     )
+    add_version(p)
     p.add_argument("src", type=Path, help="source checkpoint")
     p.add_argument("dst", type=Path, help="destination checkpoint (written atomically)")
     p.add_argument("--force", action="store_true", help="overwrite DST if it exists")

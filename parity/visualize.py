@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from fashion_cnn.cli import add_data_dir, add_image_index, add_out
+from fashion_cnn.cli import add_data_dir, add_image_index, add_out, add_version
 from fashion_cnn.errors import UserError, cli_entry
 from fashion_cnn.fashion_mnist import load_data
 from fashion_cnn.files import atomic_write, output_folder
@@ -141,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Keras's and PyTorch's feature maps of the same image side by side (8-3), "
         "with each map's max |diff|.",
     )
+    add_version(p)
     p.add_argument("keras_file", help="Keras checkpoint (.keras, .h5 or .weights.h5)")
     p.add_argument("torch_file", help="PyTorch checkpoint (.pt, .pth or .safetensors)")
     add_out(p, None, "folder for the PNGs")

@@ -105,3 +105,49 @@ def test_bad_file_exits_1_with_one_line(cli, argv, paths, capsys, monkeypatch):
     assert len(err) == 1 and err[0].startswith("error: "), err
     named = paths["d"] if "{d}" in argv else paths["k"] if "{k}" in argv else paths["t"]
     assert named in err[0], err
+
+
+VERSION_LINE = r"(?P<cli>[\w.]+) (?P<version>\S+) \(torch (?P<torch>\S+), keras (?P<keras>\S+)\)"
+
+
+@pytest.mark.parametrize("cli", CLIS)
+def test_version_names_the_command_and_the_frameworks(cli, capsys):
+    import re
+    from importlib import metadata
+
+    import fashion_cnn
+
+    with pytest.raises(SystemExit) as exc:
+        _main(cli)(["--version"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out.strip()
+    match = re.fullmatch(VERSION_LINE, out)
+    assert match, f"--version printed {out!r}"
+    assert match["cli"] == cli and match["version"] == fashion_cnn.__version__, out
+    assert match["torch"] == metadata.version("torch"), out
+    assert match["keras"] == metadata.version("keras"), out
+
+
+def test_version_says_keras_absent_without_importing_a_framework():
+    """The line comes from the distributions' metadata: with Keras uninstalled it says so, and
+    neither torch nor TensorFlow is imported to make it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from importlib import metadata\n"
+        "real = metadata.version\n"
+        "def version(name):\n"
+        "    if name == 'keras':\n"
+        "        raise metadata.PackageNotFoundError(name)\n"
+        "    return real(name)\n"
+        "metadata.version = version\n"
+        "from fashion_cnn.cli import version_line\n"
+        "print(version_line('parity.port'))\n"
+        "print(sorted(m for m in ('torch', 'tensorflow', 'keras') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    assert out[0].startswith("parity.port ") and out[0].endswith(", keras absent)"), out
+    assert out[1] == "[]", f"--version imported {out[1]}"

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fashion_cnn.cli import add_data_dir, add_device, positive_int
+from fashion_cnn.cli import add_data_dir, add_device, add_version, positive_int
 from fashion_cnn.errors import cli_entry
 from torch_impl.checkpoint import load_model
 from torch_impl.data import load_book_data
@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Accuracy and loss of a checkpoint of the book's CNN on the validation or "
         "test images (Keras's model.evaluate).",
     )
+    add_version(parser)
     parser.add_argument(
         "checkpoint",
         metavar="CKPT",

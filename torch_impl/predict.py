@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fashion_cnn.cli import add_data_dir, add_device, int_range, non_negative_int
+from fashion_cnn.cli import add_data_dir, add_device, add_version, int_range, non_negative_int
 from fashion_cnn.errors import UserError, cli_entry, first_line
 from fashion_cnn.fashion_mnist import CLASS_NAMES, CLASS_NAMES_KO
 from torch_impl.checkpoint import load_model
@@ -139,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
         "grayscale and resized to 28x28 when needed. Like Fashion-MNIST they should show a light "
         "garment on a dark background; they are never inverted.",
     )
+    add_version(parser)
     parser.add_argument(
         "checkpoint",
         metavar="CKPT",

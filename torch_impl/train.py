@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fashion_cnn.cli import add_device, add_recipe, non_negative_int, positive_float
+from fashion_cnn.cli import add_device, add_recipe, add_version, non_negative_int, positive_float
 from fashion_cnn.errors import cli_entry
 from fashion_cnn.fashion_mnist import CLASS_NAMES
 from fashion_cnn.files import atomic_write, output_folder
@@ -363,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the book's CNN in PyTorch with the book's recipe (8-2): Keras's Adam, "
         "batch 32, checkpoint on val_loss, early stopping with patience 2.",
     )
+    add_version(p)
     add_device(p, d.device)
     add_recipe(p, str(d.out))
     p.add_argument("--lr", type=positive_float, default=d.lr,

@@ -31,7 +31,14 @@ from matplotlib.figure import Figure
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
-from fashion_cnn.cli import add_data_dir, add_image_index, add_out, add_seed, non_negative_int
+from fashion_cnn.cli import (
+    add_data_dir,
+    add_image_index,
+    add_out,
+    add_seed,
+    add_version,
+    non_negative_int,
+)
 from fashion_cnn.errors import UserError, cli_entry
 from fashion_cnn.fashion_mnist import CLASS_NAMES, CLASS_NAMES_KO, book_split, load_data
 from fashion_cnn.files import atomic_write, output_folder
@@ -332,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="The book's 8-3 in PyTorch: conv1 weights and kernels, feature maps "
         "and a prediction (Keras's maps beside PyTorch's: python -m parity.visualize).",
     )
+    add_version(p)
     p.add_argument("checkpoint", help="PyTorch checkpoint (.pt, .pth or .safetensors)")
     add_out(p, "runs/visualize", "folder for the PNGs")
     add_image_index(p)
