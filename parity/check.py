@@ -102,9 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.json:  # before the work: the report is written over an existing file
-        check_not_input(args.json, args.keras_file, args.torch_file)
-        check_destination(args.json, force=True)
+    if args.json:  # before the work
+        check_json_destination(args.json, args.keras_file, args.torch_file)
     report = run_check(
         args.keras_file,
         args.torch_file,
@@ -116,16 +115,29 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(format_report(report))
     if args.json:
-        text = json.dumps(report, indent=2)
-        atomic_write(args.json, lambda tmp: tmp.write_text(text), force=True)
-    if not report["passed"]:
-        print(
-            "error: " + one_line(f"{args.keras_file} and {args.torch_file} differ, first at "
-                                 f"{report['first_failure']}"),
-            file=sys.stderr,
-        )
-        return 1
-    return 0
+        write_report(report, args.json)
+    return report_status(report)
+
+
+def check_json_destination(path: Path, *inputs: Path) -> None:
+    """--json PATH, refused before the work: one of the inputs, a folder, under a file…"""
+    check_not_input(path, *inputs)
+    check_destination(path, force=True)  # the report is written over an existing file
+
+
+def write_report(report: dict, path: Path) -> None:
+    """The report as JSON, written atomically (`parity.check --json`, `parity.port --json`)."""
+    text = json.dumps(report, indent=2)
+    atomic_write(path, lambda tmp: tmp.write_text(text), force=True)
+
+
+def report_status(report: dict) -> int:
+    """0 when the report passed; else 1, with one line naming the first layer that differs."""
+    if report["passed"]:
+        return 0
+    print("error: " + one_line(f"{report['keras_file']} and {report['torch_file']} differ, "
+                               f"first at {report['first_failure']}"), file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ PyTorch, exactly.
 
     python -m parity.port SRC DST [--force] [--allow-nonfinite] [--samples N]
                                   [--config model.keras|.json] [--module-py model.py]
-                                  [--with-optimizer] [--keras-training]
+                                  [--with-optimizer] [--keras-training] [--json REPORT]
 
 Formats come from the extensions: `.keras`, `.h5`, `.weights.h5` (Keras) ⇄ `.pt`, `.pth`,
 `.safetensors` (PyTorch); same-framework conversions work too. The flow is one way: SRC's Keras
@@ -13,6 +13,8 @@ sides run on real test images, compared layer by layer, and must agree within to
 written atomically (a temporary file beside it, then a rename). Nothing from SRC is executed.
 A layer table is printed. The book's CNN keeps its plain `BookCNN` state_dict on the PyTorch side.
 With `--with-optimizer` the optimizer's state crosses too (`parity.training_files`).
+With `--json REPORT`, the files on disk are then checked as `parity.check` checks them (SRC
+against DST, read back), and its report is written to REPORT.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ import numpy as np
 import torch
 
 from fashion_cnn.cli import add_data_dir, add_version, int_range
-from fashion_cnn.errors import cli_entry, one_line
+from fashion_cnn.errors import UserError, cli_entry, one_line
 from fashion_cnn.files import check_destination, check_not_input
+from parity.check import check_json_destination, report_status, run_check, write_report
 from parity.formats import EXTENSIONS, framework_of
 from parity.verify.compare import ATOL, RULE
 
@@ -124,8 +127,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="the --module-py source's BatchNormalizations train as Keras's (its momentum, the "
         "biased variance in the moving update); the weights file is the same either way",
     )
+    p.add_argument(
+        "--json",
+        type=Path,
+        metavar="REPORT",
+        help="then check SRC against the DST written, as parity.check does, and write its "
+        "report as JSON to REPORT (SRC and DST: one Keras and one PyTorch file)",
+    )
     add_data_dir(p)
     return p
+
+
+def report_pair(src: Path, dst: Path) -> tuple[Path, Path]:
+    """(the Keras file, the PyTorch file) of a port that --json can check; refused otherwise."""
+    kinds = {framework_of(src): src, framework_of(dst): dst}
+    if set(kinds) != {"keras", "torch"}:
+        raise UserError(f"--json: {src} → {dst} has no PyTorch and Keras file to check "
+                        f"against each other (use parity.check on two files)")
+    return kinds["keras"], kinds["torch"]
 
 
 @cli_entry
@@ -135,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.keras_training and args.module_py is None:
         parser.error("--keras-training shapes the --module-py source (a weights file is the same "
                      "either way; in Python: parity.load_torch_model(path, keras_training=True))")
+    if args.json:  # before the work, as parity.check refuses it
+        pair = report_pair(args.src, args.dst)
+        check_json_destination(args.json, args.src, args.dst)
     source, result = port(
         args.src,
         args.dst,
@@ -172,7 +194,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"optimizer state: {result.optimizer}")
     if args.module_py:
         print(one_line(f"module source: {args.module_py}"))
-    return 0
+    if not args.json:
+        return 0
+    # The same report as `parity.check --json`, of the two files now on disk.
+    report = run_check(*pair, samples=args.samples, data_dir=args.data_dir,
+                       config=args.config if pair[0] == args.src else None)
+    write_report(report, args.json)
+    print(one_line(f"check report: {args.json} ({'PASS' if report['passed'] else 'FAIL'})"))
+    return report_status(report)
 
 
 if __name__ == "__main__":

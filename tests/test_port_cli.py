@@ -156,3 +156,37 @@ def test_same_framework_conversion(keras_ckpts, tmp_path, data_dir, capsys):
     assert all_agree(out, 50), out
     read = read_keras(dst)
     assert all(np.array_equal(read.weights[k], v) for k, v in ckpt.weights.items())
+
+
+def test_json_report_is_parity_checks(keras_ckpts, tmp_path, data_dir, capsys):
+    """`port --json` writes the report `parity.check --json` writes for the same two files:
+    SRC against the DST read back from disk."""
+    import json
+
+    from parity.check import main as check_main
+
+    src = keras_ckpts["trained"].files[".keras"]
+    dst, ported, checked = tmp_path / "m.pt", tmp_path / "port.json", tmp_path / "check.json"
+    opts = ["--samples", "50", "--data-dir", str(data_dir)]
+    assert main([str(src), str(dst), *opts, "--json", str(ported)]) == 0
+    assert f"check report: {ported} (PASS)" in capsys.readouterr().out
+    assert check_main([str(src), str(dst), *opts, "--json", str(checked)]) == 0
+    report = json.loads(ported.read_text())
+    assert report == json.loads(checked.read_text())
+    assert report["passed"] and report["samples"] == 50 and report["torch_file"] == str(dst)
+    assert report["test_set"]["predictions_agreeing"] == 10_000, report["test_set"]
+
+
+@pytest.mark.parametrize("case", ["same-framework", "report-is-src"])
+def test_json_refused_before_the_work(case, keras_ckpts, tmp_path, capsys):
+    """A --json port that cannot be checked, or whose REPORT is SRC, is refused in one line
+    before anything is read or written."""
+    src = keras_ckpts["random"].files[".keras"]
+    dst = tmp_path / ("m.h5" if case == "same-framework" else "m.pt")
+    report = src if case == "report-is-src" else tmp_path / "r.json"
+    before = src.read_bytes()
+    assert main([str(src), str(dst), "--json", str(report)]) == 1
+    line = _one_error_line(capsys)
+    assert ("no PyTorch and Keras file" in line) if case == "same-framework" else str(src) in line
+    assert not dst.exists() and src.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
