@@ -8,7 +8,7 @@ DATA_STAMP := $(VENV)/.data-verified
 export TF_CPP_MIN_LOG_LEVEL := 3
 DEBIAN_DATA := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup data train train-ddp train-keras test test-fast test-numerics test-property test-zoo bench bench-accuracy bench-anchors \
+.PHONY: setup data train train-ddp train-keras test test-fast test-install test-numerics test-property test-zoo bench bench-accuracy bench-anchors \
 	docs notebooks lint clean
 
 setup: $(STAMP)
@@ -46,7 +46,12 @@ train-keras: $(DATA_STAMP)
 	$(BIN)/python -m keras_ref.train --out runs/keras
 
 test: $(DATA_STAMP)
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q --durations=15 -m "not install"
+
+# The install as a user without Keras has it: the wheel and sdist built and twine-checked, then a
+# core-only venv (.venv-core: pip install WHEEL, no TensorFlow) where the core commands run.
+test-install: $(DATA_STAMP)
+	$(BIN)/python -m pytest -q tests/test_install.py
 
 # The suite without the tests marked slow (training runs, subprocess CLIs, whole-test-set passes).
 test-fast: $(DATA_STAMP)

@@ -29,7 +29,8 @@ import pytest
 
 import fashion_cnn
 
-pytestmark = pytest.mark.slow  # a build, a virtual environment, a subprocess per command
+# a build, a virtual environment, a subprocess per command: `make test-install`, in .ci/run
+pytestmark = [pytest.mark.slow, pytest.mark.install]
 
 ROOT = Path(__file__).resolve().parents[1]
 DIST = "fashion-cnn-parity"
