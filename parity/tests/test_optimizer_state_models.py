@@ -6,7 +6,9 @@ statistics are no optimizer's) and a skip connection (Add), its Dense after a Fl
 with momentum (three slots, each in its own block of `optimizer/vars`): Keras K steps → .keras →
 port --with-optimizer → `parity.load_torch_training` → PyTorch K steps given Keras's gradients
 (mapped by the rows) → `parity.save_keras_training` → Keras K steps is Keras's 3K steps, bit for
-bit (the optimizers are elementwise: test_training_parity's ADAM_ULPS = 0).
+bit (the optimizers are elementwise: test_training_parity's ADAM_ULPS = 0). The same for
+keras.applications' MobileNetV3Small with Adam, with PyTorch flushing subnormals as TensorFlow
+does (without, some of its moments differ: the control).
 
 Hostile `.keras` files (optimizer variables of the wrong shape, NaN or negative iterations, a
 missing slot, none at all): one line naming the file, exit 1, DST not written.
@@ -64,17 +66,59 @@ def keras_steps(model, images, labels, steps):
     return grads
 
 
+def torch_steps(module, optimizer, rows, grads, *, flush: bool) -> None:
+    """PyTorch's steps on Keras's gradients, moved to PyTorch's layout by each parameter's row;
+    with `flush`, subnormal results flushed to zero as TensorFlow's CPU kernels do."""
+    params = dict(module.named_parameters())
+    if flush and not torch.set_flush_denormal(True):
+        pytest.fail("this CPU cannot flush subnormals to zero (no SSE3)")
+    try:
+        for step in grads:
+            for row, g in zip(rows, step, strict=True):
+                params[row.torch].grad = torch.from_numpy(np.ascontiguousarray(
+                    row.transform.to_torch(g)))
+            optimizer.step()
+    finally:
+        torch.set_flush_denormal(False)
+
+
+def flat_state(optimizer) -> list[torch.Tensor]:
+    return [t for s in optimizer.state_dict()["state"].values() for t in s.values()
+            if isinstance(t, torch.Tensor)]
+
+
 def assert_same(expected: list[np.ndarray], got: list[np.ndarray], what: str) -> None:
     far = [ulp_distance(e, g) for e, g in zip(expected, got, strict=True)]
     assert len(expected) == len(got) and max(far) <= ADAM_ULPS, f"{what}: {far} ulps"
 
 
-@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
-def test_batchnorm_skip_model_round_trip(name, eval_images, tmp_path):
-    images, labels = eval_images[0][: 32 * 3 * K], eval_images[1][: 32 * 3 * K]
+def mobilenet_v3_small():
+    """keras.applications' MobileNetV3Small at 32×32 (weights=None, 10 classes): depthwise
+    convolutions, squeeze-and-excite multiplies, hard-swish operation nodes, 34 BatchNorms."""
+    return keras.applications.MobileNetV3Small(weights=None, input_shape=(32, 32, 3), classes=10)
+
+
+def rgb32(images: np.ndarray) -> np.ndarray:
+    """Fashion-MNIST images as the 32×32 RGB in [0, 255] an application takes."""
+    return np.repeat(np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0))), 3, axis=-1) * 255.0
+
+
+MODELS = {  # model, optimizer, input
+    "skip-sgd_momentum": (skip_model, "sgd_momentum", lambda x: x),
+    "skip-rmsprop_centered": (skip_model, "rmsprop_centered", lambda x: x),
+    "mobilenetv3small-adam": (mobilenet_v3_small, "adam", rgb32),
+}
+OPTIMIZERS["adam"] = lambda: keras.optimizers.Adam(learning_rate=1e-3)
+
+
+@pytest.mark.parametrize("case", sorted(MODELS))
+def test_model_round_trip_with_its_optimizer(case, eval_images, tmp_path):
+    build, name, prepare = MODELS[case]
+    images = prepare(eval_images[0][: 32 * 3 * K]).astype(np.float32)
+    labels = eval_images[1][: 32 * 3 * K]
     keras.utils.set_random_seed(7)
     with tf.device("/CPU:0"):
-        model = skip_model()
+        model = build()
         model.compile(optimizer=OPTIMIZERS[name](), loss="sparse_categorical_crossentropy")
         keras_steps(model, images, labels, range(K))
         model.save(tmp_path / "k.keras")
@@ -84,15 +128,19 @@ def test_batchnorm_skip_model_round_trip(name, eval_images, tmp_path):
         reference_weights = [w.numpy() for w in model.weights]
 
     module, optimizer = parity.load_torch_training(tmp_path / "k.keras")
-    assert type(optimizer).__name__ == {"sgd_momentum": "KerasSGD",
+    assert type(optimizer).__name__ == {"sgd_momentum": "KerasSGD", "adam": "KerasAdam",
                                         "rmsprop_centered": "KerasRMSprop"}[name]
     rows = trainable_rows(read_source(tmp_path / "k.keras").built)
-    params = dict(module.named_parameters())
-    for step in grads:  # Keras's gradients, moved to PyTorch's layout by each parameter's row
-        for row, g in zip(rows, step, strict=True):
-            params[row.torch].grad = torch.from_numpy(np.ascontiguousarray(
-                row.transform.to_torch(g)))
-        optimizer.step()
+    # TensorFlow's CPU kernels flush subnormal results to zero (FTZ/DAZ), PyTorch's do not by
+    # default: an application's tiny gradients (1e-18) square into Adam's (1 − β₂)·g² below
+    # 2⁻¹²⁶, so Keras's arithmetic is PyTorch's with flush-denormal on. The control: without it,
+    # MobileNetV3Small's moments come out otherwise.
+    unflushed = parity.load_torch_training(tmp_path / "k.keras")
+    torch_steps(*unflushed, rows, grads, flush=False)
+    torch_steps(module, optimizer, rows, grads, flush=True)
+    differ = [not torch.equal(a, b) for a, b in zip(
+        flat_state(unflushed[1]), flat_state(optimizer), strict=True)]
+    assert any(differ) == case.startswith("mobilenet"), f"{case}: {sum(differ)} differ unflushed"
     parity.save_keras_training(module, optimizer, tmp_path / "back.keras",
                                config=keras.optimizers.serialize(OPTIMIZERS[name]()))
     with tf.device("/CPU:0"):
