@@ -21,7 +21,12 @@ from parity.verify.compare import ATOL, LayerDiff, RunningDiff, real_disagreemen
 
 # Bytes of layer outputs in flight at once beyond the model's weights: both sides' float32
 # outputs of one batch, the Keras-layout copy of one, and one layer's float64 comparison.
+# The budget is CHECK_BYTES and 1/WEIGHT_SHARE of the bytes of weights the file really holds:
+# a large model's maps get some more room, but the check never holds as much again as the
+# weights (which both sides hold already), and a batch is cut to one image, or a pass to a range
+# of layers, before it grows past that.
 CHECK_BYTES = 256 << 20
+WEIGHT_SHARE = 4
 # float32 outputs on each side (4 + 4), the PyTorch side's Keras-layout copy (4), Keras's own
 # buffers while it predicts (4); the comparison works on slices of COMPARE_VALUES at a time.
 BYTES_PER_VALUE = 16
@@ -98,11 +103,12 @@ def plan(
 ) -> Plan:
     """How many images, in batches of how many, the check can afford.
 
-    The byte budget grows with the weights the file really holds (their shapes are checked
-    against its bytes before the check), so a large real model gets the room its activations
-    need while a small file that declares huge maps is refused: one line, before any work."""
+    The byte budget grows by a quarter of the weights the file really holds (their shapes are
+    checked against its bytes before the check), so a large real model gets more room for its
+    activations while a small file that declares huge maps is refused: one line, before any
+    work."""
     per_image = values_per_image(input_shape, layer_shapes)
-    budget = CHECK_BYTES + 2 * weight_bytes
+    budget = CHECK_BYTES + weight_bytes // WEIGHT_SHARE
     need = per_image * BYTES_PER_VALUE
     sizes = [math.prod(s) * BYTES_PER_VALUE for s in layer_shapes]
     groups = _groups(sizes, math.prod(input_shape) * BYTES_PER_VALUE, budget)
