@@ -33,7 +33,7 @@ from parity.formats.keras_v3 import json_of
 from parity.formats.limits import MAX_JSON_BYTES, MAX_TORCH_FILE_BYTES
 from parity.ir.keras_config import parse_model
 from parity.spec import check
-from torch_impl.checkpoint import read_tensors, tensor_problem, torch_bytes, write_safetensors
+from torch_impl.checkpoint import read_tensors, tensor_problem, write_safetensors
 
 ARCH_KEY = "keras_config"
 TORCH_SUFFIXES = (".pt", ".pth", ".safetensors")
@@ -62,9 +62,15 @@ def save_torch_model(module: KerasModel, dst: str | os.PathLike, *, force: bool 
             dst, lambda tmp: write_safetensors(state, tmp, {ARCH_KEY: arch}), force=force
         )
     state._metadata = OrderedDict({"": {"version": 1, ARCH_KEY: arch}})  # type: ignore[attr-defined]
-    data = torch_bytes(state)
-    # made in memory, written by Python: a full disk is an OSError naming its errno
-    return atomic_write(dst, lambda tmp: tmp.write_bytes(data), force=force)
+
+    def write(tmp: Path) -> None:
+        # streamed through Python's file (the bytes are never all held in memory, which for a
+        # large model would be another copy of its weights): a full disk is an OSError naming
+        # its errno
+        with tmp.open("wb") as f:
+            torch.save(state, f)
+
+    return atomic_write(dst, write, force=force)
 
 
 def _read(path: Path) -> tuple[dict, str | None]:
