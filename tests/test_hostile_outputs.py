@@ -54,6 +54,29 @@ def test_atomic_write_on_a_full_disk_is_one_line_and_leaves_nothing(full_disk):
     assert not dst.exists() and not temp_files(full_disk)
 
 
+def test_a_generic_pt_streamed_onto_a_full_disk_is_one_line(full_disk):
+    """torch.save writes a `.pt` through Python's file, a chunk at a time: ENOSPC mid-way is
+    the one line naming the destination, and no temporary file is left."""
+    import torch
+
+    from parity.build import build
+    from parity.formats import parse
+    from parity.formats.torch_files import save_torch_model
+
+    config = {"class_name": "Sequential", "config": {"name": "s", "layers": [
+        {"class_name": "InputLayer", "config": {"batch_shape": [None, 300]}},
+        {"class_name": "Dense", "config": {"units": 300}},  # 361 KB of weights: over 64 KiB
+    ]}}
+    module = build(parse(config, "s"), "s").module  # on the meta device until assigned
+    module.load_state_dict({k: torch.zeros(v.shape) for k, v in module.state_dict().items()},
+                           assign=True)
+    dst = full_disk / "model.pt"
+    with pytest.raises(UserError) as err:
+        save_torch_model(module, dst)
+    assert str(err.value) == f"{dst}: cannot write: No space left on device"
+    assert not dst.exists() and not temp_files(full_disk)
+
+
 def test_atomic_write_on_a_full_disk_keeps_the_old_file(full_disk):
     dst = full_disk / "big.bin"
     dst.write_bytes(b"old")

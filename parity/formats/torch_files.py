@@ -68,7 +68,13 @@ def save_torch_model(module: KerasModel, dst: str | os.PathLike, *, force: bool 
         # large model would be another copy of its weights): a full disk is an OSError naming
         # its errno
         with tmp.open("wb") as f:
-            torch.save(state, f)
+            try:
+                torch.save(state, f)
+            except RuntimeError as err:  # torch's zip writer fails closing the cut file:
+                cause = err.__context__  # the OSError of the write it was handling
+                if isinstance(cause, OSError):
+                    raise cause from None
+                raise
 
     return atomic_write(dst, write, force=force)
 
