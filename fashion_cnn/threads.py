@@ -1,0 +1,115 @@
+"""The CPU thread policy of the PyTorch command lines, decided before torch is imported.
+
+PyTorch's Linux wheels run their intra-op parallel regions on GNU OpenMP (libgomp, loaded with
+torch). By default libgomp's idle threads spin for a while before they sleep, waiting for the next
+region; when another process holds one of the cores, a spinning thread takes the time slice the
+thread holding the work needs, and an epoch of the book's CNN on 2 cores took 2-3× longer
+(bench/speed_busy.py). With OMP_WAIT_POLICY=PASSIVE the idle threads sleep at once.
+
+libgomp reads its environment once, when it is loaded — at `import torch` — so the command lines
+(`python -m torch_impl.train`, `.evaluate`, `.predict`, `.visualize`, `parity.port`, `.check`,
+`.visualize`, and every torchrun rank, which runs `-m torch_impl.train` as its own `__main__`)
+call `prepare_cli_env()` before their first import of torch. A library import (a notebook's
+`import torch_impl.train`) changes nothing. A user's own setting always wins: OMP_WAIT_POLICY or
+GOMP_SPINCOUNT in the environment is kept as it is, and `--threads N` / OMP_NUM_THREADS set the
+thread count as before.
+
+Framework-free: this module never imports torch (tests/test_imports.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Mapping, MutableMapping
+
+# What the command lines set when the user has set none of WAIT_SETTINGS.
+CLI_OPENMP_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+# A user's choice of how OpenMP threads wait: any of these in the environment keeps ours out.
+WAIT_SETTINGS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+
+
+def openmp_env(environ: Mapping[str, str], cpus: int | None = None,
+               others: int | None = None) -> dict[str, str]:
+    """The variables the command lines add to `environ`: CLI_OPENMP_ENV unless the user has
+    chosen a wait policy (any of WAIT_SETTINGS set, even empty), and OMP_NUM_THREADS =
+    `auto_threads(cpus, others)` unless the user has set OMP_NUM_THREADS. `cpus` defaults to the
+    cores this process may run on, `others` to `busy_others()`."""
+    added = {} if any(name in environ for name in WAIT_SETTINGS) else dict(CLI_OPENMP_ENV)
+    if "OMP_NUM_THREADS" not in environ:
+        cpus = usable_cpus() if cpus is None else cpus
+        others = busy_others() if others is None else others
+        added["OMP_NUM_THREADS"] = str(auto_threads(cpus, others))
+    return added
+
+
+def auto_threads(cpus: int, others: int) -> int:
+    """`--threads auto`: one thread per core that no other runnable task holds, at least one.
+
+    A thread whose core another process holds makes every parallel region wait for it, so on a
+    busy machine fewer threads finish sooner; on a quiet one this is one thread per core, torch's
+    own default."""
+    return max(1, cpus - max(0, others))
+
+
+def usable_cpus() -> int:
+    """The cores this process may run on (its affinity mask, where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def busy_others(samples: int = 5, interval_s: float = 0.01) -> int:
+    """Runnable tasks of other processes now: the median of a few reads of /proc/loadavg's
+    running count (which includes this process, hence − 1). Instantaneous, unlike the load
+    average, which still counts a process that ended a minute ago. Where there is no
+    /proc/loadavg, the one-minute load average stands in."""
+    counts = []
+    for i in range(samples):
+        try:
+            with open("/proc/loadavg") as f:
+                running = int(f.read().split()[3].split("/")[0])
+        except (OSError, ValueError, IndexError):
+            return round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
+        counts.append(running - 1)
+        if i + 1 < samples:
+            time.sleep(interval_s)
+    return sorted(counts)[len(counts) // 2]
+
+
+def prepare_cli_env(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
+    """Add `openmp_env` to the process environment (default: os.environ); returns what it added.
+
+    Call it in a command line's `__main__` before torch is first imported: libgomp reads the
+    variables when torch loads it, and ignores later changes.
+    """
+    environ = os.environ if environ is None else environ
+    added = openmp_env(environ)
+    environ.update(added)
+    return added
+
+
+
+# The command lines' --help states the policy (argparse epilog).
+THREADS_EPILOG = (
+    "CPU threads: unless OMP_NUM_THREADS is set, torch runs one thread per core that no other "
+    "process is busy on when the command starts (at least one); idle OpenMP threads sleep "
+    "(OMP_WAIT_POLICY=PASSIVE) unless OMP_WAIT_POLICY or GOMP_SPINCOUNT is set. Your own "
+    "setting of any of these wins."
+)
+
+
+def threads_arg(value: str) -> int:
+    """An argparse type for --threads: 'auto' (→ 0: the policy above) or a whole number ≥ 0."""
+    if value == "auto":
+        return 0
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be 'auto' or a whole number, not {value!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or 0 or more, not {value}")
+    return n
