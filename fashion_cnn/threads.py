@@ -3,8 +3,10 @@
 PyTorch's Linux wheels run their intra-op parallel regions on GNU OpenMP (libgomp, loaded with
 torch). By default libgomp's idle threads spin for a while before they sleep, waiting for the next
 region; when another process holds one of the cores, a spinning thread takes the time slice the
-thread holding the work needs, and an epoch of the book's CNN on 2 cores took 2-3× longer
-(bench/speed_busy.py). With OMP_WAIT_POLICY=PASSIVE the idle threads sleep at once.
+thread holding the work needs: on a busy 2-core machine an epoch of the book's CNN took 15× longer
+with two spinning threads than with this policy (bench/speed_busy.py, README "Speed on a busy
+machine"). With OMP_WAIT_POLICY=PASSIVE idle threads sleep at once, and `--threads auto` runs one
+thread per core that no other process is busy on when the command starts.
 
 libgomp reads its environment once, when it is loaded — at `import torch` — so the command lines
 (`python -m torch_impl.train`, `.evaluate`, `.predict`, `.visualize`, `parity.port`, `.check`,
