@@ -9,9 +9,9 @@ at batch 32 and 64 (PyTorch: the trainer's evaluation forward in inference mode;
 `predict`), a warm-up on 1,000 images, then `--passes` timed passes. Configurations:
 
 - torch policy:    the command lines' environment (`fashion_cnn.threads.openmp_env`, decided
-                   when the run starts: OMP_WAIT_POLICY=PASSIVE and `--threads auto`) — what
-                   `python -m torch_impl.train` now runs;
-- torch passive:   OMP_WAIT_POLICY=PASSIVE alone, torch's default thread count (one per core);
+                   when the run starts: `--threads auto`) — what `python -m torch_impl.train`
+                   now runs;
+- torch passive:   OMP_WAIT_POLICY=PASSIVE (idle threads sleep at once), one thread per core;
 - torch old:       the old default: libgomp's spinning wait, one thread per core;
 - torch threads 1: `--threads 1` (torch.set_num_threads(1)), libgomp's default wait;
 - keras:           keras_ref's model, TensorFlow's defaults.
@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 from bench.speed import cpu_model
-from fashion_cnn.threads import WAIT_SETTINGS, openmp_env
+from fashion_cnn.threads import openmp_env
 
 BATCH_SIZE = 32
 INFERENCE_BATCH_SIZES = (32, 64)
@@ -43,6 +43,8 @@ TEST_IMAGES, WARM_UP_IMAGES = 10_000, 1_000
 EPOCHS = 1  # cold, as a `torch_impl.train --limit N` run sees its first epoch
 CONFIGS = ("torch policy", "torch passive", "torch old", "torch threads 1", "keras")
 CONDITIONS = ("quiet", "busy")
+# libgomp's wait settings: the bench clears the caller's, so that each configuration is its own.
+WAIT_SETTINGS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 BUSY_LOOP = "while True: pass"
 
 
@@ -132,7 +134,7 @@ def config_env(name: str) -> tuple[dict[str, str], list[str]]:
     if name == "torch policy":
         env.update(openmp_env(env))  # decided now, as the command line decides at its start
     if name == "torch passive":
-        env.update(openmp_env(env | {"OMP_NUM_THREADS": ""}))  # the wait policy alone
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
     if name == "torch threads 1":
         return env, ["--worker", "torch", "--threads", "1"]
     return env, ["--worker", "keras" if name == "keras" else "torch"]

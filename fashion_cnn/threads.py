@@ -1,20 +1,24 @@
 """The CPU thread policy of the PyTorch command lines, decided before torch is imported.
 
 PyTorch's Linux wheels run their intra-op parallel regions on GNU OpenMP (libgomp, loaded with
-torch). By default libgomp's idle threads spin for a while before they sleep, waiting for the next
-region; when another process holds one of the cores, a spinning thread takes the time slice the
-thread holding the work needs: on a busy 2-core machine an epoch of the book's CNN took 15× longer
-with two spinning threads than with this policy (bench/speed_busy.py, README "Speed on a busy
-machine"). With OMP_WAIT_POLICY=PASSIVE idle threads sleep at once, and `--threads auto` runs one
-thread per core that no other process is busy on when the command starts.
+torch), one thread per core by default. libgomp's idle threads spin for a while before they sleep;
+when another process holds one of the cores, a parallel region waits for its thread on that core,
+and spinning threads take the time slices the working ones need: beside one busy process on 2
+cores an epoch of the book's CNN took 2.7× longer with two threads than with one, and on a more
+loaded machine 15× (bench/speed_busy.py, README "Speed on a busy machine").
+
+`--threads auto`, the command lines' default: OMP_NUM_THREADS = one thread per core this process
+may run on that no other runnable task holds when the command starts, at least one. On an idle
+machine that is torch's own default (and its speed); on a busy one, fewer threads that do not wait.
+OMP_WAIT_POLICY is left alone: PASSIVE (idle threads sleep at once) was measured up to 1.7×
+slower an epoch on the idle machine, and still slower than one thread on the busy one.
 
 libgomp reads its environment once, when it is loaded — at `import torch` — so the command lines
 (`python -m torch_impl.train`, `.evaluate`, `.predict`, `.visualize`, `parity.port`, `.check`,
 `.visualize`, and every torchrun rank, which runs `-m torch_impl.train` as its own `__main__`)
 call `prepare_cli_env()` before their first import of torch. A library import (a notebook's
-`import torch_impl.train`) changes nothing. A user's own setting always wins: OMP_WAIT_POLICY or
-GOMP_SPINCOUNT in the environment is kept as it is, and `--threads N` / OMP_NUM_THREADS set the
-thread count as before.
+`import torch_impl.train`) changes nothing. A user's own setting always wins: OMP_NUM_THREADS in
+the environment is kept, and `--threads N` sets torch's count over it.
 
 Framework-free: this module never imports torch (tests/test_imports.py).
 """
@@ -26,24 +30,17 @@ import os
 import time
 from collections.abc import Mapping, MutableMapping
 
-# What the command lines set when the user has set none of WAIT_SETTINGS.
-CLI_OPENMP_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
-# A user's choice of how OpenMP threads wait: any of these in the environment keeps ours out.
-WAIT_SETTINGS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
-
 
 def openmp_env(environ: Mapping[str, str], cpus: int | None = None,
                others: int | None = None) -> dict[str, str]:
-    """The variables the command lines add to `environ`: CLI_OPENMP_ENV unless the user has
-    chosen a wait policy (any of WAIT_SETTINGS set, even empty), and OMP_NUM_THREADS =
-    `auto_threads(cpus, others)` unless the user has set OMP_NUM_THREADS. `cpus` defaults to the
-    cores this process may run on, `others` to `busy_others()`."""
-    added = {} if any(name in environ for name in WAIT_SETTINGS) else dict(CLI_OPENMP_ENV)
-    if "OMP_NUM_THREADS" not in environ:
-        cpus = usable_cpus() if cpus is None else cpus
-        others = busy_others() if others is None else others
-        added["OMP_NUM_THREADS"] = str(auto_threads(cpus, others))
-    return added
+    """The variables the command lines add to `environ`: OMP_NUM_THREADS =
+    `auto_threads(cpus, others)`, unless the user has set OMP_NUM_THREADS (even empty). `cpus`
+    defaults to the cores this process may run on, `others` to `busy_others()`."""
+    if "OMP_NUM_THREADS" in environ:
+        return {}
+    cpus = usable_cpus() if cpus is None else cpus
+    others = busy_others() if others is None else others
+    return {"OMP_NUM_THREADS": str(auto_threads(cpus, others))}
 
 
 def auto_threads(cpus: int, others: int) -> int:
@@ -97,14 +94,14 @@ def prepare_cli_env(environ: MutableMapping[str, str] | None = None) -> dict[str
 # The command lines' --help states the policy (argparse epilog).
 THREADS_EPILOG = (
     "CPU threads: unless OMP_NUM_THREADS is set, torch runs one thread per core that no other "
-    "process is busy on when the command starts (at least one); idle OpenMP threads sleep "
-    "(OMP_WAIT_POLICY=PASSIVE) unless OMP_WAIT_POLICY or GOMP_SPINCOUNT is set. Your own "
-    "setting of any of these wins."
+    "process is busy on when the command starts, at least one (on an idle machine: one per "
+    "core, torch's default); your OMP_NUM_THREADS wins. On a machine that gets busy later, "
+    "--threads 1 holds up best."
 )
 
 
 def threads_arg(value: str) -> int:
-    """An argparse type for --threads: 'auto' (→ 0: the policy above) or a whole number ≥ 0."""
+    """An argparse type for --threads: 'auto' (→ 0: `openmp_env`'s count) or a whole number ≥ 0."""
     if value == "auto":
         return 0
     try:

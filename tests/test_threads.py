@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from fashion_cnn.threads import (
-    CLI_OPENMP_ENV,
     auto_threads,
     busy_others,
     openmp_env,
@@ -34,17 +33,17 @@ def test_auto_threads_one_per_free_core_at_least_one(cpus, others, want):
     assert auto_threads(cpus, others) == want
 
 
-def test_quiet_environment_gets_the_wait_policy_and_the_auto_count():
-    assert openmp_env({}, cpus=4, others=1) == {"OMP_WAIT_POLICY": "PASSIVE",
-                                                 "OMP_NUM_THREADS": "3"}
-    assert CLI_OPENMP_ENV == {"OMP_WAIT_POLICY": "PASSIVE"}
+def test_the_policy_sets_the_auto_count_and_nothing_else():
+    assert openmp_env({}, cpus=4, others=1) == {"OMP_NUM_THREADS": "3"}
+    assert openmp_env({}, cpus=2, others=0) == {"OMP_NUM_THREADS": "2"}, "quiet: one per core"
+    assert openmp_env({}, cpus=2, others=1) == {"OMP_NUM_THREADS": "1"}
 
 
 @pytest.mark.parametrize(("user", "want"), [
-    ({"OMP_WAIT_POLICY": "ACTIVE"}, {"OMP_NUM_THREADS": "2"}),
+    ({"OMP_WAIT_POLICY": "PASSIVE"}, {"OMP_NUM_THREADS": "2"}),
     ({"GOMP_SPINCOUNT": "10000"}, {"OMP_NUM_THREADS": "2"}),
-    ({"OMP_WAIT_POLICY": ""}, {"OMP_NUM_THREADS": "2"}),
-    ({"OMP_NUM_THREADS": "7"}, {"OMP_WAIT_POLICY": "PASSIVE"}),
+    ({"OMP_NUM_THREADS": "7"}, {}),
+    ({"OMP_NUM_THREADS": ""}, {}),
     ({"OMP_WAIT_POLICY": "ACTIVE", "OMP_NUM_THREADS": "1"}, {}),
 ])
 def test_a_users_setting_wins(user, want):
@@ -118,8 +117,7 @@ def _child(code: str, **env: str) -> dict:
 def test_cli_sets_the_policy_before_torch(cli):
     got = _child(_CHILD.format(cli=cli, ours=OURS))
     assert got["torch_loaded_before"] == [False], f"{cli}: policy ran {got['torch_loaded_before']}"
-    assert got["env"]["OMP_WAIT_POLICY"] == "PASSIVE"
-    assert got["env"]["GOMP_SPINCOUNT"] is None
+    assert got["env"]["OMP_WAIT_POLICY"] is None and got["env"]["GOMP_SPINCOUNT"] is None
     threads = int(got["env"]["OMP_NUM_THREADS"])
     assert 1 <= threads <= len(os.sched_getaffinity(0))
     assert got["torch_threads"] == threads, "torch did not take the policy's thread count"
@@ -127,8 +125,8 @@ def test_cli_sets_the_policy_before_torch(cli):
 
 def test_cli_keeps_a_users_settings():
     got = _child(_CHILD.format(cli="torch_impl.train", ours=OURS),
-                 OMP_WAIT_POLICY="ACTIVE", OMP_NUM_THREADS="1")
-    assert got["env"] == {"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": None,
+                 OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS="1")
+    assert got["env"] == {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": None,
                           "OMP_NUM_THREADS": "1"}
     assert got["torch_threads"] == 1
 
