@@ -86,6 +86,7 @@ test-zoo: $(DATA_STAMP)
 
 bench: $(DATA_STAMP)
 	$(BIN)/python -m bench.speed --out bench/results/speed.json
+	$(BIN)/python -m bench.speed_busy --out bench/results/speed_busy.json
 	$(BIN)/python -m bench.ddp --out bench/results/ddp.json
 	$(BIN)/python -m bench.port_scale --out bench/results/port_scale.json
 

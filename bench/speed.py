@@ -10,6 +10,10 @@ of the others is reported. Inference is a pass over the 10,000 test images — K
 at its default batch size 32 against the PyTorch model in `torch.inference_mode()` at batch 32
 and at the trainer's evaluation batch size — repeated, median reported.
 
+The PyTorch worker runs with the command lines' thread policy (`fashion_cnn.threads.openmp_env`,
+decided as each worker starts); `--threads N` sets both frameworks' thread counts instead.
+bench/speed_busy.py compares the policies, quiet and beside a competing process.
+
 Writes the JSON (hardware, threads, versions, every sample, medians, ratios) and prints a
 markdown table for the README. A benchmark, not a test: the numbers depend on the machine and
 on what else it is running (the load average is recorded before and after each framework).
@@ -26,6 +30,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from fashion_cnn.threads import openmp_env
 
 # The issue's targets on the 2-core CPU at batch 32.
 EPOCH_RATIO_TARGET = 0.8  # torch epoch time ≤ 0.8 × Keras's
@@ -177,8 +183,10 @@ def run_worker(name: str, args: argparse.Namespace) -> dict:
            "--rounds", "1"]
     load_before = os.getloadavg()
     print(f"running {name} ({args.epochs} epochs, {args.repeats} inference repeats) …", flush=True)
-    proc = subprocess.run(cmd, capture_output=True, text=True,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    if name == "torch":  # PyTorch as its command lines run it (fashion_cnn/threads.py)
+        env.update(openmp_env(env))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr[-4000:])
         raise SystemExit(f"bench.speed: the {name} worker failed (exit {proc.returncode})")

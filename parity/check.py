@@ -18,6 +18,13 @@ import json
 import sys
 from pathlib import Path
 
+from fashion_cnn.threads import THREADS_EPILOG, prepare_cli_env
+
+# The thread policy, set before torch loads its OpenMP runtime, which reads it once
+# (fashion_cnn/threads.py); only as a command line, never on a library import.
+if __name__ == "__main__":
+    prepare_cli_env()
+
 import torch
 
 from fashion_cnn.cli import add_data_dir, add_device, add_version, int_range
@@ -65,6 +72,7 @@ def run_check(
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
+        epilog=THREADS_EPILOG,
         prog="python -m parity.check",
         description="Compare a Keras and a PyTorch checkpoint of the same model layer by layer.",
     )

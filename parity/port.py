@@ -23,6 +23,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from fashion_cnn.threads import THREADS_EPILOG, prepare_cli_env
+
+# The thread policy, set before torch loads its OpenMP runtime, which reads it once
+# (fashion_cnn/threads.py); only as a command line, never on a library import.
+if __name__ == "__main__":
+    prepare_cli_env()
+
 import numpy as np
 import torch
 
@@ -77,6 +84,7 @@ def port(
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
+        epilog=THREADS_EPILOG,
         prog="python -m parity.port",
         description="Port a checkpoint of the book's CNN, or of any supported Keras "
         f"model, between Keras and PyTorch (formats by extension: {EXTENSIONS}).",

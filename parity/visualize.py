@@ -19,6 +19,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from fashion_cnn.threads import THREADS_EPILOG, prepare_cli_env
+
+# The thread policy, set before torch loads its OpenMP runtime, which reads it once
+# (fashion_cnn/threads.py); only as a command line, never on a library import.
+if __name__ == "__main__":
+    prepare_cli_env()
+
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -137,6 +144,7 @@ def visualize(args: argparse.Namespace) -> list[SideBySide]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
+        epilog=THREADS_EPILOG,
         prog="python -m parity.visualize",
         description="Keras's and PyTorch's feature maps of the same image side by side (8-3), "
         "with each map's max |diff|.",

@@ -15,6 +15,13 @@ import json
 import sys
 from dataclasses import asdict, dataclass
 
+from fashion_cnn.threads import THREADS_EPILOG, prepare_cli_env
+
+# The thread policy, set before torch loads its OpenMP runtime, which reads it once
+# (fashion_cnn/threads.py); only as a command line, never on a library import.
+if __name__ == "__main__":
+    prepare_cli_env()
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -90,6 +97,7 @@ def result_from_sums(loss_sum: float, correct: int, total: int) -> EvalResult:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        epilog=THREADS_EPILOG,
         prog="python -m torch_impl.evaluate",
         description="Accuracy and loss of a checkpoint of the book's CNN on the validation or "
         "test images (Keras's model.evaluate).",

@@ -21,6 +21,13 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from fashion_cnn.threads import THREADS_EPILOG, prepare_cli_env
+
+# The thread policy, set before torch loads its OpenMP runtime, which reads it once
+# (fashion_cnn/threads.py); only as a command line, never on a library import.
+if __name__ == "__main__":
+    prepare_cli_env()
+
 import numpy as np
 import torch
 from torch import nn
@@ -137,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
         "image, the book's example.",
         epilog="Image files: PNG (recommended), JPEG, BMP, GIF, TIFF, WebP or PPM; converted to "
         "grayscale and resized to 28x28 when needed. Like Fashion-MNIST they should show a light "
-        "garment on a dark background; they are never inverted.",
+        "garment on a dark background; they are never inverted. " + THREADS_EPILOG,
     )
     add_version(parser)
     parser.add_argument(

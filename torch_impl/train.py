@@ -3,7 +3,7 @@
     python -m torch_impl.train [--device auto|cpu|cuda|cuda:N|mps] [--epochs 20] [--batch-size 32]
                                [--lr 1e-3] [--patience 2] [--seed 42] [--init keras|torch]
                                [--out DIR] [--resume] [--resume-from FILE] [--limit N]
-                               [--data-dir DIR] [--compile] [--threads N]
+                               [--data-dir DIR] [--compile] [--threads N|auto]
     torchrun --nproc-per-node N -m torch_impl.train …   (DistributedDataParallel; the same recipe
                                with --batch-size the global batch: see torch_impl/distributed.py)
 
@@ -30,10 +30,17 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from fashion_cnn.threads import THREADS_EPILOG, prepare_cli_env, threads_arg
+
+# The thread policy, set before torch loads its OpenMP runtime, which reads it once
+# (fashion_cnn/threads.py); only as a command line, never on a library import.
+if __name__ == "__main__":
+    prepare_cli_env()
+
 import torch
 from torch import nn
 
-from fashion_cnn.cli import add_device, add_recipe, add_version, non_negative_int, positive_float
+from fashion_cnn.cli import add_device, add_recipe, add_version, positive_float
 from fashion_cnn.errors import cli_entry
 from fashion_cnn.fashion_mnist import CLASS_NAMES
 from fashion_cnn.files import atomic_write, output_folder
@@ -94,7 +101,7 @@ class TrainConfig:
     limit: int = 0  # train on the first N training examples; 0 = all 48,000
     data_dir: str | Path | None = None
     compile: bool = False
-    threads: int = 0  # 0 = torch's default
+    threads: int = 0  # 0 = auto: torch's default, which the command line sets (THREADS_EPILOG)
 
     def run_keys(self) -> dict:
         """What last.pt records of the settings (those --resume must match, and the rest)."""
@@ -359,6 +366,7 @@ def _progress(total: int, enabled: bool):
 def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
     p = argparse.ArgumentParser(
+        epilog=THREADS_EPILOG,
         prog="python -m torch_impl.train",
         description="Train the book's CNN in PyTorch with the book's recipe (8-2): Keras's Adam, "
         "batch 32, checkpoint on val_loss, early stopping with patience 2.",
@@ -380,8 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: none)")
     p.add_argument("--compile", action="store_true",
                    help="run the model through torch.compile (default: off)")
-    p.add_argument("--threads", type=non_negative_int, default=d.threads, metavar="N",
-                   help="CPU threads for torch (default: 0 = torch's default, one per core)")
+    p.add_argument("--threads", type=threads_arg, default=d.threads, metavar="N|auto",
+                   help="CPU threads for torch; wins over OMP_NUM_THREADS (default: auto, "
+                        "see below; 0 = auto)")
     return p
 
 

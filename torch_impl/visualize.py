@@ -24,6 +24,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from fashion_cnn.threads import THREADS_EPILOG, prepare_cli_env
+
+# The thread policy, set before torch loads its OpenMP runtime, which reads it once
+# (fashion_cnn/threads.py); only as a command line, never on a library import.
+if __name__ == "__main__":
+    prepare_cli_env()
+
 import matplotlib
 import numpy as np
 import torch
@@ -335,6 +342,7 @@ def visualize(args: argparse.Namespace) -> Results:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
+        epilog=THREADS_EPILOG,
         prog="python -m torch_impl.visualize",
         description="The book's 8-3 in PyTorch: conv1 weights and kernels, feature maps "
         "and a prediction (Keras's maps beside PyTorch's: python -m parity.visualize).",
