@@ -62,14 +62,18 @@ def save_torch_model(module: KerasModel, dst: str | os.PathLike, *, force: bool 
             dst, lambda tmp: write_safetensors(state, tmp, {ARCH_KEY: arch}), force=force
         )
     state._metadata = OrderedDict({"": {"version": 1, ARCH_KEY: arch}})  # type: ignore[attr-defined]
+    return _save_streamed(state, dst, force)
+
+
+def _save_streamed(obj: object, dst: Path, force: bool) -> Path:
+    """`torch.save(obj)` into DST, atomically, streamed through Python's file: the bytes are
+    never all held in memory (for a large model, another copy of its weights), and a full disk
+    is the OSError naming its errno."""
 
     def write(tmp: Path) -> None:
-        # streamed through Python's file (the bytes are never all held in memory, which for a
-        # large model would be another copy of its weights): a full disk is an OSError naming
-        # its errno
         with tmp.open("wb") as f:
             try:
-                torch.save(state, f)
+                torch.save(obj, f)
             except RuntimeError as err:  # torch's zip writer fails closing the cut file:
                 cause = err.__context__  # the OSError of the write it was handling
                 if isinstance(cause, OSError):
@@ -179,8 +183,7 @@ def save_torch_training(module: KerasModel, optimizer: dict, keras_optimizer: di
     payload = {"model": state, OPTIMIZER_KEY: optimizer,
                KERAS_OPTIMIZER_KEY: json.dumps(keras_optimizer),
                KERAS_COMPILE_KEY: json.dumps(keras_compile)}
-    data = torch_bytes(payload)
-    return atomic_write(dst, lambda tmp: tmp.write_bytes(data), force=force)
+    return _save_streamed(payload, dst, force)
 
 
 def read_training(path: str | os.PathLike) -> tuple[object, object | None, object | None]:
