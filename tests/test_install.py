@@ -28,24 +28,14 @@ from pathlib import Path
 import pytest
 
 import fashion_cnn
+from fashion_cnn import scripts
+from fashion_cnn.scripts import SCRIPTS
 
 # a build, a virtual environment, a subprocess per command: `make test-install`, in .ci/run
 pytestmark = [pytest.mark.slow, pytest.mark.install]
 
 ROOT = Path(__file__).resolve().parents[1]
 DIST = "fashion-cnn-parity"
-SCRIPTS = {  # console script → the module whose `main` it runs (`python -m MODULE`)
-    "keras-torch-port": "parity.port",
-    "keras-torch-check": "parity.check",
-    "keras-torch-visualize": "parity.visualize",
-    "fashion-cnn-train": "torch_impl.train",
-    "fashion-cnn-evaluate": "torch_impl.evaluate",
-    "fashion-cnn-predict": "torch_impl.predict",
-    "fashion-cnn-visualize": "torch_impl.visualize",
-    "fashion-cnn-keras-train": "keras_ref.train",
-    "fashion-cnn-keras-visualize": "keras_ref.visualize",
-    "fashion-cnn-data": "fashion_cnn.fashion_mnist",
-}
 NEEDS_KERAS = {"keras_ref.train", "keras_ref.visualize"}
 # What a build takes from the tree: the sources, not the environments or runs beside them.
 NOT_SOURCES = shutil.ignore_patterns(".git", ".venv*", "runs", "dist", "build", "*.egg-info",
@@ -119,8 +109,10 @@ def test_wheel_and_sdist(dist):
                 or n.rsplit("/", 1)[-1].startswith("test_")]
     assert not unwanted, f"the wheel holds {unwanted}"
     assert f"\nVersion: {version}\n" in meta
-    for script, module in SCRIPTS.items():
-        assert f"{script} = {module}:main" in entry_points, script
+    for script, module in SCRIPTS.items():  # each through fashion_cnn.scripts to its main
+        function = script.replace("-", "_")
+        assert f"{script} = fashion_cnn.scripts:{function}" in entry_points, script
+        assert callable(getattr(scripts, function)), script
         assert callable(importlib.import_module(module).main), module
     core = [line for line in _requires(dist["wheel"]) if "extra ==" not in line]
     assert not [line for line in core if "keras" in line or "tensorflow" in line], core

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from fashion_cnn.scripts import SCRIPTS
 from fashion_cnn.threads import (
     auto_threads,
     busy_others,
@@ -121,6 +122,21 @@ def test_cli_sets_the_policy_before_torch(cli):
     threads = int(got["env"]["OMP_NUM_THREADS"])
     assert 1 <= threads <= len(os.sched_getaffinity(0))
     assert got["torch_threads"] == threads, "torch did not take the policy's thread count"
+
+
+_SCRIPT = _CHILD.replace(
+    'runpy.run_module({cli!r}, run_name="__main__", alter_sys=True)',
+    "from fashion_cnn import scripts; getattr(scripts, {function!r})()")
+TORCH_SCRIPTS = [s for s, m in SCRIPTS.items() if m.startswith(("parity.", "torch_impl."))]
+
+
+@pytest.mark.parametrize("script", TORCH_SCRIPTS)
+def test_console_script_sets_the_policy_before_torch(script):
+    """A console script (fashion_cnn.scripts) imports its command's module only after the
+    policy is set, as `python -m` does."""
+    got = _child(_SCRIPT.format(cli=script, function=script.replace("-", "_"), ours=OURS))
+    assert got["torch_loaded_before"] == [False], f"{script}: {got['torch_loaded_before']}"
+    assert got["torch_threads"] == int(got["env"]["OMP_NUM_THREADS"])
 
 
 def test_cli_keeps_a_users_settings():
