@@ -176,6 +176,16 @@ def torch_worker(args: argparse.Namespace) -> dict:
 WORKERS = {"keras": keras_worker, "torch": torch_worker}
 
 
+def worker_result(cmd: list[str], env: dict, who: str) -> dict:
+    """Run a worker command; the JSON object on its last line of output (its stderr's tail and
+    SystemExit naming `who` if it fails)."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr[-4000:])
+        raise SystemExit(f"{who} failed (exit {proc.returncode})")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def run_worker(name: str, args: argparse.Namespace) -> dict:
     """Run one framework's worker in a fresh interpreter; returns its JSON result."""
     cmd = [sys.executable, "-m", "bench.speed", "--worker", name, "--epochs", str(args.epochs),
@@ -186,11 +196,7 @@ def run_worker(name: str, args: argparse.Namespace) -> dict:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     if name == "torch":  # PyTorch as its command lines run it (fashion_cnn/threads.py)
         env.update(openmp_env(env))
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stderr[-4000:])
-        raise SystemExit(f"bench.speed: the {name} worker failed (exit {proc.returncode})")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = worker_result(cmd, env, f"bench.speed: the {name} worker")
     result["load_average_before"] = load_before
     result["load_average_after"] = os.getloadavg()
     return result

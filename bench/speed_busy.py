@@ -34,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.speed import cpu_model
+from bench.speed import cpu_model, worker_result
 from fashion_cnn.threads import openmp_env
 
 BATCH_SIZE = 32
@@ -145,11 +145,7 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, "-m", "bench.speed_busy", *extra, "--limit", str(args.limit),
            "--passes", str(args.passes)]
     load = os.getloadavg()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stderr[-4000:])
-        raise SystemExit(f"bench.speed_busy: the {name} worker failed (exit {proc.returncode})")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = worker_result(cmd, env, f"bench.speed_busy: the {name} worker")
     result["load_average_before"] = load
     return result
 

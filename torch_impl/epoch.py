@@ -1,4 +1,5 @@
-"""One training epoch of the book's recipe and its step, for one process and for N.
+"""One training epoch of the book's recipe, its step and the bar over its batches, for one
+process and for N.
 
 One loop and one step, with the world as a parameter: under torchrun its hooks
 (`torch_impl.distributed`: `shard`, `all_reduce_sums`, and DDP's gradient mean inside
@@ -7,6 +8,9 @@ the identity. `torch_impl.train` runs them, with validation and Keras's callback
 """
 
 from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -81,3 +85,18 @@ def make_train_step(forward: nn.Module, optimizer: torch.optim.Optimizer,
         return loss.detach(), (logits.detach().argmax(1) == yb).sum()
 
     return step
+
+
+@contextmanager
+def progress_bar(total: int, enabled: bool):
+    """A tqdm bar over the epoch's batches on a terminal; nothing otherwise."""
+    if not enabled:
+        yield None
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="batch", leave=False, dynamic_ncols=True, file=sys.stdout)
+    try:
+        yield bar
+    finally:
+        bar.close()

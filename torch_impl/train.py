@@ -26,7 +26,6 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -56,7 +55,7 @@ from torch_impl.device import (
     seed_everything,
     versions,
 )
-from torch_impl.epoch import make_train_step, train_epoch
+from torch_impl.epoch import make_train_step, progress_bar, train_epoch
 from torch_impl.evaluate import EvalResult
 from torch_impl.model import BookCNN, PoolFirst, predict_proba
 from torch_impl.optim import KerasAdam
@@ -245,7 +244,7 @@ def _epoch(run: _Run, forward: nn.Module, step_fn: Callable) -> None:
     steps = math.ceil(len(run.data.train_x) / config.batch_size)
     print(f"Epoch {state.epoch + 1}/{config.epochs}")
     start = time.perf_counter()
-    with _progress(steps, sys.stdout.isatty()) as bar:
+    with progress_bar(steps, sys.stdout.isatty()) as bar:
         ddp.reseed_dropout(run.world, config.seed, state.epoch)
         loss, acc = train_epoch(run.model, step_fn, run.data.train_x, run.data.train_y,
                                 config.batch_size, run.shuffle, run.world, bar)
@@ -342,21 +341,6 @@ def _summary(run: _Run, val: EvalResult, test: EvalResult, probs: torch.Tensor) 
         "versions": versions(),
         "history": run.state.history,
     }
-
-
-@contextmanager
-def _progress(total: int, enabled: bool):
-    """A tqdm bar over the epoch's batches on a terminal; nothing otherwise."""
-    if not enabled:
-        yield None
-        return
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, unit="batch", leave=False, dynamic_ncols=True, file=sys.stdout)
-    try:
-        yield bar
-    finally:
-        bar.close()
 
 
 # ---------------------------------------------------------------------------------------------

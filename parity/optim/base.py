@@ -23,6 +23,7 @@ first, as Keras's `ops` convert one, and no operation is fused or reordered.
 
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
 from collections.abc import Iterable
 
 import numpy as np
@@ -41,7 +42,7 @@ def sqrt(values: list[torch.Tensor]) -> list[torch.Tensor]:
     return out
 
 
-class KerasOptimizer(torch.optim.Optimizer):
+class KerasOptimizer(torch.optim.Optimizer, metaclass=ABCMeta):
     """A Keras 3 optimizer's step, as a `torch.optim.Optimizer` over float32 parameters.
 
     Subclasses name their per-parameter state in `SLOTS` (state key → Keras variable name, in
@@ -60,15 +61,15 @@ class KerasOptimizer(torch.optim.Optimizer):
         super().__init__(params, defaults)
         self.schedule = schedule
 
+    @abstractmethod
     def _init_state(self, p: torch.Tensor, state: dict, group: dict) -> None:
         """Create `state`'s slots for `p` (Keras's `build`)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _update(self, group: dict, params: list[torch.Tensor], grads: list[torch.Tensor],
                 states: list[dict], iterations: int, lr: np.float32) -> None:
         """Keras's `update_step` for every parameter of `group`, at `iterations` (before the
         increment), with this step's float32 learning rate."""
-        raise NotImplementedError
 
     def _shared(self, iterations: int, source: dict | None) -> dict[str, np.float32]:
         """Optimizer-wide scalars besides `step` (Nadam's u_product) for this step, computed

@@ -18,6 +18,7 @@ import ctypes
 import ctypes.util
 import functools
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -50,11 +51,12 @@ def float_cos(x: np.float32) -> np.float32:
     return f32(math.cos(float(f32(x))))
 
 
-class Schedule:
+class Schedule(ABC):
     """A Keras schedule: `schedule(iterations)` → the float32 learning rate Keras uses there."""
 
+    @abstractmethod
     def __call__(self, iterations: int) -> np.float32:
-        raise NotImplementedError
+        """The learning rate at `iterations`."""
 
 
 @dataclass(frozen=True)
