@@ -84,10 +84,23 @@ def prepare_cli_env(environ: MutableMapping[str, str] | None = None) -> dict[str
     Call it in a command line's `__main__` before torch is first imported: libgomp reads the
     variables when torch loads it, and ignores later changes.
     """
+    global _AUTO
     environ = os.environ if environ is None else environ
     added = openmp_env(environ)
     environ.update(added)
+    if environ is os.environ:
+        _AUTO = bool(added)
     return added
+
+
+_AUTO = False  # prepare_cli_env chose this process's OMP_NUM_THREADS (the user set none)
+
+
+def chosen_automatically() -> bool:
+    """Whether this process's command line chose its thread count (`--threads auto` with no
+    OMP_NUM_THREADS of the user's): then the training loop may change it as the load changes
+    (`fashion_cnn.thread_tuner`). False on a library import, where nothing was chosen."""
+    return _AUTO
 
 
 
@@ -97,6 +110,15 @@ THREADS_EPILOG = (
     "process is busy on when the command starts, at least one (on an idle machine: one per "
     "core, torch's default); your OMP_NUM_THREADS wins. On a machine that gets busy later, "
     "--threads 1 holds up best."
+)
+
+# torch_impl.train's: the count also follows the load while it trains (fashion_cnn.thread_tuner).
+TRAIN_THREADS_EPILOG = (
+    "CPU threads: unless OMP_NUM_THREADS is set, torch starts with one thread per core that no "
+    "other process is busy on, at least one; while it trains, a few steps are timed now and then "
+    "at each count (1, half the cores, all of them) and the fastest is kept, so load that comes "
+    "or goes later is followed (history.json records each probe). Your OMP_NUM_THREADS or "
+    "--threads N wins and stays fixed: pin one when a run must repeat bit for bit."
 )
 
 

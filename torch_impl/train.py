@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from fashion_cnn.threads import THREADS_EPILOG, prepare_cli_env, threads_arg
+from fashion_cnn.threads import TRAIN_THREADS_EPILOG, prepare_cli_env, threads_arg
 
 # The thread policy, set before torch loads its OpenMP runtime, which reads it once
 # (fashion_cnn/threads.py); only as a command line, never on a library import.
@@ -44,6 +44,8 @@ from fashion_cnn.errors import cli_entry
 from fashion_cnn.fashion_mnist import CLASS_NAMES
 from fashion_cnn.files import atomic_write, output_folder
 from fashion_cnn.history import History, plot_history
+from fashion_cnn.thread_tuner import ThreadTuner, candidate_counts
+from fashion_cnn.threads import chosen_automatically, usable_cpus
 from torch_impl import distributed as ddp
 from torch_impl.callbacks import EarlyStopping, ModelCheckpoint
 from torch_impl.checkpoint import EXPECTED_SHAPES, save_state_dict
@@ -132,6 +134,8 @@ def train(config: TrainConfig, data: BookData | None = None,
             with numerics(device):
                 run = _set_up(config, out, device, data, world)
                 forward, step_fn = _forwards(run)
+                run.tuner = _thread_tuner(run)
+                step_fn = step_fn if run.tuner is None else run.tuner.wrap(step_fn)
                 while run.state.epoch < config.epochs and not run.state.stopped:
                     _epoch(run, forward, step_fn)
                 return _finish(run)
@@ -156,6 +160,7 @@ class _Run:
     checkpoint: ModelCheckpoint
     state: RunState
     best_weights: dict[str, torch.Tensor] | None = None  # EarlyStopping's, on the CPU
+    tuner: ThreadTuner | None = None  # --threads auto on the CPU: the count follows the load
 
 
 def _set_up(config: TrainConfig, out: Path, device: torch.device, data: BookData | None,
@@ -236,6 +241,18 @@ def _forwards(run: _Run) -> tuple[nn.Module, Callable]:
         forward = torch.compile(forward)
         train_forward = torch.compile(train_forward) if run.world.distributed else forward
     return forward, make_train_step(train_forward, run.optimizer, run.world)
+
+
+def _thread_tuner(run: _Run) -> ThreadTuner | None:
+    """The count's tuner where the command line chose it, on one CPU process (a rank of N
+    would time the others' waits too); None elsewhere: a fixed --threads N or OMP_NUM_THREADS,
+    a library call, a GPU, torchrun."""
+    if (run.config.threads or not chosen_automatically() or run.device.type != "cpu"
+            or run.world.distributed):
+        return None
+    start = torch.get_num_threads()
+    counts = candidate_counts(usable_cpus(), start)
+    return ThreadTuner(counts, start, torch.set_num_threads) if len(counts) > 1 else None
 
 
 def _epoch(run: _Run, forward: nn.Module, step_fn: Callable) -> None:
@@ -337,6 +354,7 @@ def _summary(run: _Run, val: EvalResult, test: EvalResult, probs: torch.Tensor) 
         "device": str(run.device),
         "device_name": device_name(run.device),
         "threads": torch.get_num_threads(),
+        "thread_tuning": None if run.tuner is None else run.tuner.report(),
         "world_size": run.world.size,
         "versions": versions(),
         "history": run.state.history,
@@ -350,7 +368,7 @@ def _summary(run: _Run, val: EvalResult, test: EvalResult, probs: torch.Tensor) 
 def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
     p = argparse.ArgumentParser(
-        epilog=THREADS_EPILOG,
+        epilog=TRAIN_THREADS_EPILOG,
         prog="python -m torch_impl.train",
         description="Train the book's CNN in PyTorch with the book's recipe (8-2): Keras's Adam, "
         "batch 32, checkpoint on val_loss, early stopping with patience 2.",
