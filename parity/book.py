@@ -58,11 +58,13 @@ def spec() -> Spec:
 
 def is_book(other: Spec) -> bool:
     """Whether a model is the book's CNN: the same layer classes with the same parameters on
-    the same input, in a chain (names aside)."""
+    the same input, in a chain (names aside), every layer trainable (a frozen one is carried
+    with its architecture, not as BookCNN's plain state_dict)."""
     book = spec()
     return (
         other.graph.is_chain
         and other.input_shape == book.input_shape
+        and all(n.trainable for n in other.nodes)
         and [(n.node.class_name, n.params) for n in other.nodes]
         == [(n.node.class_name, n.params) for n in book.nodes]
     )

@@ -14,6 +14,9 @@ Keras layers, made plain identifiers (letters, digits and underscores, never a k
 name `nn.Module` has); a name with any other character is not used at all, its module is named
 after its kind (`dense`, `relu_2`).
 
+A layer Keras holds frozen (`trainable: false`) has its parameters' `requires_grad` off (kept
+by `load_state_dict(assign=True)`), and its rows and LayerInfo say so.
+
 The module is made on the meta device: it holds no weights (nothing is allocated or
 initialised) until `load_state_dict(state, assign=True)` hands it the ported tensors.
 """
@@ -56,6 +59,7 @@ class Row:
     torch_shape: Shape
     transform: Transform
     dtype: str = "float32"  # int64 for a counter (Normalization's count)
+    trainable: bool = True  # its layer's Keras `trainable` (False: frozen, no optimizer's)
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,7 @@ class LayerInfo:
     params: int
     transforms: tuple[str, ...]
     pre_activation: str | None = None  # the module whose output precedes its activation
+    trainable: bool = True  # Keras's `trainable`: False for a frozen layer
 
 
 @dataclass(frozen=True)
@@ -217,6 +222,8 @@ def build(spec: Spec, source: str) -> Built:
     rows, fixed, infos = [], {}, []
     for ns, c, mods in zip(spec.nodes, converted, names, strict=True):
         for name, (_, module) in zip(mods, c.modules, strict=True):
+            if not ns.trainable:  # frozen in Keras: no gradient, no optimizer's
+                module.requires_grad_(False)
             children[name] = module
         shapes = {v.name: v.shape for v in ns.out.variables}
         dtypes = {v.name: v.dtype for v in ns.out.variables}
@@ -225,7 +232,7 @@ def build(spec: Spec, source: str) -> Built:
                                  f"{[p.var for p in c.params]}")
         for p in c.params:
             rows.append(Row(ns.key(p.var), f"{mods[p.module]}.{p.param}", shapes[p.var],
-                            p.torch_shape, p.transform, dtypes[p.var]))
+                            p.torch_shape, p.transform, dtypes[p.var], ns.trainable))
         for fix in c.fixed:
             fixed[f"{mods[fix.module]}.{fix.param}"] = fix
         params = sum(math.prod(v.shape) for v in ns.out.variables)
@@ -233,7 +240,7 @@ def build(spec: Spec, source: str) -> Built:
         pre = mods[c.pre_activation] if c.pre_activation is not None else None
         infos.append(LayerInfo(ns.node.name, ns.node.class_name, tuple(mods),
                                ns.node.tensor_inputs, ns.out.shape, ns.out.flat_from, params,
-                               transforms, pre))
+                               transforms, pre, ns.trainable))
     module = KerasModel(children, _steps(spec, names), spec, infos)
     expected = set(module.state_dict())
     got = {r.torch for r in rows} | set(fixed)

@@ -7,10 +7,12 @@ of Keras's optimizer variables, in Keras's order and layout (`parity.optim.varia
 parameter's row (`parity.build.Row`): the conv and dense transposes and the Flatten permutation
 apply to each slot exactly as to the weight, because every update is elementwise.
 
-Keras's trainable variables are taken to be the rows whose PyTorch tensor is a parameter (a
-buffer, such as BatchNormalization's moving mean, is no optimizer's), in the rows' order — the
-order of `model.trainable_variables` for the models the port builds; a frozen layer
-(`trainable: false`) is not told apart, and its file is refused by the variables' count.
+Keras's trainable variables are the rows of trainable layers whose PyTorch tensor is a
+parameter (a buffer, such as BatchNormalization's moving mean, is no optimizer's), in the rows'
+order — the order of `model.trainable_variables` for the models the port builds. A frozen
+layer (`trainable: false`, a fine-tuned model's base) has no optimizer variables in Keras, and
+its parameters have `requires_grad` off here: the PyTorch optimizer is over the parameters that
+require a gradient, in `module.parameters()` order, both ways.
 """
 
 from __future__ import annotations
@@ -80,10 +82,16 @@ class KerasState:
                 "jit_compile": False}
 
 
+def trainable_params(built: Built) -> dict[str, torch.nn.Parameter]:
+    """The parameters the optimizer holds, by name, in `module.parameters()` order: those that
+    require a gradient (not a frozen layer's, nor a BatchNorm half that Keras does not have)."""
+    return {n: p for n, p in built.module.named_parameters() if p.requires_grad}
+
+
 def trainable_rows(built: Built) -> list[Row]:
     """The rows of the model's trainable variables, in Keras's order."""
-    params = dict(built.module.named_parameters())
-    rows = [r for r in built.rows if r.torch in params]
+    params = trainable_params(built)
+    rows = [r for r in built.rows if r.trainable and r.torch in params]
     if {r.torch for r in rows} != set(params):  # build() covers the module: an internal error
         raise AssertionError("parameters without a Keras variable")
     return rows
@@ -126,11 +134,11 @@ def check_values(variables: list[OptVar], values: list[np.ndarray], source: str)
 
 
 def to_torch(state: KerasState, built: Built) -> torch.optim.Optimizer:
-    """The PyTorch optimizer over the module's parameters (in `module.parameters()` order),
+    """The PyTorch optimizer over the module's trainable parameters (`trainable_params`),
     holding Keras's state: each slot moved to the layout of its parameter by the parameter's
     row, `step` Keras's iterations, the learning rate Keras's variable."""
     rows = trainable_rows(built)
-    params = dict(built.module.named_parameters())
+    params = trainable_params(built)
     config = state.config if state.config is not None else state.keras_config()
     optimizer = from_keras(config, list(params.values()))
     per_param: list[dict] = [{"step": torch.tensor(float(state.iterations))} for _ in rows]
@@ -158,16 +166,17 @@ def to_torch(state: KerasState, built: Built) -> torch.optim.Optimizer:
 
 def from_torch(built: Built, optimizer: dict, config: object, source: str) -> KerasState:
     """A PyTorch optimizer's `state_dict` (read from a file: every value checked here) for the
-    module's parameters → KerasState. One param group over every parameter, in
-    `module.parameters()` order; each parameter's state Keras's slots and one shared `step`."""
+    module's parameters → KerasState. One param group over every trainable parameter
+    (`trainable_params`), in `module.parameters()` order; each parameter's state Keras's slots
+    and one shared `step`."""
     spec, variables = expected_variables(built, config)
-    names = [n for n, _ in built.module.named_parameters()]
+    names = list(trainable_params(built))
     groups = optimizer.get("param_groups") if isinstance(optimizer, dict) else None
     states = optimizer.get("state") if isinstance(optimizer, dict) else None
     if not (isinstance(groups, list) and len(groups) == 1 and isinstance(groups[0], dict)
             and groups[0].get("params") == list(range(len(names))) and isinstance(states, dict)):
         raise UserError(f"{source}: its optimizer is not one param group over the model's "
-                        f"{len(names)} parameters")
+                        f"{len(names)} trainable parameters")
     lr = groups[0].get("lr")
     if isinstance(lr, bool) or not isinstance(lr, float | int) or not math.isfinite(lr) \
             or lr < 0:

@@ -17,6 +17,7 @@ from typing import Any
 from fashion_cnn.errors import UserError
 from parity.ir.graph import Graph, Node
 from parity.layers import REGISTRY, Entry, In, Out, Var, supported
+from parity.layers.registry import flag
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,9 @@ class NodeSpec:
     ins: tuple[In, ...]
     out: Out
     where: str  # "<source>: layer 3 (conv2d_1, Conv2D)", for messages
+    # Keras's `trainable`: False for a frozen layer (its weights no optimizer's, a
+    # BatchNormalization in inference mode even in training), or in a model saved frozen whole
+    trainable: bool = True
 
     def key(self, var: Var | str) -> str:
         """A variable's structural name: "<path>/<var>" (conv2d_1/kernel)."""
@@ -67,6 +71,7 @@ def check(graph: Graph, source: str) -> Spec:
     """Every node's entry, parameters, shapes and variables; one UserError on the first node
     the port cannot take, naming it."""
     entries = []
+    whole = flag({"trainable": graph.trainable}, "trainable", True, f"{source}: the model")
     for i, node in enumerate(graph.nodes, start=1 if graph.kind == "Functional" else 0):
         where = f"{source}: layer {i} ({node.name}, {node.class_name.rsplit('.', 1)[-1]})"
         entry = REGISTRY.get(node.class_name)
@@ -82,7 +87,9 @@ def check(graph: Graph, source: str) -> Spec:
         if not low <= len(node.tensor_inputs) <= high:
             raise UserError(f"{where}: takes {len(node.tensor_inputs)} inputs; it takes "
                             f"{low}" + (f" to {high}" if high != low else ""))
-        entries.append((node, entry, entry.parse_call(node.config, node.inputs, where), where))
+        trainable = flag(node.config, "trainable", True, where) and whole
+        entries.append((node, entry, entry.parse_call(node.config, node.inputs, where), where,
+                        trainable))
     materialise: set[str] = set()
     spec = _infer(graph, entries, materialise)
     materialise = _unabsorbed_flattens(spec)
@@ -92,13 +99,13 @@ def check(graph: Graph, source: str) -> Spec:
 def _infer(graph: Graph, entries, materialise: set[str]) -> Spec:
     outs: dict[str, In] = {graph.input_name: In(graph.input_shape)}
     nodes = []
-    for node, entry, params, where in entries:
+    for node, entry, params, where, trainable in entries:
         ins = tuple(outs[i] for i in node.tensor_inputs)
         out = entry.infer(params, ins, where)
         if node.name in materialise:
             out = Out(out.shape, out.variables, None)
         outs[node.name] = In(out.shape, out.flat_from)
-        nodes.append(NodeSpec(node, entry, params, ins, out, where))
+        nodes.append(NodeSpec(node, entry, params, ins, out, where, trainable))
     return Spec(graph, tuple(nodes))
 
 

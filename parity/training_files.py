@@ -107,17 +107,25 @@ def write_state(built: Built, state: KerasState, dst: Path, weights, *,
 # --- the Python interface -----------------------------------------------------------------------
 
 
-def load_torch_training(path: str | os.PathLike) -> tuple[nn.Module, torch.optim.Optimizer]:
+def load_torch_training(path: str | os.PathLike, *, keras_training: bool = False
+                        ) -> tuple[nn.Module, torch.optim.Optimizer]:
     """A `.keras` saved with its optimizer (`model.fit`, `ModelCheckpoint`), or a PyTorch
     training file (a last.pt, or what `parity.port --with-optimizer` writes) → the module (in
     train mode) and the optimizer `parity.optim.from_keras` builds for its config, holding the
-    file's state: `optimizer.step()` continues where Keras (or PyTorch) stopped."""
+    file's state: `optimizer.step()` continues where Keras (or PyTorch) stopped. A frozen
+    layer's parameters are not the optimizer's (`requires_grad` off); with `keras_training`
+    the module's BatchNormalizations train as Keras's (`parity.training`: a frozen one in
+    inference mode), swapped in before the optimizer takes the parameters."""
     from parity.pipeline import read_source
 
     path = Path(path)
     source = read_source(path, module=False)
     state = read_state(source.built, path)
     source.load_module()
+    if keras_training:
+        from parity.training import keras_training as to_keras_training
+
+        to_keras_training(source.built.module)
     module = source.built.module.train()
     return module, to_torch(state, source.built)
 

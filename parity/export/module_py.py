@@ -64,9 +64,11 @@ def _constructor(module: torch.nn.Module) -> str:
     if type(module).__name__ == "StochasticDepth":  # torchvision's; its repr is not Python
         return f"StochasticDepth({_float(module.p)}, {module.mode!r})"
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        space = "" if isinstance(module, _KerasBatchNorm) else "nn."  # ours, in the file
-        return (f"{space}{type(module).__name__}({module.num_features}, eps={module.eps!r}, "
-                f"momentum={module.momentum!r}, affine={module.affine})")
+        ours = isinstance(module, _KerasBatchNorm)  # ours, in the file
+        frozen = ", trainable=False" if ours and not module.trainable else ""
+        return (f"{'' if ours else 'nn.'}{type(module).__name__}({module.num_features}, "
+                f"eps={module.eps!r}, momentum={module.momentum!r}, affine={module.affine}"
+                f"{frozen})")
     return f"nn.{module!r}"
 
 
@@ -191,6 +193,7 @@ def module_source(built: Built, class_name: str, origin: str) -> str:
             continue  # written in forward as the expression it is
         expr = _helper_call(m) if isinstance(m, _HELPERS) else _constructor(m)
         lines += _wrapped("        ", f"self.{name}", expr)
+    lines += _no_grad(module)
     lines += ["", "    def forward(self, x: torch.Tensor) -> torch.Tensor:",
               *_forward(built, shapes)]
     # a line our wrapping cannot bring within LINE (two long layer names on one line)
@@ -198,6 +201,21 @@ def module_source(built: Built, class_name: str, origin: str) -> str:
              for line in "\n".join(lines).split("\n")]
     text = re.sub(r"\n{4,}", "\n\n\n", "\n".join(lines))
     return _checked(text, "<generated module>")
+
+
+def _no_grad(module: torch.nn.Module) -> list[str]:
+    """`__init__`'s lines that turn `requires_grad` off where the port has it off: a frozen
+    Keras layer's modules (`self.conv1.requires_grad_(False)`), a parameter Keras lacks
+    (`self.bn1.bias.requires_grad_(False)`). Names: our modules', torch's parameters'."""
+    lines = []
+    for name, child in module.named_children():
+        params = dict(child.named_parameters())
+        off = [p for p, t in params.items() if not t.requires_grad]
+        if off and len(off) == len(params):
+            lines.append(f"        self.{name}.requires_grad_(False)  # frozen in Keras")
+        else:
+            lines += [f"        self.{name}.{p}.requires_grad_(False)" for p in off]
+    return lines
 
 
 _SYMBOLS = {"add": "+", "subtract": "-", "multiply": "*", "divide": "/"}

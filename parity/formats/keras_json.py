@@ -3,7 +3,8 @@ model_config), made from a checked spec as Keras 3.15.1 writes it — each layer
 from the fields its registry entry read, so nothing else a source file held (a custom
 initializer, a regularizer, a name's stray keys) travels into a file Keras will deserialise.
 
-A chain is written as the Sequential it is; a graph as a Functional, nested models flattened.
+A chain is written as the Sequential it is; a graph as a Functional, nested models flattened,
+each layer's `trainable` its own (a frozen base's layers stay frozen).
 The written config is parsed back by our own reader (`written`), so the paths its weights take
 in the file are the ones every reader computes.
 """
@@ -43,7 +44,7 @@ def _layer(ns: NodeSpec) -> dict:
     cls = node.class_name.rsplit(".", 1)[-1]
     operation = not node.path  # an operation on tensors (`x + 3.0`): no variables, no dtype
     cfg = {"name": node.name} if operation else {
-        "name": node.name, "trainable": True, "dtype": dtype_policy(), **kept}
+        "name": node.name, "trainable": ns.trainable, "dtype": dtype_policy(), **kept}
     entry = {
         "module": node.module,
         "class_name": cls,

@@ -49,6 +49,7 @@ class Graph:
     kind: str = "Sequential"  # or "Functional"
     # Functional files store their InputLayer's (empty) group too: its path, else None
     input_path: str | None = None
+    trainable: object = True  # the model's own `trainable` (unchecked; parity.spec reads it)
     _consumers: dict = field(default_factory=dict, compare=False, repr=False)
 
     def node(self, name: str) -> Node:

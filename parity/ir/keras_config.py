@@ -8,6 +8,9 @@ models (flattened into the graph, their layers' names kept), and each layer's ca
   `{"class_name": "__keras_tensor__", "config": {"keras_history": [layer, node, index]}}`;
   a merge layer's tensors come as one list, an operation's numbers (`x + 3.0`) beside them;
 - TF 2.x writes `[[layer, node, index, kwargs], …]`.
+A nested model's own `trainable` is not kept: Keras 3.15.1 does not apply it on load (its
+`base.trainable = False` reaches the file as every inner layer's `trainable: false`, which each
+node keeps in its config); the outer model's is (`Graph.trainable`: false, nothing trains).
 A `mask` of null and a `training` flag are call options, not inputs (Keras 3 records
 `{"mask": null}` for every layer whose call takes a mask: BatchNormalization, Softmax, …).
 
@@ -131,7 +134,8 @@ def _parse_model(config: object, source: str) -> Graph:
     if not nodes:
         raise UserError(f"{source}: the model has no layers besides its input")
     return Graph(name, input_name, shape, nodes, output,
-                 "Sequential" if cls == "Sequential" else "Functional", input_path)
+                 "Sequential" if cls == "Sequential" else "Functional", input_path,
+                 cfg.get("trainable", True))
 
 
 def _layer_list(cfg: Mapping, source: str) -> list[Mapping]:

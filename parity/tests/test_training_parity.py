@@ -33,6 +33,7 @@ when no GPU is present.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -168,11 +169,13 @@ def max_diff(keras_side: dict, torch_side: dict) -> float:
     return max(float(np.max(np.abs(keras_side[k] - torch_side[k]))) for k in TORCH_NAMES)
 
 
-def assert_gradients_close(keras_side: dict, torch_side: dict, what: str) -> float:
-    """Every gradient within GRAD_RTOL of Keras's, relative to the tensor's largest entry; a
-    failure names each tensor that differed and by how much. Returns the worst ratio."""
+def assert_gradients_close(keras_side: dict, torch_side: dict, what: str,
+                           names: Sequence[str] = TORCH_NAMES) -> float:
+    """Every gradient (of `names`: the book's by default) within GRAD_RTOL of Keras's, relative
+    to the tensor's largest entry; a failure names each tensor that differed and by how much.
+    Returns the worst ratio."""
     bad, worst = [], 0.0
-    for name in TORCH_NAMES:
+    for name in names:
         k, t = keras_side[name], torch_side[name]
         assert k.shape == t.shape, f"{what} {name}: shape {t.shape} vs Keras {k.shape}"
         rel = float(np.max(np.abs(k - t))) / max(float(np.max(np.abs(k))), 1e-30)
@@ -183,9 +186,11 @@ def assert_gradients_close(keras_side: dict, torch_side: dict, what: str) -> flo
     return worst
 
 
-def assert_bitwise(keras_side: dict, torch_side: dict, what: str) -> None:
-    """Every tensor within ADAM_ULPS float32 steps of Keras's."""
-    far = {name: ulp_distance(keras_side[name], torch_side[name]) for name in TORCH_NAMES}
+def assert_bitwise(keras_side: dict, torch_side: dict, what: str,
+                   names: Sequence[str] = TORCH_NAMES) -> None:
+    """Every tensor (of `names`: the book's by default) within ADAM_ULPS float32 steps of
+    Keras's."""
+    far = {name: ulp_distance(keras_side[name], torch_side[name]) for name in names}
     bad = [f"{name} {n} float32 steps away" for name, n in far.items() if n > ADAM_ULPS]
     assert not bad, f"{what}: {'; '.join(bad)} (allowed {ADAM_ULPS})"
 
