@@ -20,6 +20,8 @@ import torch
 
 from fashion_cnn.cli import DEVICE_CHOICES
 from fashion_cnn.errors import UserError
+from fashion_cnn.thread_tuner import ThreadTuner, candidate_counts
+from fashion_cnn.threads import chosen_automatically, usable_cpus
 
 
 def _mps_available() -> bool:
@@ -146,3 +148,14 @@ def device_name(device: torch.device) -> str:
             pass
         return f"{cpu} ({torch.get_num_threads()} threads)"
     return device.type
+
+
+def thread_tuner(threads: int, device: torch.device, distributed: bool) -> ThreadTuner | None:
+    """The count's tuner where the command line chose it (`threads` 0: auto), on one CPU
+    process (a rank of N would time the others' waits too); None elsewhere: a fixed
+    --threads N or OMP_NUM_THREADS, a library call, a GPU, torchrun."""
+    if threads or not chosen_automatically() or device.type != "cpu" or distributed:
+        return None
+    start = torch.get_num_threads()
+    counts = candidate_counts(usable_cpus(), start)
+    return ThreadTuner(counts, start, torch.set_num_threads) if len(counts) > 1 else None

@@ -44,8 +44,7 @@ from fashion_cnn.errors import cli_entry
 from fashion_cnn.fashion_mnist import CLASS_NAMES
 from fashion_cnn.files import atomic_write, output_folder
 from fashion_cnn.history import History, plot_history
-from fashion_cnn.thread_tuner import ThreadTuner, candidate_counts
-from fashion_cnn.threads import chosen_automatically, usable_cpus
+from fashion_cnn.thread_tuner import ThreadTuner
 from torch_impl import distributed as ddp
 from torch_impl.callbacks import EarlyStopping, ModelCheckpoint
 from torch_impl.checkpoint import EXPECTED_SHAPES, save_state_dict
@@ -55,6 +54,7 @@ from torch_impl.device import (
     numerics,
     preferred_memory_format,
     seed_everything,
+    thread_tuner,
     versions,
 )
 from torch_impl.epoch import make_train_step, progress_bar, train_epoch
@@ -134,7 +134,7 @@ def train(config: TrainConfig, data: BookData | None = None,
             with numerics(device):
                 run = _set_up(config, out, device, data, world)
                 forward, step_fn = _forwards(run)
-                run.tuner = _thread_tuner(run)
+                run.tuner = thread_tuner(config.threads, device, run.world.distributed)
                 step_fn = step_fn if run.tuner is None else run.tuner.wrap(step_fn)
                 while run.state.epoch < config.epochs and not run.state.stopped:
                     _epoch(run, forward, step_fn)
@@ -241,18 +241,6 @@ def _forwards(run: _Run) -> tuple[nn.Module, Callable]:
         forward = torch.compile(forward)
         train_forward = torch.compile(train_forward) if run.world.distributed else forward
     return forward, make_train_step(train_forward, run.optimizer, run.world)
-
-
-def _thread_tuner(run: _Run) -> ThreadTuner | None:
-    """The count's tuner where the command line chose it, on one CPU process (a rank of N
-    would time the others' waits too); None elsewhere: a fixed --threads N or OMP_NUM_THREADS,
-    a library call, a GPU, torchrun."""
-    if (run.config.threads or not chosen_automatically() or run.device.type != "cpu"
-            or run.world.distributed):
-        return None
-    start = torch.get_num_threads()
-    counts = candidate_counts(usable_cpus(), start)
-    return ThreadTuner(counts, start, torch.set_num_threads) if len(counts) > 1 else None
 
 
 def _epoch(run: _Run, forward: nn.Module, step_fn: Callable) -> None:
