@@ -30,6 +30,7 @@ import torch
 from fashion_cnn.cli import add_data_dir, add_device, add_version, int_range
 from fashion_cnn.errors import UserError, cli_entry, one_line
 from fashion_cnn.files import atomic_write, check_destination, check_not_input
+from fashion_cnn.progress import CHECK_STAGES, NO_PROGRESS, PROGRESS_EPILOG, Progress
 from parity.formats import keras_kind
 from parity.verify.report import format_report
 from torch_impl.checkpoint import checkpoint_kind
@@ -56,23 +57,26 @@ def run_check(
     test_images: int | None = None,
     data_dir: str | None = None,
     config: Path | None = None,
+    progress: Progress = NO_PROGRESS,
 ) -> dict:
     """The whole report as a dict (`passed`, `first_failure`, `layers`, `test_set`).
 
     None for `samples` / `test_images`: DEFAULT_SAMPLES and the whole test set, fewer for a
-    model whose layer outputs are large (the report says so)."""
+    model whose layer outputs are large (the report says so). `progress` is told of each
+    stage and batch checked (`fashion_cnn.progress`)."""
     if keras_kind(keras_file) is None:
         raise UserError(f"{keras_file}: not a Keras checkpoint (.keras, .h5 or .weights.h5)")
     checkpoint_kind(torch_file)  # .pt, .pth or .safetensors, else refused
     from parity import pipeline
 
     return pipeline.check(keras_file, torch_file, samples=samples, test_images=test_images,
-                          data_dir=data_dir, config=config, device=torch_device(device))
+                          data_dir=data_dir, config=config, device=torch_device(device),
+                          progress=progress)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        epilog=THREADS_EPILOG,
+        epilog=f"{THREADS_EPILOG} {PROGRESS_EPILOG}",
         prog="python -m parity.check",
         description="Compare a Keras and a PyTorch checkpoint of the same model layer by layer.",
     )
@@ -112,15 +116,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.json:  # before the work
         check_json_destination(args.json, args.keras_file, args.torch_file)
-    report = run_check(
-        args.keras_file,
-        args.torch_file,
-        device=args.device,
-        samples=args.samples,
-        test_images=args.test_images,
-        data_dir=args.data_dir,
-        config=args.config,
-    )
+    with Progress.from_env(CHECK_STAGES) as progress:  # cleared before anything is printed
+        report = run_check(
+            args.keras_file,
+            args.torch_file,
+            device=args.device,
+            samples=args.samples,
+            test_images=args.test_images,
+            data_dir=args.data_dir,
+            config=args.config,
+            progress=progress,
+        )
     print(format_report(report))
     if args.json:
         write_report(report, args.json)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from fashion_cnn.errors import UserError, one_line
+from fashion_cnn.progress import NO_PROGRESS, Progress
 from parity import book
 from parity.build import Built, ModuleWeights, build, keras_to_torch
 from parity.formats import keras_kind, read_keras, write_keras
@@ -132,18 +133,23 @@ def check_plan(src: Source, samples: int | None, default: int) -> Plan:
 
 
 def verify(src: Source, images: Images, batch: int, *, allow_nonfinite: bool = False,
-           groups: tuple[tuple[int, int], ...] = ()) -> Agreement:
+           groups: tuple[tuple[int, int], ...] = (),
+           progress: Progress = NO_PROGRESS) -> Agreement:
     """Both sides on the same images, every layer compared in Keras's layout, a batch at a time.
 
     With `allow_nonfinite`, images with a NaN/Inf output in any layer on either side are left
-    out (the frameworks propagate NaN differently, e.g. through max pooling) and counted."""
+    out (the frameworks propagate NaN differently, e.g. through max pooling) and counted.
+    `progress` is told of the stages "building" and "checking", and of each batch checked."""
+    progress.stage("building")
     keras_side = keras_reference(src.spec, src.weights, src.path)
     src.load_module()
     names = [one_line(p.label) for p in probes(src.spec)]
-    found = compare_layerwise(
-        names, keras_side.outputs, lambda x, a, b: layer_outputs(src.built, x, a, b), images,
-        batch, allow_nonfinite=allow_nonfinite, groups=groups,
-    )
+    progress.stage("checking")
+    with progress.samples(len(images), "checking") as tick:
+        found = compare_layerwise(
+            names, keras_side.outputs, lambda x, a, b: layer_outputs(src.built, x, a, b), images,
+            batch, allow_nonfinite=allow_nonfinite, groups=groups, tick=tick,
+        )
     description = keras_side.description
     del keras_side
     gc.collect()  # a Keras model sits in reference cycles: free its variables before writing
@@ -156,15 +162,18 @@ def port(
     src: Path, dst: Path, *, force: bool = False, allow_nonfinite: bool = False,
     samples: int | None = None, data_dir: str | None = None, config: Path | None = None,
     module_py: Path | None = None, with_optimizer: bool = False, keras_training: bool = False,
+    progress: Progress = NO_PROGRESS,
 ) -> tuple[Source, Agreement]:
     """Read SRC, check both sides layer by layer on real test images, write DST (and
     `module_py`). `samples`: the images both sides must agree on (None: DEFAULT_SAMPLES, fewer
     where the model's activations would exceed the check's budget, said in the result's note).
     `with_optimizer`: SRC's optimizer state crosses too (`parity.training_files`), read and
     checked before anything else is done; the result's `optimizer` says what it was.
-    `keras_training`: `module_py`'s BatchNormalizations train as Keras's (`parity.training`)."""
+    `keras_training`: `module_py`'s BatchNormalizations train as Keras's (`parity.training`).
+    `progress` is told of each stage (`fashion_cnn.progress.PORT_STAGES`) and batch checked."""
     from parity.export.module_py import class_name, module_source, write_module_py
 
+    progress.stage("reading")
     source = read_source(src, config=config, allow_nonfinite=allow_nonfinite, module=False)
     state = None
     if with_optimizer:  # loaded only then: it loads torch._dynamo (parity.training_files)
@@ -174,7 +183,7 @@ def port(
     check_ = check_plan(source, samples, DEFAULT_SAMPLES)
     images = images_for(source.spec.input_shape, check_.samples, data_dir)
     result = verify(source, images, check_.batch, allow_nonfinite=allow_nonfinite,
-                    groups=check_.groups)
+                    groups=check_.groups, progress=progress)
     result.note = check_.note
     if not result.passed:
         bad = next((d for d in result.layers if not d.passed), result.layers[-1])
@@ -185,6 +194,7 @@ def port(
         )
     # The module's source is made and checked before any file is written: a name it cannot
     # take refuses the port with DST untouched.
+    progress.stage("writing")
     text = None
     if module_py is not None:
         if keras_training:  # after the check: inference and the state_dict are the same
@@ -210,12 +220,14 @@ def port(
 def check(
     keras_file: Path, torch_file: Path, *, samples: int | None, test_images: int | None,
     data_dir: str | None = None, config: Path | None = None,
-    device: torch.device | str = "cpu",
+    device: torch.device | str = "cpu", progress: Progress = NO_PROGRESS,
 ) -> dict:
     """`parity.check`: the Keras file's model (built from its checked config) against the
     PyTorch file's module (on `device`), layer by layer, then predictions (and, on Fashion-MNIST,
     accuracy) on the test set. None for `samples` / `test_images`: as many as the check's budget
-    affords, up to DEFAULT_SAMPLES and TEST_IMAGES."""
+    affords, up to DEFAULT_SAMPLES and TEST_IMAGES. `progress` is told of each stage
+    (`fashion_cnn.progress.CHECK_STAGES`) and batch checked."""
+    progress.stage("reading")
     keras_src = read_source(keras_file, config=config, module=False)
     torch_src = read_source(torch_file)
     module = torch_src.built.module.to(device)
@@ -230,20 +242,27 @@ def check(
     if test_images is None:  # the whole test set, or ten times the layer report's images
         test_images = TEST_IMAGES if not plan_.note else min(TEST_IMAGES, 10 * plan_.samples)
     images = images_for(keras_src.spec.input_shape, test_images, data_dir)
+    progress.stage("building")
     keras_side = keras_reference(keras_src.spec, keras_src.weights, keras_src.path)
     is_book = book.is_book(keras_src.spec)
     del keras_src  # its weights now live in the reference
     names = [one_line(p.label) for p in probes(torch_src.spec)]
-    found = compare_layerwise(
-        names, keras_side.outputs, lambda x, a, b: layer_outputs(torch_src.built, x, a, b),
-        images.first(plan_.samples), plan_.batch, groups=plan_.groups,
-    )
+    layer_images = images.first(plan_.samples)
+    progress.stage("checking layers")
+    with progress.samples(len(layer_images), "layers") as tick:
+        found = compare_layerwise(
+            names, keras_side.outputs, lambda x, a, b: layer_outputs(torch_src.built, x, a, b),
+            layer_images, plan_.batch, groups=plan_.groups, tick=tick,
+        )
 
     @torch.no_grad()
     def torch_final(x: np.ndarray) -> np.ndarray:
         return module(torch_input(x).to(device)).cpu().numpy()
 
-    outputs, agree = compare_outputs(keras_side.final, torch_final, images, plan_.batch)
+    progress.stage("checking predictions")
+    with progress.samples(len(images), "predictions") as tick:
+        outputs, agree = compare_outputs(keras_side.final, torch_final, images, plan_.batch,
+                                         tick=tick)
     sides = (keras_side.description, f"torch {torch.__version__} on {device}")
     kinds = {ns.node.name: ns.node.class_name.rsplit(".", 1)[-1] for ns in torch_src.spec.nodes}
     classes = {one_line(p.label): kinds[p.node] for p in probes(torch_src.spec)}

@@ -36,6 +36,7 @@ import torch
 from fashion_cnn.cli import add_data_dir, add_version, int_range
 from fashion_cnn.errors import UserError, cli_entry, one_line
 from fashion_cnn.files import check_destination, check_not_input
+from fashion_cnn.progress import CHECK_STAGES, NO_PROGRESS, PORT_STAGES, PROGRESS_EPILOG, Progress
 from parity.check import check_json_destination, report_status, run_check, write_report
 from parity.formats import EXTENSIONS, framework_of
 from parity.verify.compare import ATOL, RULE
@@ -62,9 +63,11 @@ def port(
     module_py: Path | None = None,
     with_optimizer: bool = False,
     keras_training: bool = False,
+    progress: Progress = NO_PROGRESS,
 ) -> tuple:
     """Check DST can be written, read SRC, check both sides agree layer by layer on real test
-    images, write DST. Raises UserError. Returns (Source, Agreement)."""
+    images, write DST. Raises UserError. Returns (Source, Agreement). `progress` is told of
+    each stage and batch checked (`fashion_cnn.progress`)."""
     framework_of(src)
     framework_of(dst)
     check_not_input(dst, src)
@@ -78,13 +81,13 @@ def port(
     return pipeline.port(
         src, dst, force=force, allow_nonfinite=allow_nonfinite, samples=samples,
         data_dir=data_dir, config=config, module_py=module_py, with_optimizer=with_optimizer,
-        keras_training=keras_training,
+        keras_training=keras_training, progress=progress,
     )
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        epilog=THREADS_EPILOG,
+        epilog=f"{THREADS_EPILOG} {PROGRESS_EPILOG}",
         prog="python -m parity.port",
         description="Port a checkpoint of the book's CNN, or of any supported Keras "
         f"model, between Keras and PyTorch (formats by extension: {EXTENSIONS}).",
@@ -165,18 +168,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:  # before the work, as parity.check refuses it
         pair = report_pair(args.src, args.dst)
         check_json_destination(args.json, args.src, args.dst)
-    source, result = port(
-        args.src,
-        args.dst,
-        force=args.force,
-        allow_nonfinite=args.allow_nonfinite,
-        samples=args.samples,
-        data_dir=args.data_dir,
-        config=args.config,
-        module_py=args.module_py,
-        with_optimizer=args.with_optimizer,
-        keras_training=args.keras_training,
-    )
+    with Progress.from_env(PORT_STAGES) as progress:  # cleared before anything is printed
+        source, result = port(
+            args.src,
+            args.dst,
+            force=args.force,
+            allow_nonfinite=args.allow_nonfinite,
+            samples=args.samples,
+            data_dir=args.data_dir,
+            config=args.config,
+            module_py=args.module_py,
+            with_optimizer=args.with_optimizer,
+            keras_training=args.keras_training,
+            progress=progress,
+        )
     from parity.verify.report import layer_table
 
     print(one_line(f"{args.src} → {args.dst}"))
@@ -205,8 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.json:
         return 0
     # The same report as `parity.check --json`, of the two files now on disk.
-    report = run_check(*pair, samples=args.samples, data_dir=args.data_dir,
-                       config=args.config if pair[0] == args.src else None)
+    with Progress.from_env(CHECK_STAGES) as progress:
+        report = run_check(*pair, samples=args.samples, data_dir=args.data_dir,
+                           config=args.config if pair[0] == args.src else None,
+                           progress=progress)
     write_report(report, args.json)
     print(one_line(f"check report: {args.json} ({'PASS' if report['passed'] else 'FAIL'})"))
     return report_status(report)

@@ -162,6 +162,7 @@ def compare_layerwise(
     *,
     allow_nonfinite: bool = False,
     groups: Sequence[tuple[int, int]] = (),
+    tick: Callable[[int], None] | None = None,
 ) -> Layerwise:
     """Each side's outputs of every layer (Keras layout) on `images`, a batch at a time, and
     within a batch a range of layers at a time (`groups`, from the plan; each side is called as
@@ -169,7 +170,7 @@ def compare_layerwise(
 
     With `allow_nonfinite`, images with a NaN/Inf output in a range's layers on either side
     are left out of that range (the frameworks propagate NaN differently, e.g. through max
-    pooling) and counted once."""
+    pooling) and counted once. `tick(n)`, if given, is called as each batch of n is done."""
     running = [RunningDiff(name) for name in names]
     agree = Agreement()
     nonfinite = 0
@@ -194,6 +195,8 @@ def compare_layerwise(
             if b == len(names):
                 agree.update(last_k, last_t)
         nonfinite += int(left_out.sum())
+        if tick is not None:
+            tick(len(x))
     return Layerwise([d.result() for d in running], len(images) - nonfinite, nonfinite,
                      agree.agreeing, agree.ties, agree.real)
 
@@ -227,9 +230,10 @@ def compare_outputs(
     torch_final: Callable[[np.ndarray], np.ndarray],
     images: Images,
     batch: int,
+    tick: Callable[[int], None] | None = None,
 ) -> tuple[LayerDiff, Agreement]:
     """The two sides' final outputs on `images`, a batch at a time: one comparison and the
-    argmax agreement."""
+    argmax agreement; `tick(n)`, if given, is called as each batch of n is done."""
     diff, agree = RunningDiff("outputs (all)"), Agreement()
     for start in range(0, len(images), batch):
         x = images.batch(start, start + batch)
@@ -237,4 +241,6 @@ def compare_outputs(
         diff.update(k, t)
         labels = None if images.labels is None else images.labels[start : start + len(x)]
         agree.update(k, t, labels)
+        if tick is not None:
+            tick(len(x))
     return diff.result(), agree
