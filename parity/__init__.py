@@ -15,8 +15,9 @@ The Python interface, loaded on first use so that `import parity` stays framewor
   optimizer, or a PyTorch training file → the module and a Keras-exact optimizer holding the
   file's state; `parity.save_torch_training(module, optimizer, path)` and
   `parity.save_keras_training(module, optimizer, path)` write them back (`parity.training_files`);
-- `parity.keras_training(module)`: a ported module whose BatchNormalization trains as Keras's
-  does (`parity.training`); inference and state_dict unchanged.
+- `parity.keras_training(module)`: a ported module whose BatchNormalization and Dropout train
+  as Keras's do (`parity.training`; Dropout's masks injectable); inference and state_dict
+  unchanged.
 """
 
 from __future__ import annotations

@@ -14,7 +14,15 @@ operations. `keras_training` swaps each BatchNorm1d/2d for `KerasBatchNorm1d/2d`
 class underneath (same state_dict keys, same inference), with Keras's update in Keras's order
 in training. The batch is normalised as both frameworks do it (biased variance, epsilon inside
 the root). LayerNormalization's epsilon and Dense/Conv's arithmetic need nothing: they train as
-they infer. Dropout's masks are drawn by each framework's own generator.
+they infer.
+
+Dropout: `keras_training` swaps each nn.Dropout for `KerasDropout`, which drops as Keras does
+on TensorFlow (`tf.nn.experimental.stateless_dropout`: kept where a uniform draw ≥ rate, x times
+the float32 scale 1/(1 − rate), 0 elsewhere) and with the layer's `noise_shape` (axes of size 1
+share a mask, as in Keras; the port records it on the module). Its masks come from torch's
+generator; `masks`, a callable (the mask's shape, PyTorch layout) → a bool keep mask, replays
+given ones instead (Keras's own, for a step-by-step comparison: the parity suite reads them off
+Keras's layer). Without a mask the two frameworks draw different masks, of the same law.
 
 A frozen layer (Keras's `trainable: false`) keeps Keras's meaning: a frozen BatchNormalization
 normalises with its moving statistics and leaves them as they are, in `train()` mode too (its
@@ -67,6 +75,50 @@ class KerasBatchNorm1d(_KerasBatchNorm, nn.BatchNorm1d):
     pass
 
 
+class KerasDropout(nn.Dropout):
+    """Keras's Dropout in training (see module): `noise_shape` in PyTorch layout (None: the
+    input's size), `masks` an optional callable shape → bool keep mask; the identity in eval()."""
+
+    def __init__(self, p: float = 0.5, noise_shape: tuple[int | None, ...] | None = None,
+                 masks=None) -> None:
+        super().__init__(p)
+        self.noise_shape = None if noise_shape is None else tuple(noise_shape)
+        self.masks = masks
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        shape = tuple(x.shape)
+        if self.noise_shape is not None:
+            if len(self.noise_shape) != x.dim():
+                raise ValueError(f"noise_shape {self.noise_shape} does not fit an input of "
+                                 f"shape {shape}")
+            shape = tuple(d if n is None else n
+                          for d, n in zip(shape, self.noise_shape, strict=True))
+        if self.masks is None:
+            keep = torch.rand(shape, device=x.device) >= self.p
+        else:
+            keep = torch.as_tensor(self.masks(shape), dtype=torch.bool, device=x.device)
+            if keep.shape != torch.Size(shape):
+                raise ValueError(f"a dropout mask of shape {tuple(keep.shape)}, not {shape}")
+        # TF's order: x times the scale (a float32 constant), then 0 where dropped
+        return torch.where(keep, x * (1.0 / (1.0 - self.p)), 0.0)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, noise_shape={self.noise_shape}"
+
+
+def keras_noise_shape(noise_shape: list | None, rank: int) -> tuple[int | None, ...] | None:
+    """A Keras Dropout's `noise_shape` (channels last, checked by the port) in PyTorch's
+    layout for an input of `rank` dimensions; None where it shares no axis (all None)."""
+    if noise_shape is None or all(n is None for n in noise_shape):
+        return None
+    dims = tuple(noise_shape)
+    if rank == 4 and len(dims) == 4:  # (N, H, W, C) → (N, C, H, W)
+        dims = (dims[0], dims[3], dims[1], dims[2])
+    return dims
+
+
 def _swapped(bn: nn.modules.batchnorm._BatchNorm, trainable: bool) -> nn.Module:
     cls = KerasBatchNorm2d if isinstance(bn, nn.BatchNorm2d) else KerasBatchNorm1d
     new = cls(bn.num_features, eps=bn.eps, momentum=bn.momentum, affine=bn.affine,
@@ -86,8 +138,9 @@ def _frozen(module: nn.Module) -> set[str]:
 
 def keras_training(module: nn.Module) -> nn.Module:
     """`module` with each BatchNorm1d/2d replaced, in place, by Keras's training semantics
-    (`KerasBatchNorm1d/2d`, frozen where its Keras layer is); its state_dict keys, its
-    parameters' `requires_grad` and its inference outputs are unchanged."""
+    (`KerasBatchNorm1d/2d`, frozen where its Keras layer is), and each nn.Dropout by
+    `KerasDropout`; its state_dict keys, its parameters' `requires_grad` and its inference
+    outputs are unchanged."""
     frozen = _frozen(module)
     for name, child in list(module.named_children()):
         if type(child) in (nn.BatchNorm1d, nn.BatchNorm2d):
@@ -95,6 +148,9 @@ def keras_training(module: nn.Module) -> nn.Module:
                 raise ValueError(f"{name}: a BatchNorm without running statistics or with a "
                                  "cumulative average is not a Keras BatchNormalization")
             setattr(module, name, _swapped(child, name not in frozen))
+        elif type(child) is nn.Dropout:
+            new = KerasDropout(child.p, getattr(child, "keras_noise_shape", None))
+            setattr(module, name, new.train(child.training))
         else:
             keras_training(child)
     return module

@@ -37,7 +37,7 @@ from parity.layers.modules import (
     Scale,
     ScaledSum,
 )
-from parity.training import KerasBatchNorm1d, KerasBatchNorm2d, _KerasBatchNorm
+from parity.training import KerasBatchNorm1d, KerasBatchNorm2d, KerasDropout, _KerasBatchNorm
 
 _HELPERS = (AvgPool2dSame, GlobalPool2d, Exponential, Rescale, KerasReshape, FlattenHWC, Crop2d,
             ChannelLinear, ChannelLayerNorm, Normalize, NormalizeAdapted, Scale)
@@ -61,6 +61,8 @@ def _constructor(module: torch.nn.Module) -> str:
         return f"nn.MaxPool2d({module.kernel_size}, {module.stride}, {module.padding})"
     if type(module) is nn.ConstantPad2d:  # ZeroPad2d, its subclass, has an exact repr
         return f"nn.ConstantPad2d({module.padding}, float('{module.value}'))"
+    if isinstance(module, KerasDropout):  # parity.keras_training's, in the file
+        return f"KerasDropout({_float(module.p)}, {module.noise_shape!r})"
     if type(module).__name__ == "StochasticDepth":  # torchvision's; its repr is not Python
         return f"StochasticDepth({_float(module.p)}, {module.mode!r})"
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
@@ -162,6 +164,8 @@ def module_source(built: Built, class_name: str, origin: str) -> str:
                 if any(type(m) is c for m in module.children())]  # parity.keras_training's
     if keras_bn:
         helpers = [*helpers, _KerasBatchNorm, *keras_bn]
+    if any(type(m) is KerasDropout for m in module.children()):
+        helpers = [*helpers, KerasDropout]
     lines = [
         f'"""{class_name}: a Keras model ported by `python -m parity.port`.',
         "",

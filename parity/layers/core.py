@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import numpy as np
 
@@ -127,6 +128,11 @@ class Dense(Entry):
         return [("Dense", cfg, vars_)]
 
 
+class DropoutParams(NamedTuple):
+    rate: float
+    noise_shape: tuple[int | None, ...] | None  # Keras's, channels last, with the batch axis
+
+
 @register
 class Dropout(Entry):
     kind = "Dropout"
@@ -139,7 +145,7 @@ class Dropout(Entry):
         return {"rate": float(rng.choice([0.0, 0.3, 0.5]))}
 
     @staticmethod
-    def parse(cfg: Mapping, where: str) -> float:
+    def parse(cfg: Mapping, where: str) -> DropoutParams:
         rate = cfg.get("rate")
         if not isinstance(rate, int | float) or isinstance(rate, bool) or not 0 <= rate < 1:
             raise UserError(f"{where}: rate={rate!r} is not in [0, 1)")
@@ -149,20 +155,26 @@ class Dropout(Entry):
             for n in noise
         )):
             raise UserError(f"{where}: noise_shape={noise!r} is not a list of sizes")
-        return float(rate)
+        return DropoutParams(float(rate), None if noise is None else tuple(noise))
 
     @staticmethod
-    def infer(p: float, ins: Sequence[In], where: str) -> Out:
+    def infer(p: DropoutParams, ins: Sequence[In], where: str) -> Out:
         return Out(ins[0].shape, flat_from=ins[0].flat_from)
 
     @staticmethod
-    def to_torch(p: float, ins: Sequence[In], out: Out, where: str) -> Converted:
+    def to_torch(p: DropoutParams, ins: Sequence[In], out: Out, where: str) -> Converted:
         from torch import nn
 
-        return Converted([("dropout", nn.Dropout(p))])
+        from parity.training import keras_noise_shape
+
+        module = nn.Dropout(p.rate)
+        noise = keras_noise_shape(p.noise_shape, len(ins[0].shape) + 1)
+        if noise is not None:  # PyTorch's Dropout ignores it; parity.keras_training reads it
+            module.keras_noise_shape = noise
+        return Converted([("dropout", module)])
 
     @staticmethod
-    def numpy(p: float, w: Mapping, xs: Sequence[np.ndarray]) -> np.ndarray:
+    def numpy(p: DropoutParams, w: Mapping, xs: Sequence[np.ndarray]) -> np.ndarray:
         return xs[0]  # inference: the identity, whatever the rate
 
     @staticmethod
