@@ -1,7 +1,8 @@
 """Training checkpoints across the frameworks: a model *and* its optimizer's state.
 
 - `read_state(source)`: the optimizer state of the file a `Source` was read from — a `.keras`'s
-  compile_config and `optimizer/vars`, or a PyTorch training file's `optimizer` (a last.pt of
+  compile_config and `optimizer/vars`, a full-model `.h5`'s training_config and
+  `optimizer_weights`, or a PyTorch training file's `optimizer` (a last.pt of
   `torch_impl.train`, or what `write_state` wrote) — as a checked `KerasState`;
 - `write_state(source, state, dst)`: DST with the optimizer: a `.keras` whose optimizer Keras's
   `load_model` restores, or a `.pt` laid out as last.pt (`{"model", "optimizer", …}`);
@@ -54,11 +55,10 @@ def read_state(built: Built, path: Path) -> KerasState:
     none = UserError(f"{source}: holds no optimizer state (saved without compiling, or without "
                      f"its optimizer); port it without --with-optimizer")
     if keras_kind(path) is not None:
-        compile_config = keras_compile_config(path) if keras_kind(path) == "keras" else None
-        if keras_kind(path) == "keras" and (compile_config is None
-                                            or compile_config.get("optimizer") is None):
+        compile_config = keras_compile_config(path)  # a .keras's, or a .h5's training_config
+        if compile_config is None or compile_config.get("optimizer") is None:
             raise none
-        config = compile_config["optimizer"] if compile_config else None
+        config = compile_config["optimizer"]
         spec, variables = _named(source, lambda: expected_variables(built, config))
         values = read_keras_optimizer(path, [(f"optimizer {v.label}", v.shape, v.dtype)
                                              for v in variables])

@@ -166,27 +166,51 @@ def _check_finite(found: KerasFile, allow_nonfinite: bool) -> None:
     )
 
 
+_OPTIMIZER_FILES = ("--with-optimizer reads the optimizer of a .keras or a full-model .h5 "
+                    "file (model.save after compile)")
+
+
 def read_keras_optimizer(
     path: str | os.PathLike, variables: list[tuple[str, tuple[int, ...], str]]
 ) -> list[np.ndarray] | None:
-    """A `.keras` file's optimizer variables (each (label, shape, dtype) of `variables`, in
-    order, through the weights' gate: `keras_v3.read_optimizer`); None when the file holds no
-    optimizer state (saved uncompiled, or without its optimizer)."""
+    """A `.keras` or full-model `.h5` file's optimizer variables (each (label, shape, dtype) of
+    `variables`, in order, through the weights' gate: `keras_v3.read_optimizer`,
+    `keras_h5_legacy.read_optimizer`); None when the file holds no optimizer state (saved
+    uncompiled, or without its optimizer)."""
     path = Path(path)
     source = str(path)
-    if keras_kind(path) != "keras":
-        raise UserError(f"{source}: --with-optimizer reads the optimizer of a .keras file "
-                        f"(legacy .h5 optimizer_weights are not read yet)")
+    kind = keras_kind(path)
+    if kind not in ("keras", "h5"):
+        raise UserError(f"{source}: {_OPTIMIZER_FILES}")
     try:
-        return keras_v3.read_optimizer(path, variables)
+        if kind == "keras":
+            return keras_v3.read_optimizer(path, variables)
+        with open_h5(path, source) as h5:
+            return keras_h5_legacy.read_optimizer(walk(h5, source), source, variables)
     except _MALFORMED as err:
         raise UserError(f"{source}: malformed Keras file ({first_line(err)})") from None
 
 
 def keras_compile_config(path: str | os.PathLike) -> dict | None:
-    """A `.keras` file's compile_config (file text: every field is checked by its user), None
-    when it has none (a model saved uncompiled)."""
-    config = keras_v3.config_of(Path(path))
+    """A `.keras` file's compile_config, or a full-model `.h5`'s training_config in that form
+    (its optimizer_config as "optimizer"), as file text: every field is checked by its user;
+    None when it has none (a model saved uncompiled)."""
+    path = Path(path)
+    source = str(path)
+    kind = keras_kind(path)
+    if kind == "h5":
+        try:
+            with open_h5(path, source) as h5:
+                found = keras_h5_legacy.training_config_of(h5, source)
+        except _MALFORMED as err:
+            raise UserError(f"{source}: malformed Keras file ({first_line(err)})") from None
+        if found is None:
+            return None
+        return {**{k: v for k, v in found.items() if k != "optimizer_config"},
+                "optimizer": found["optimizer_config"]}
+    if kind != "keras":
+        raise UserError(f"{source}: {_OPTIMIZER_FILES}")
+    config = keras_v3.config_of(path)
     found = config.get("compile_config") if isinstance(config, Mapping) else None
     return dict(found) if isinstance(found, Mapping) and found else None
 

@@ -3,7 +3,11 @@
 - a full model `.h5` (`model.save('best-cnn-model.h5')`, TF 2.x's and Keras 3's): a
   `model_config` attribute and `model_weights/<layer name>/…`, each layer's datasets listed in
   order by its `weight_names` attribute (`conv2d/kernel:0` in TF 2.x, `sequential/conv2d/kernel`
-  in Keras 3); `optimizer_weights` beside it is counted, never read;
+  in Keras 3); for a compiled model a `training_config` attribute (JSON: loss, metrics, … and
+  the optimizer's `optimizer_config`) and an `optimizer_weights` group, its datasets listed in
+  Keras's order (`optimizer.variables`) by its `weight_names` attribute
+  (`adam/sequential_conv2d_kernel_momentum`), read by `read_optimizer` for a port
+  `--with-optimizer` and otherwise counted, never read;
 - a TF 2.x `save_weights('x.h5')` file: the same groups at the root, no config — its layers
   that hold weights are taken in the file's order, as Keras's own loader takes them.
 """
@@ -20,14 +24,80 @@ import numpy as np
 from fashion_cnn.errors import UserError
 from fashion_cnn.hdf5 import H5Tree, attr_list, read_attr
 from parity.formats.keras_json import KERAS_FORMAT_VERSION, legacy_config
-from parity.formats.keras_v3 import _read_array
+from parity.formats.keras_v3 import _read_array, json_of
 from parity.spec import NodeSpec, Spec
+
+OPTIMIZER_GROUP = "optimizer_weights"
 
 
 def model_config_of(h5: h5py.File, source: str) -> bytes | str:
     if "model_config" not in h5.attrs:
         raise UserError(f"{source}: not a full Keras model .h5 (no model_config)")
     return read_attr(h5, "model_config", "/@model_config", source)  # type: ignore[return-value]
+
+
+def training_config_of(h5: h5py.File, source: str) -> dict | None:
+    """The `training_config` Keras writes for a compiled model (its loss, metrics, … and
+    `optimizer_config`), a JSON object bounded as the model_config is; None when the file has
+    none (saved uncompiled, or without its optimizer). Every field is checked by its user."""
+    if "training_config" not in h5.attrs:
+        return None
+    raw = read_attr(h5, "training_config", "/@training_config", source)
+    found = json_of(raw, "training_config", source)  # type: ignore[arg-type]
+    if not isinstance(found, dict):
+        raise UserError(f"{source}: training_config is not a JSON object")
+    if not isinstance(found.get("optimizer_config"), dict):
+        raise UserError(f"{source}: training_config has no optimizer_config object")
+    return found
+
+
+def read_optimizer(
+    tree: H5Tree, source: str, variables: list[tuple[str, tuple[int, ...], str]]
+) -> list[np.ndarray] | None:
+    """The `optimizer_weights` datasets, in their `weight_names` order (Keras's), one for each
+    (label, shape, dtype) of `variables`, each through the same gate as a weight; None when the
+    file holds none. A label is `… <Keras name>[<i>]` (`optimizer momentum[2]`): each stored
+    name must end as Keras names that variable. Unlisted, missing, repeated or misnamed
+    datasets are refused."""
+    group = tree.groups.get(OPTIMIZER_GROUP)
+    if group is None:
+        if OPTIMIZER_GROUP in tree.datasets:
+            raise UserError(f"{source}: {OPTIMIZER_GROUP} is a dataset, not a group")
+        return None
+    names = attr_list(group, "weight_names", OPTIMIZER_GROUP, source)
+    if names is None:
+        raise UserError(f"{source}: {OPTIMIZER_GROUP} has no weight_names attribute")
+    paths = [f"{OPTIMIZER_GROUP}/{n}" for n in names]
+    found = sorted(n for n in tree.datasets if n.startswith(f"{OPTIMIZER_GROUP}/"))
+    missing = [p for p in paths if p not in tree.datasets]
+    extra = [n for n in found if n not in set(paths)]
+    repeated = [p for i, p in enumerate(paths) if p in paths[:i]]
+    problem = (f"lists {missing[0]}, which it does not hold" if missing
+               else f"holds {extra[0]}, which its weight_names does not list" if extra
+               else f"lists {repeated[0]} twice" if repeated
+               else None if len(paths) == len(variables)
+               else f"holds {len(paths)} variables; the config's optimizer over this model has "
+                    f"{len(variables)}")
+    if problem:
+        raise UserError(f"{source}: its {OPTIMIZER_GROUP} {problem}")
+    for name, (label, _, _) in zip(names, variables, strict=True):
+        _check_optimizer_name(name, label, source)
+    return [_read_array(tree, p, shape, label, source, dtype)
+            for p, (label, shape, dtype) in zip(paths, variables, strict=True)]
+
+
+def _check_optimizer_name(name: str, label: str, source: str) -> None:
+    """`name` is the Keras name of the variable `label` stands for: `<optimizer>/iteration`,
+    `…/learning_rate`, `…/<model variable's path>_<slot>` (Nadam's u_product: unchecked)."""
+    keras_name = label.rsplit(" ", 1)[-1].split("[", 1)[0]
+    last = name.rsplit("/", 1)[-1]
+    if "[" in label:
+        ok = last.endswith(f"_{keras_name}")
+    else:
+        ok = last == keras_name or keras_name not in ("iteration", "learning_rate")
+    if not ok:
+        raise UserError(f"{source}: {OPTIMIZER_GROUP}/{name} stands where the config's "
+                        f"optimizer has {label}")
 
 
 def _stored(tree: H5Tree, prefix: str, source: str) -> list[tuple[str, list[str]]]:
