@@ -1,4 +1,4 @@
-"""A legacy full-model `.h5`'s optimizer crosses with the weights (`parity.port … --with-optimizer`).
+"""A legacy full-model `.h5`'s optimizer crosses with the weights (`port … --with-optimizer`).
 
 Real Keras 3: a Sequential CNN on 28×28×1 (Conv2D → Flatten → Dense, and one with a
 BatchNormalization, whose moving statistics are no optimizer's), compiled with Adam, SGD with
