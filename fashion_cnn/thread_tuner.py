@@ -8,13 +8,19 @@ count and keeps the fastest:
 
 - a probe runs `settle` steps at a count (not timed: the pool resizes, caches refill), then times
   `samples` steps; the count with the lowest median step time wins (a tie keeps the current one);
+- the current count's sample is its last `samples` steps before the probe once `window` steps
+  have run since the last one (a drift probe acts on the slow steps it has seen, not on `settle`
+  + `samples` more of them); before that, the current count is tried first;
+- another count whose first `cut_after` timed steps are all slower than `cut` × the best median
+  so far has lost already and its trial ends there: under load, a count that waits for a core
+  another process holds is 1.5-3× slower, so there is no near call to get wrong;
 - the first probe comes after `first` steps; the next after `period` steps, doubling up to
   `max_period` each time a probe keeps the count, and back to `period` when one changes it;
 - a probe also comes at once when the median of the last `window` steps leaves
   [reference ÷ `drift`, reference × `drift`], the reference being the winner's probe median: the
   load came or went.
 
-On a quiet machine the cost is the probes' steps at the slower count: about 1 % of the book's
+On a quiet machine the cost is the probes' steps at the slower count: under 1 % of the book's
 first epoch, less after (README, "Speed on a busy machine"). Framework-free (no torch import):
 the caller passes the setter, `torch.set_num_threads`.
 """
@@ -53,20 +59,22 @@ class ThreadTuner:
 
     def __init__(self, candidates: Iterable[int], start: int, set_threads: Callable[[int], None],
                  *, first: int = 8, period: int = 128, max_period: int = 2048, settle: int = 2,
-                 samples: int = 6, window: int = 16, drift: float = 1.5,
-                 clock: Callable[[], float] = time.perf_counter):
+                 samples: int = 6, cut_after: int = 2, cut: float = 1.25, window: int = 16,
+                 drift: float = 1.5, clock: Callable[[], float] = time.perf_counter):
         self.candidates = sorted(set(candidates) | {start})
         if len(self.candidates) < 2 or min(self.candidates) < 1:
             raise ValueError(f"need two or more thread counts of 1 or more, not {candidates}")
         self.threads, self._set, self._clock = start, set_threads, clock
         self.base_period, self.max_period, self.period = period, max_period, period
         self.settle, self.samples, self.drift = settle, samples, drift
+        self.cut_after, self.cut = min(cut_after, samples), cut
         self.steps, self.next_probe = 0, first
         self.recent: deque[float] = deque(maxlen=window)
         self.reference: float | None = None
         self.probes: list[Probe] = []
         self._trial: list[int] = []  # the counts still to try in the probe under way
-        self._times: dict[int, list[float]] = {}
+        self._times: dict[int, list[float]] = {}  # each count's timed steps in this probe
+        self._settling = 0  # untimed steps still to run at the count under trial
         self._probe_start, self._reason, self._kept = 0, "", start
 
     def wrap(self, step: Callable) -> Callable:
@@ -99,22 +107,31 @@ class ThreadTuner:
         return not 1 / self.drift <= ratio <= self.drift
 
     def _start_probe(self, reason: str) -> None:
-        # The current count first (its pool is warm), then the others.
         self._kept, self._reason, self._probe_start = self.threads, reason, self.steps
-        self._trial = [self.threads] + [c for c in self.candidates if c != self.threads]
-        self._times = {c: [] for c in self._trial}
+        others = [c for c in self.candidates if c != self.threads]
+        self._times = {c: [] for c in [self.threads, *others]}
+        if len(self.recent) == self.recent.maxlen:  # steps at the current count since the last
+            self._times[self.threads] = list(self.recent)[-self.samples:]
+            self._trial = others
+        else:
+            self._trial = [self.threads, *others]
+        self._settling = self.settle
         self._switch(self._trial[0])
 
     def _probe_step(self, seconds: float) -> None:
+        if self._settling:
+            self._settling -= 1
+            return
         count = self._trial[0]
         self._times[count].append(seconds)
-        if len(self._times[count]) < self.settle + self.samples:
+        if len(self._times[count]) < self.samples and not self._lost(count):
             return
         self._trial.pop(0)
+        self._settling = self.settle
         if self._trial:
             self._switch(self._trial[0])
             return
-        medians = {c: statistics.median(t[self.settle:]) for c, t in self._times.items()}
+        medians = {c: statistics.median(t) for c, t in self._times.items()}
         best = min(medians, key=lambda c: (medians[c], c != self._kept))
         self.probes.append(Probe(self._probe_start, medians, best, self._reason))
         self._switch(best)
@@ -123,6 +140,13 @@ class ThreadTuner:
         self.period = (min(2 * self.period, self.max_period) if best == self._kept
                        else self.base_period)
         self.next_probe = self.steps + self.period
+
+    def _lost(self, count: int) -> bool:
+        """`count`'s first `cut_after` timed steps are all slower than `cut` × the best median
+        of the counts timed before it in this probe (never the first: nothing to beat yet)."""
+        timed = self._times[count]
+        done = [statistics.median(t) for c, t in self._times.items() if c not in self._trial]
+        return len(timed) == self.cut_after and bool(done) and min(timed) > self.cut * min(done)
 
     def _switch(self, count: int) -> None:
         if count != self.threads:
