@@ -45,8 +45,15 @@ train-ddp: $(DATA_STAMP)
 train-keras: $(DATA_STAMP)
 	$(BIN)/python -m keras_ref.train --out runs/keras
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist; most tests wait on a CLI's interpreter
+# or one core's kernels): one per CPU this process may use, at most 4 (each holds TensorFlow and
+# PyTorch, about 1.5 GB). TEST_WORKERS=0 runs it in pytest's own process. --dist worksteal hands
+# each worker one half of the suite and moves tests only when one runs dry, so a module's
+# fixtures are mostly built once.
+TEST_WORKERS ?= $(shell python3 -c "import os; print(min(4, len(os.sched_getaffinity(0))))")
+PYTEST_WORKERS = -n $(TEST_WORKERS) --dist worksteal
 test: $(DATA_STAMP)
-	$(BIN)/python -m pytest -q --durations=15 -m "not install"
+	$(BIN)/python -m pytest -q $(PYTEST_WORKERS) --durations=15 -m "not install"
 
 # The install as a user without Keras has it: the wheel and sdist built and twine-checked, then a
 # core-only venv (.venv-core: pip install WHEEL, no TensorFlow) where the core commands run.
@@ -55,7 +62,7 @@ test-install: $(DATA_STAMP)
 
 # The suite without the tests marked slow (training runs, subprocess CLIs, whole-test-set passes).
 test-fast: $(DATA_STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q $(PYTEST_WORKERS) -m "not slow"
 
 # The numeric tests (the parity suite with its zoo and training parity, DDP against one process,
 # the optimizer) under each code path this CPU offers: MKL's sgemm branches (MKL_CBWR) and
@@ -69,7 +76,7 @@ test-numerics: $(DATA_STAMP)
 	@for setting in $(NUMERICS_SETTINGS); do \
 	  vars=$$(echo "$$setting" | sed 's/^default$$//; s/,/ /g'); \
 	  echo "== make test-numerics: $${vars:-default settings}"; \
-	  env $$vars $(BIN)/python -m pytest -q $(NUMERICS) || exit 1; \
+	  env $$vars $(BIN)/python -m pytest -q $(PYTEST_WORKERS) $(NUMERICS) || exit 1; \
 	done
 
 # The property test at scale: PROPERTY_MODELS seeded random models of the registry's grammar
