@@ -48,9 +48,9 @@ train-keras: $(DATA_STAMP)
 # The suite runs in TEST_WORKERS processes (pytest-xdist; most tests wait on a CLI's interpreter
 # or one core's kernels): one per CPU this process may use, at most 4 (each holds TensorFlow and
 # PyTorch, about 1.5 GB). TEST_WORKERS=0 runs it in pytest's own process. --dist worksteal hands
-# each worker one half of the suite and moves tests only when one runs dry, so a module's
-# fixtures are mostly built once.
-TEST_WORKERS ?= $(shell python3 -c "import os; print(min(4, len(os.sched_getaffinity(0))))")
+# each worker an equal run of the suite and moves tests only when one runs dry, so a module's
+# fixtures are mostly built once. Counted when a recipe runs, by the set-up venv.
+TEST_WORKERS ?= $(shell $(BIN)/python -c "from fashion_cnn.threads import usable_cpus; print(min(4, usable_cpus()))")
 PYTEST_WORKERS = -n $(TEST_WORKERS) --dist worksteal
 test: $(DATA_STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_WORKERS) --durations=15 -m "not install"

@@ -15,13 +15,14 @@ import torch  # noqa: E402
 import torch._dynamo  # noqa: E402, F401
 
 from fashion_cnn.fashion_mnist import locate  # noqa: E402
+from fashion_cnn.threads import usable_cpus  # noqa: E402
 
 # Under pytest-xdist (`make test` runs TEST_WORKERS processes), each worker's frameworks take their
 # share of the cores: two workers' spinning OpenMP threads on the same cores wait for each other
 # (README, "Speed on a busy machine"). The CLIs the tests start choose their own count.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:
-    _SHARE = max(1, len(os.sched_getaffinity(0)) // _WORKERS)
+    _SHARE = max(1, usable_cpus() // _WORKERS)
     torch.set_num_threads(_SHARE)
     os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(_SHARE))  # read when TF starts its pools
 
